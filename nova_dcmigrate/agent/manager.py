@@ -1,0 +1,217 @@
+"""RPC endpoint of dcmigrate-agent: prepares and tracks migration sessions.
+
+RPC carries control only (prepare, status, abort, cleanup); pages travel on
+the authenticated agent-to-agent connections.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+from oslo_log import log as logging
+from oslo_utils import netutils
+import oslo_messaging as messaging
+
+from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent.page_store import PageStore
+from nova_dcmigrate.agent.peer_listener import PeerListener
+from nova_dcmigrate.agent import protocol
+from nova_dcmigrate.agent.rpcapi import AgentAPI
+from nova_dcmigrate.agent import session as sess
+
+LOG = logging.getLogger(__name__)
+
+MIN_SECRET_LEN = 32
+
+
+def _check_id(migration_id: str) -> str:
+    try:
+        return str(uuid.UUID(migration_id))
+    except (ValueError, TypeError, AttributeError):
+        raise exception.InvalidRequest(
+            migration_id=migration_id,
+            reason="migration id must be a UUID") from None
+
+
+class AgentManager:
+    """Holds the sessions and page stores of this host's migrations."""
+
+    target = messaging.Target(version=AgentAPI.RPC_API_VERSION)
+
+    def __init__(self, conf: Any, host: str) -> None:
+        self.conf = conf          # the [dcmigrate_agent] GroupAttr
+        self.host = host
+        self._lock = threading.Lock()
+        self.sessions: dict[tuple[str, int], sess.MigrationSession] = {}
+        self.stores: dict[str, PageStore] = {}
+        self.listener = PeerListener(conf.peer_listen_address,
+                                     conf.peer_port, self._resolve_peer,
+                                     conf.handshake_timeout)
+
+    def start(self) -> None:
+        self.listener.start()
+
+    def stop(self) -> None:
+        self.listener.stop()
+        with self._lock:
+            sessions = list(self.sessions.values())
+            stores = list(self.stores.values())
+            self.sessions.clear()
+            self.stores.clear()
+        for s in sessions:
+            s.close()
+        for st in stores:
+            st.close()
+
+    # -- peer side ---------------------------------------------------------
+    def _resolve_peer(self, hello: protocol.Hello) -> tuple[
+            bytes, Any]:
+        with self._lock:
+            s = self.sessions.get((hello.migration_id, hello.attempt))
+        if not isinstance(s, sess.DestinationSession):
+            raise exception.UnknownMigration(migration_id=hello.migration_id)
+        if s.state != sess.SessionState.PREPARED:
+            raise exception.InvalidRequest(
+                migration_id=hello.migration_id,
+                reason="session is %s, not waiting for a peer"
+                % s.state.value)
+        return s.secret, s.attach_peer
+
+    # -- helpers -------------------------------------------------------------
+    def _add(self, key: tuple[str, int], s: sess.MigrationSession) -> None:
+        with self._lock:
+            old = self.sessions.get(key)
+            if old is not None and old.state not in sess.FINAL_STATES:
+                raise exception.SessionExists(migration_id=key[0])
+            self.sessions[key] = s
+
+    def _sessions_of(self, migration_id: str) -> list[sess.MigrationSession]:
+        with self._lock:
+            return [s for (mid, _a), s in self.sessions.items()
+                    if mid == migration_id]
+
+    @staticmethod
+    def _check_secret(migration_id: str, secret: str) -> None:
+        if not isinstance(secret, str) or len(secret) < MIN_SECRET_LEN:
+            raise exception.InvalidRequest(
+                migration_id=migration_id,
+                reason="secret must be a string of at least %d characters"
+                % MIN_SECRET_LEN)
+
+    # -- RPC API (see AgentAPI for the version history) ------------------
+    @messaging.expose
+    def ping(self, ctxt: Any) -> dict[str, Any]:
+        return {"host": self.host, "version": AgentAPI.RPC_API_VERSION,
+                "peer_port": self.listener.port}
+
+    @messaging.expose
+    def prepare_destination(self, ctxt: Any, migration_id: str, secret: str,
+                            qemu_port: int, attempt: int = 0
+                            ) -> dict[str, Any]:
+        """Expect a stream for ``migration_id`` and feed it to the local
+        QEMU listening on ``local_address:qemu_port``."""
+        migration_id = _check_id(migration_id)
+        self._check_secret(migration_id, secret)
+        if not netutils.is_valid_port(qemu_port):
+            raise exception.InvalidRequest(migration_id=migration_id,
+                                           reason="bad port %r" % qemu_port)
+        with self._lock:
+            store = self.stores.get(migration_id)
+            if store is None:
+                store = PageStore(sess.digest_seed(secret.encode()))
+                self.stores[migration_id] = store
+        s = sess.DestinationSession(self.conf, migration_id, secret,
+                                    int(attempt), int(qemu_port), store)
+        self._add((migration_id, int(attempt)), s)
+        LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
+                 "(QEMU port %(port)d)", {"mid": migration_id,
+                                          "att": attempt, "port": qemu_port})
+        return {"peer_port": self.listener.port}
+
+    @messaging.expose
+    def prepare_source(self, ctxt: Any, migration_id: str, secret: str,
+                       listen_port: int, dest_address: str, dest_port: int,
+                       attempt: int = 0) -> dict[str, Any]:
+        """Listen on ``local_address:listen_port`` for the local migration
+        connection and carry it to the agent at dest_address:dest_port."""
+        migration_id = _check_id(migration_id)
+        self._check_secret(migration_id, secret)
+        for p in (listen_port, dest_port):
+            if not netutils.is_valid_port(p):
+                raise exception.InvalidRequest(migration_id=migration_id,
+                                               reason="bad port %r" % p)
+        if not netutils.is_valid_ip(dest_address):
+            raise exception.InvalidRequest(
+                migration_id=migration_id,
+                reason="bad destination address %r" % dest_address)
+        s = sess.SourceSession(self.conf, migration_id, secret, int(attempt),
+                               int(listen_port), dest_address,
+                               int(dest_port))
+        self._add((migration_id, int(attempt)), s)
+        try:
+            s.start()
+        except OSError as err:
+            with self._lock:
+                self.sessions.pop((migration_id, int(attempt)), None)
+            raise exception.InvalidRequest(
+                migration_id=migration_id,
+                reason="cannot listen on %s:%d: %s"
+                % (self.conf.local_address, listen_port, err)) from err
+        LOG.info("migration %(mid)s attempt %(att)d: source prepared on "
+                 "port %(port)d -> %(dest)s:%(dport)d",
+                 {"mid": migration_id, "att": attempt, "port": listen_port,
+                  "dest": dest_address, "dport": dest_port})
+        return {"listen_port": listen_port}
+
+    @messaging.expose
+    def get_status(self, ctxt: Any, migration_id: str) -> dict[str, Any]:
+        migration_id = _check_id(migration_id)
+        sessions = self._sessions_of(migration_id)
+        with self._lock:
+            store = self.stores.get(migration_id)
+        if not sessions and store is None:
+            raise exception.UnknownMigration(migration_id=migration_id)
+        result: dict[str, Any] = {
+            "host": self.host, "migration_id": migration_id,
+            "attempts": sorted((s.status() for s in sessions),
+                               key=lambda d: d["attempt"]),
+        }
+        if store is not None:
+            c = store.counters()
+            result["store"] = {"pages": c.pages, "zero_pages": c.zero_pages,
+                               "bytes_held": c.bytes_held}
+        return result
+
+    @messaging.expose
+    def list_migrations(self, ctxt: Any) -> list[str]:
+        with self._lock:
+            ids = {mid for mid, _a in self.sessions} | set(self.stores)
+        return sorted(ids)
+
+    @messaging.expose
+    def abort(self, ctxt: Any, migration_id: str,
+              reason: str = "aborted by request") -> None:
+        migration_id = _check_id(migration_id)
+        for s in self._sessions_of(migration_id):
+            s.abort(reason)
+
+    @messaging.expose
+    def cleanup(self, ctxt: Any, migration_id: str) -> None:
+        """Forget the migration: close its sessions, drop its page store."""
+        migration_id = _check_id(migration_id)
+        with self._lock:
+            keys = [k for k in self.sessions if k[0] == migration_id]
+            sessions = [self.sessions.pop(k) for k in keys]
+            store = self.stores.pop(migration_id, None)
+        for s in sessions:
+            s.close()
+        if store is not None:
+            store.close()
+        LOG.info("migration %(mid)s: cleaned up", {"mid": migration_id})
+
+    @messaging.expose
+    def peer_stats(self, ctxt: Any) -> dict[str, int]:
+        return {"accepted": self.listener.accepted,
+                "rejected": self.listener.rejected}

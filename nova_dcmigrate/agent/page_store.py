@@ -1,0 +1,177 @@
+"""Every page an agent received for one migration, with content digests.
+
+Why: when a migration is redirected, the old destination's QEMU is killed,
+but the pages it received are still worth sending to the new destination.
+The store lives in the agent (not in QEMU), keyed by (block, page index),
+and records a keyed 128-bit digest of each page (xxh3_128 with a
+per-migration seed: the guest controls page content, so digests must not be
+predictable) so the source can tell which pages need not be resent.
+
+Memory: one anonymous mmap per RAM block, sized to the block; the kernel
+only backs pages that were written, so a store costs what it holds.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import xxhash
+
+from nova_dcmigrate.stream import PAGE_SIZE
+from nova_dcmigrate.stream import RamBlock
+from nova_dcmigrate.stream import RamStart
+
+DIGEST_LEN = 16
+ZERO_PAGE = bytes(PAGE_SIZE)
+
+# Per-page state byte.
+ABSENT = 0
+ZERO = 1
+DATA = 2
+
+
+def zero_digest(seed: int) -> bytes:
+    return xxhash.xxh3_128_digest(ZERO_PAGE, seed)
+
+
+class _BlockStore:
+    __slots__ = ("block", "data", "digests", "state", "held")
+
+    def __init__(self, block: RamBlock) -> None:
+        self.block = block
+        n = block.npages
+        # mmap(-1, 0) is invalid: keep at least one page.
+        self.data = mmap.mmap(-1, max(n, 1) * PAGE_SIZE)
+        self.digests = bytearray(n * DIGEST_LEN)
+        self.state = bytearray(n)
+        self.held = 0
+
+
+@dataclass(frozen=True)
+class StoreCounters:
+    pages: int          # pages held with data
+    zero_pages: int     # pages held as zero
+    bytes_held: int     # PAGE_SIZE * (pages + zero_pages)
+
+
+class PageStore:
+    """Pages of one migration; thread-safe for one writer and readers."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._zero_digest = zero_digest(seed)
+        self._blocks: list[_BlockStore] = []
+        self._by_name: dict[str, _BlockStore] = {}
+        self.ram_start: RamStart | None = None
+        self._lock = threading.Lock()
+        self._pages = 0
+        self._zero_pages = 0
+
+    @property
+    def configured(self) -> bool:
+        return self.ram_start is not None
+
+    def configure(self, start: RamStart) -> None:
+        """Size the store from the stream's RAM block list.
+
+        A second attempt of the same migration announces the same blocks;
+        the store keeps its pages then.  A different layout is a new VM
+        shape and resets the store.
+        """
+        with self._lock:
+            if self.ram_start is not None:
+                old = [(b.name, b.used_length) for b in self.ram_start.blocks]
+                new = [(b.name, b.used_length) for b in start.blocks]
+                if old == new:
+                    self.ram_start = start
+                    return
+                self._close_blocks()
+            self.ram_start = start
+            self._blocks = [_BlockStore(b) for b in start.blocks]
+            self._by_name = {b.block.name: b for b in self._blocks}
+            self._pages = self._zero_pages = 0
+
+    def digest_of(self, data: bytes | memoryview) -> bytes:
+        return xxhash.xxh3_128_digest(data, self.seed)
+
+    def put_page(self, block: RamBlock, page: int,
+                 data: bytes | memoryview) -> bytes:
+        """Store one page; returns its digest."""
+        bs = self._blocks[block.index]
+        off = page * PAGE_SIZE
+        bs.data[off:off + PAGE_SIZE] = data
+        d = xxhash.xxh3_128_digest(data, self.seed)
+        di = page * DIGEST_LEN
+        bs.digests[di:di + DIGEST_LEN] = d
+        st = bs.state[page]
+        if st != DATA:
+            if st == ZERO:
+                self._zero_pages -= 1
+            else:
+                bs.held += 1
+            self._pages += 1
+            bs.state[page] = DATA
+        return d
+
+    def put_zero(self, block: RamBlock, page: int) -> None:
+        bs = self._blocks[block.index]
+        st = bs.state[page]
+        if st == ZERO:
+            return
+        if st == DATA:
+            self._pages -= 1
+            off = page * PAGE_SIZE
+            bs.data[off:off + PAGE_SIZE] = ZERO_PAGE
+        else:
+            bs.held += 1
+        self._zero_pages += 1
+        bs.state[page] = ZERO
+        di = page * DIGEST_LEN
+        bs.digests[di:di + DIGEST_LEN] = self._zero_digest
+
+    def state(self, block_name: str, page: int) -> int:
+        return self._by_name[block_name].state[page]
+
+    def digest(self, block_name: str, page: int) -> bytes | None:
+        bs = self._by_name[block_name]
+        if bs.state[page] == ABSENT:
+            return None
+        di = page * DIGEST_LEN
+        return bytes(bs.digests[di:di + DIGEST_LEN])
+
+    def page(self, block_name: str, page: int) -> bytes | None:
+        bs = self._by_name[block_name]
+        st = bs.state[page]
+        if st == ABSENT:
+            return None
+        if st == ZERO:
+            return ZERO_PAGE
+        off = page * PAGE_SIZE
+        return bs.data[off:off + PAGE_SIZE]
+
+    def inventory(self) -> Iterator[tuple[str, int, bytes]]:
+        """Yield (block name, page, digest) for every held page."""
+        for bs in self._blocks:
+            name, st, dg = bs.block.name, bs.state, bs.digests
+            for page in range(len(st)):
+                if st[page]:
+                    di = page * DIGEST_LEN
+                    yield name, page, bytes(dg[di:di + DIGEST_LEN])
+
+    def counters(self) -> StoreCounters:
+        return StoreCounters(self._pages, self._zero_pages,
+                             (self._pages + self._zero_pages) * PAGE_SIZE)
+
+    def _close_blocks(self) -> None:
+        for bs in self._blocks:
+            bs.data.close()
+        self._blocks = []
+        self._by_name = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_blocks()
+            self.ram_start = None

@@ -1,0 +1,273 @@
+"""Authenticated framing between agents.
+
+Why: pages of a guest must only flow between the agents of that guest's
+migration.  Each connection starts with a mutual challenge/response proof of
+the per-migration secret (HMAC-SHA256, fresh nonces on both sides), which
+also derives one key per direction.  Every frame after that carries a
+truncated HMAC over an implicit sequence number, so frames cannot be forged,
+replayed, reordered or dropped without the receiver noticing.
+
+Wire format (all integers big-endian)::
+
+    HELLO      connector -> acceptor   60 bytes
+               "DCMG" u8 version u8 channel u16 0 uuid[16] u32 attempt nonce[32]
+    CHALLENGE  acceptor -> connector   nonce[32] mac[32]
+    RESPONSE   connector -> acceptor   mac[32]
+    frames     u8 type u8 flags u16 0 u32 length  payload[length]  mac[16]
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nova_dcmigrate.agent import exception
+
+MAGIC = b"DCMG"
+VERSION = 1
+NONCE_LEN = 32
+MAC_LEN = 16
+MAX_PAYLOAD = 8 * 1024 * 1024
+
+_HELLO = struct.Struct(">4sBBH16sI32s")
+_FRAME = struct.Struct(">BBHI")
+_SEQ = struct.Struct(">Q")
+HELLO_LEN = _HELLO.size
+FRAME_HEADER_LEN = _FRAME.size
+
+
+class Channel(enum.IntEnum):
+    """What a connection carries; fixed by the connector's HELLO."""
+
+    STREAM = 1      # source agent -> destination agent: the migration stream
+
+
+class FrameType(enum.IntEnum):
+    DATA = 1          # forward migration stream bytes
+    DATA_EOF = 2      # the source QEMU closed its side of the stream
+    RETURN = 3        # return-path bytes (destination QEMU -> source QEMU)
+    RETURN_EOF = 4    # the destination QEMU closed the return path
+    ACK = 5           # destination stored the stream up to an offset
+    ABORT = 6         # the sender gives up; payload: UTF-8 reason
+    READY = 7         # destination QEMU connected, stream may start
+
+
+ACK = struct.Struct(">QQQ")   # stream offset, pages held, zero pages held
+
+
+@dataclass(frozen=True)
+class Hello:
+    channel: Channel
+    migration_id: str
+    attempt: int
+    nonce: bytes
+    raw: bytes
+
+    @classmethod
+    def make(cls, channel: Channel, migration_id: str, attempt: int) -> Hello:
+        nonce = os.urandom(NONCE_LEN)
+        raw = _HELLO.pack(MAGIC, VERSION, int(channel), 0,
+                          uuid.UUID(migration_id).bytes, attempt, nonce)
+        return cls(channel, migration_id, attempt, nonce, raw)
+
+    @classmethod
+    def parse(cls, raw: bytes, peer: str) -> Hello:
+        magic, version, channel, _r, mid, attempt, nonce = _HELLO.unpack(raw)
+        if magic != MAGIC:
+            raise exception.PeerProtocolError(
+                peer=peer, reason="bad magic %r in HELLO" % magic)
+        if version != VERSION:
+            raise exception.PeerProtocolError(
+                peer=peer, reason="unsupported protocol version %d" % version)
+        try:
+            chan = Channel(channel)
+        except ValueError:
+            raise exception.PeerProtocolError(
+                peer=peer, reason="unknown channel %d" % channel) from None
+        return cls(chan, str(uuid.UUID(bytes=mid)), attempt, nonce, raw)
+
+
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        h.update(p)
+    return h.digest()
+
+
+def _keys(secret: bytes, hello: bytes, nonce_a: bytes) -> tuple[bytes, bytes]:
+    base = _mac(secret, b"dcmigrate-keys", hello, nonce_a)
+    return _mac(base, b"connector->acceptor"), _mac(base, b"acceptor->connector")
+
+
+def recv_exact(sock: socket.socket, n: int, peer: str) -> bytes:
+    buf = bytearray(n)
+    recv_exact_into(sock, memoryview(buf), peer)
+    return bytes(buf)
+
+
+def recv_exact_into(sock: socket.socket, view: memoryview, peer: str) -> None:
+    got, n = 0, len(view)
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except socket.timeout as err:
+            raise exception.PeerProtocolError(
+                peer=peer, reason="timed out") from err
+        except OSError as err:
+            raise exception.PeerClosed(peer=peer, reason=str(err)) from err
+        if k == 0:
+            raise exception.PeerClosed(
+                peer=peer, reason="end of stream after %d of %d bytes"
+                % (got, n))
+        got += k
+
+
+class FramedConnection:
+    """One authenticated, framed agent-to-agent connection.
+
+    Sending is thread-safe (one lock); receiving must happen in one thread.
+    """
+
+    def __init__(self, sock: socket.socket, peer: str, send_key: bytes,
+                 recv_key: bytes, hello: Hello) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.hello = hello
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self._send_seq = 0
+        self._recv_seq = 0
+        self._send_lock = threading.Lock()
+        self._hdr = bytearray(FRAME_HEADER_LEN)
+        self._mac = bytearray(MAC_LEN)
+        self._scratch = bytearray(256 * 1024)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # -- sending ---------------------------------------------------------
+    def send(self, ftype: FrameType, payload: bytes | memoryview = b"") -> None:
+        n = len(payload)
+        if n > MAX_PAYLOAD:
+            raise ValueError("frame payload too large: %d" % n)
+        header = _FRAME.pack(int(ftype), 0, 0, n)
+        with self._send_lock:
+            mac = _mac(self._send_key, _SEQ.pack(self._send_seq), header,
+                       payload)[:MAC_LEN]
+            self._send_seq += 1
+            try:
+                self._sendall_parts((header, payload, mac))
+            except OSError as err:
+                raise exception.PeerClosed(peer=self.peer,
+                                           reason=str(err)) from err
+            self.bytes_sent += n + FRAME_HEADER_LEN + MAC_LEN
+
+    def _sendall_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        total = sum(len(p) for p in parts)
+        sent = self.sock.sendmsg(parts)
+        if sent == total:
+            return
+        # Partial scatter-gather send (signal, huge payload): finish slowly.
+        rest = b"".join(bytes(p) for p in parts)[sent:]
+        self.sock.sendall(rest)
+
+    # -- receiving -------------------------------------------------------
+    def recv(self, into: Callable[[int], memoryview] | None = None
+             ) -> tuple[FrameType, memoryview]:
+        """Receive and authenticate one frame.
+
+        :param into: called with the payload length, returns a writable
+            buffer of at least that size; the payload is received directly
+            there (zero copy into a stream reader).  Without it the payload
+            lands in an internal buffer valid until the next ``recv``.
+        :raises PeerProtocolError: bad MAC, type or length; the connection
+            must then be dropped.
+        """
+        hview = memoryview(self._hdr)
+        recv_exact_into(self.sock, hview, self.peer)
+        ftype_raw, _flags, _r, n = _FRAME.unpack_from(self._hdr)
+        if n > MAX_PAYLOAD:
+            raise exception.PeerProtocolError(
+                peer=self.peer, reason="frame length %d exceeds %d"
+                % (n, MAX_PAYLOAD))
+        if into is not None and ftype_raw == FrameType.DATA:
+            target = into(n)[:n]
+        else:
+            if len(self._scratch) < n:
+                self._scratch = bytearray(n)
+            target = memoryview(self._scratch)[:n]
+        recv_exact_into(self.sock, target, self.peer)
+        recv_exact_into(self.sock, memoryview(self._mac), self.peer)
+        expect = _mac(self._recv_key, _SEQ.pack(self._recv_seq), self._hdr,
+                      target)[:MAC_LEN]
+        if not hmac.compare_digest(expect, self._mac):
+            raise exception.PeerAuthError(
+                peer=self.peer, reason="bad frame MAC at frame %d"
+                % self._recv_seq)
+        self._recv_seq += 1
+        self.bytes_received += n + FRAME_HEADER_LEN + MAC_LEN
+        try:
+            ftype = FrameType(ftype_raw)
+        except ValueError:
+            raise exception.PeerProtocolError(
+                peer=self.peer, reason="unknown frame type %d" % ftype_raw
+            ) from None
+        return ftype, target
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def connect(sock: socket.socket, peer: str, secret: bytes, channel: Channel,
+            migration_id: str, attempt: int) -> FramedConnection:
+    """Run the connector side of the handshake on a connected socket.
+
+    :raises PeerAuthError: the acceptor does not know the secret.
+    :raises PeerProtocolError, PeerClosed: the acceptor dropped us (unknown
+        migration or wrong secret on its side) or spoke garbage.
+    """
+    hello = Hello.make(channel, migration_id, attempt)
+    sock.sendall(hello.raw)
+    challenge = recv_exact(sock, NONCE_LEN + 32, peer)
+    nonce_a, mac_a = challenge[:NONCE_LEN], challenge[NONCE_LEN:]
+    expect = _mac(secret, b"dcmigrate-acceptor", hello.raw, nonce_a)
+    if not hmac.compare_digest(expect, mac_a):
+        raise exception.PeerAuthError(
+            peer=peer, reason="acceptor does not prove the migration secret")
+    sock.sendall(_mac(secret, b"dcmigrate-connector", hello.raw, nonce_a))
+    c2a, a2c = _keys(secret, hello.raw, nonce_a)
+    return FramedConnection(sock, peer, c2a, a2c, hello)
+
+
+def read_hello(sock: socket.socket, peer: str) -> Hello:
+    """Acceptor, step 1: read the unauthenticated HELLO."""
+    return Hello.parse(recv_exact(sock, HELLO_LEN, peer), peer)
+
+
+def accept(sock: socket.socket, peer: str, hello: Hello,
+           secret: bytes) -> FramedConnection:
+    """Acceptor, step 2: prove our secret, check the connector's proof.
+
+    :raises PeerAuthError: wrong secret; the caller drops the connection.
+    """
+    nonce_a = os.urandom(NONCE_LEN)
+    sock.sendall(nonce_a + _mac(secret, b"dcmigrate-acceptor", hello.raw,
+                                nonce_a))
+    mac_c = recv_exact(sock, 32, peer)
+    expect = _mac(secret, b"dcmigrate-connector", hello.raw, nonce_a)
+    if not hmac.compare_digest(expect, mac_c):
+        raise exception.PeerAuthError(
+            peer=peer, reason="connector does not prove the migration secret")
+    c2a, a2c = _keys(secret, hello.raw, nonce_a)
+    return FramedConnection(sock, peer, a2c, c2a, hello)

@@ -1,0 +1,80 @@
+"""Options of the dcmigrate-agent daemon (group ``[dcmigrate_agent]``)."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup(
+    "dcmigrate_agent",
+    title="dcmigrate-agent options",
+    help="The per-host agent that carries QEMU migration streams between "
+         "hosts and keeps a store of the pages it received.")
+
+OPTS = [
+    cfg.StrOpt(
+        "host",
+        help="Name of this compute host; the agent serves RPC on topic "
+             "'dcmigrate-agent' with this server name. Defaults to the "
+             "[DEFAULT] host option, then to the machine's hostname.\n\n"
+             "Services that use this: dcmigrate-agent."),
+    cfg.HostAddressOpt(
+        "peer_listen_address",
+        default="0.0.0.0",
+        help="Address on which the agent accepts authenticated connections "
+             "from the agents of other hosts.\n\n"
+             "Related options: peer_port."),
+    cfg.PortOpt(
+        "peer_port",
+        default=16590,
+        help="TCP port for agent-to-agent connections. Every agent of a "
+             "deployment must use the same port.\n\n"
+             "Related options: peer_listen_address."),
+    cfg.HostAddressOpt(
+        "local_address",
+        default="127.0.0.1",
+        help="Address on which the agent accepts the local QEMU/libvirt "
+             "migration connection and reaches the local destination QEMU. "
+             "Must be a loopback address: the stream between QEMU and its "
+             "agent is not authenticated."),
+    cfg.IntOpt(
+        "chunk_size",
+        default=256 * 1024, min=16 * 1024, max=4 * 1024 * 1024,
+        help="Bytes read from QEMU per receive call, and the largest payload "
+             "of one agent-to-agent frame (bytes)."),
+    cfg.IntOpt(
+        "socket_buffer",
+        default=256 * 1024, min=0, max=16 * 1024 * 1024,
+        help="Kernel send/receive buffer size (bytes) for migration sockets; "
+             "0 keeps the kernel default. Small buffers keep QEMU's bandwidth "
+             "estimate close to the real link rate, which keeps switchover "
+             "downtime honest."),
+    cfg.FloatOpt(
+        "ack_interval",
+        default=0.1, min=0.01,
+        help="Seconds between inventory acknowledgements that a destination "
+             "agent sends to the source agent."),
+    cfg.FloatOpt(
+        "handshake_timeout",
+        default=10.0, min=0.5,
+        help="Seconds a peer has to complete the authentication handshake "
+             "before it is dropped."),
+    cfg.FloatOpt(
+        "connect_timeout",
+        default=30.0, min=0.5,
+        help="Seconds to keep trying to reach a peer agent or the local "
+             "destination QEMU before the attempt fails."),
+    cfg.FloatOpt(
+        "session_timeout",
+        default=600.0, min=1.0,
+        help="Seconds a prepared migration session may wait for its "
+             "connections before it is dropped."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
+    return {GROUP: OPTS}

@@ -1,0 +1,17 @@
+"""Entry point for oslo-config-generator: every option group we own."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+from nova_dcmigrate.conf import agent
+
+_MODULES = (agent,)
+
+
+def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
+    result: list[tuple[cfg.OptGroup, list[cfg.Opt]]] = []
+    for module in _MODULES:
+        for group, opts in module.list_opts().items():
+            result.append((group, list(opts)))
+    return result

@@ -1,0 +1,176 @@
+"""Agent-to-agent handshake and framing over real loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+
+import pytest
+
+from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent import protocol
+from nova_dcmigrate.agent.protocol import FrameType
+
+SECRET = b"s" * 32
+MID = str(uuid.uuid4())
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    return a, b
+
+
+def _handshake(conn_secret: bytes, acc_secret: bytes):
+    c, a = _pair()
+    result: dict = {}
+
+    def acceptor():
+        try:
+            hello = protocol.read_hello(a, "peer-c")
+            result["hello"] = hello
+            result["acc"] = protocol.accept(a, "peer-c", hello, acc_secret)
+        except Exception as err:  # recorded for the assertions
+            result["acc_err"] = err
+            a.close()
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    try:
+        result["con"] = protocol.connect(c, "peer-a", conn_secret,
+                                         protocol.Channel.STREAM, MID, 3)
+    except Exception as err:
+        result["con_err"] = err
+        c.close()
+    t.join(5)
+    return result
+
+
+def test_handshake_and_frames_both_ways():
+    r = _handshake(SECRET, SECRET)
+    con, acc = r["con"], r["acc"]
+    assert r["hello"].migration_id == MID
+    assert r["hello"].attempt == 3
+    con.send(FrameType.DATA, b"hello world")
+    ftype, payload = acc.recv()
+    assert ftype == FrameType.DATA and bytes(payload) == b"hello world"
+    acc.send(FrameType.RETURN, b"x" * 100000)
+    ftype, payload = con.recv()
+    assert ftype == FrameType.RETURN and bytes(payload) == b"x" * 100000
+    # zero-copy receive into a caller buffer
+    con.send(FrameType.DATA, b"abc")
+    buf = bytearray(10)
+    ftype, payload = acc.recv(into=lambda n: memoryview(buf))
+    assert bytes(buf[:3]) == b"abc" and len(payload) == 3
+
+
+def test_wrong_secret_rejected_by_both_sides():
+    r = _handshake(SECRET, b"t" * 32)
+    # The connector sees the acceptor cannot prove the secret.
+    assert isinstance(r["con_err"], exception.PeerAuthError)
+
+
+def test_connector_with_wrong_secret_rejected_by_acceptor():
+    c, a = _pair()
+    errs = {}
+
+    def acceptor():
+        try:
+            hello = protocol.read_hello(a, "c")
+            protocol.accept(a, "c", hello, SECRET)
+        except Exception as err:
+            errs["acc"] = err
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    # A forged connector: sends HELLO, then a bogus response.
+    hello = protocol.Hello.make(protocol.Channel.STREAM, MID, 0)
+    c.sendall(hello.raw)
+    protocol.recv_exact(c, 64, "a")
+    c.sendall(b"\0" * 32)
+    t.join(5)
+    assert isinstance(errs["acc"], exception.PeerAuthError)
+    assert "does not prove" in str(errs["acc"])
+
+
+def test_tampered_frame_detected():
+    c, a = _pair()
+    r: dict = {}
+
+    def acceptor():
+        hello = protocol.read_hello(a, "c")
+        r["acc"] = protocol.accept(a, "c", hello, SECRET)
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    con = protocol.connect(c, "a", SECRET, protocol.Channel.STREAM, MID, 0)
+    t.join(5)
+    # Forge a frame without the key: header + payload + zero MAC.
+    c.sendall(bytes([FrameType.DATA, 0, 0, 0, 0, 0, 0, 2]) + b"hi"
+              + b"\0" * 16)
+    with pytest.raises(exception.PeerAuthError, match="bad frame MAC"):
+        r["acc"].recv()
+    del con
+
+
+def test_replayed_frame_detected():
+    c, a = _pair()
+    r: dict = {}
+
+    def acceptor():
+        hello = protocol.read_hello(a, "c")
+        r["acc"] = protocol.accept(a, "c", hello, SECRET)
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    con = protocol.connect(c, "a", SECRET, protocol.Channel.STREAM, MID, 0)
+    t.join(5)
+    # Capture the bytes of one frame by sending it through a socketpair.
+    x, y = socket.socketpair()
+    con.sock, real = x, con.sock
+    con.send(FrameType.DATA, b"once")
+    frame = y.recv(100)
+    con.sock = real
+    real.sendall(frame)
+    real.sendall(frame)   # replay: same MAC, but the sequence moved on
+    ftype, payload = r["acc"].recv()
+    assert bytes(payload) == b"once"
+    with pytest.raises(exception.PeerAuthError):
+        r["acc"].recv()
+
+
+def test_oversized_frame_rejected_before_reading_payload():
+    c, a = _pair()
+    r: dict = {}
+
+    def acceptor():
+        hello = protocol.read_hello(a, "c")
+        r["acc"] = protocol.accept(a, "c", hello, SECRET)
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    protocol.connect(c, "a", SECRET, protocol.Channel.STREAM, MID, 0)
+    t.join(5)
+    c.sendall(bytes([1, 0, 0, 0]) + (0xFFFFFFFF).to_bytes(4, "big"))
+    with pytest.raises(exception.PeerProtocolError, match="exceeds"):
+        r["acc"].recv()
+
+
+@pytest.mark.parametrize("raw,msg", [
+    (b"XXXX" + bytes(56), "bad magic"),
+    (b"DCMG\x09" + bytes(55), "unsupported protocol version 9"),
+    (b"DCMG\x01\x63" + bytes(54), "unknown channel 99"),
+])
+def test_bad_hello(raw, msg):
+    with pytest.raises(exception.PeerProtocolError, match=msg):
+        protocol.Hello.parse(raw, "p")
+
+
+def test_truncated_hello_is_peer_closed():
+    c, a = _pair()
+    c.sendall(b"DCMG")
+    c.close()
+    with pytest.raises(exception.PeerClosed, match="4 of 60"):
+        protocol.read_hello(a, "p")
