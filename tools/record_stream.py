@@ -14,8 +14,9 @@ at guest-physical 1 MiB by ``-device loader`` so that the stream carries
 non-zero pages.  Each payload page is a seeded random ``--unit`` bytes
 repeated to 4 KiB: every page differs but the capture still gzips well.
 
-Output: ``<out>.gz`` (the forward stream) and ``<out>.json`` (how it was
-recorded, QEMU's own page counters, payload parameters).
+Output: ``<out>.gz`` (the forward stream; ``<out>.bin`` uncompressed with
+``--no-gzip``) and ``<out>.json`` (how it was recorded, QEMU's own page
+counters, payload parameters).
 
 Example::
 
@@ -292,8 +293,13 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             "dest_status": dst_status.get("status"),
             "dest_migrate_status": dst_migrate.get("status"),
         }
-        with gzip.open(args.out + ".gz", "wb", compresslevel=9) as f:
-            f.write(data)
+        if args.no_gzip:
+            # Large captures of random pages do not compress; raw is faster.
+            with open(args.out + ".bin", "wb") as f:
+                f.write(data)
+        else:
+            with gzip.open(args.out + ".gz", "wb", compresslevel=9) as f:
+                f.write(data)
         with open(args.out + ".json", "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -320,6 +326,8 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=1.0,
                         help="seconds the source runs before migrating")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--no-gzip", action="store_true",
+                        help="write the stream uncompressed to <out>.bin")
     args = parser.parse_args()
     meta = record(args)
     json.dump(meta, sys.stdout, indent=2, sort_keys=True)

@@ -342,7 +342,13 @@ class SourceSession(MigrationSession):
                 peer=conn.peer, reason="expected READY, got %s" % ftype.name)
         self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
         self._spawn("src-ret", self._return_loop, conn, qsock)
-        self._forward_loop(conn, qsock)
+        try:
+            self._forward_loop(conn, qsock)
+        except exception.PeerClosed as err:
+            raise exception.SessionFailed(
+                migration_id=self.migration_id,
+                reason="destination agent connection lost: %s" % err
+            ) from err
 
     def _connect_peer(self) -> protocol.FramedConnection:
         peer = "%s:%d" % (self.dest_address, self.dest_port)
@@ -406,6 +412,12 @@ class SourceSession(MigrationSession):
                 ftype, payload = conn.recv()
             except exception.PeerClosed as err:
                 if self.state in FINAL_STATES:
+                    return
+                if self._return_eof.is_set():
+                    # The destination finished its side and may close as
+                    # soon as it has our DATA_EOF; whether the stream got
+                    # there is the forward loop's call (its send fails if
+                    # not).
                     return
                 raise exception.SessionFailed(
                     migration_id=self.migration_id,
@@ -495,7 +507,12 @@ class DestinationSession(MigrationSession):
         self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
         conn.send(FrameType.READY)
         self._spawn("dst-ret", self._return_loop, conn, qsock)
-        self._forward_loop(conn, qsock)
+        try:
+            self._forward_loop(conn, qsock)
+        except exception.PeerClosed as err:
+            raise exception.SessionFailed(
+                migration_id=self.migration_id,
+                reason="source agent connection lost: %s" % err) from err
 
     def _forward_loop(self, conn: protocol.FramedConnection,
                       qsock: socket.socket) -> None:

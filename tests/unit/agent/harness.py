@@ -43,10 +43,11 @@ class FakeDestQemu:
     """Listens like `-incoming tcp:127.0.0.1:P`; records the stream; when
     its input ends it answers on the return path and closes."""
 
-    def __init__(self, reply: bytes = b"SHUT", close_after: int | None = None
-                 ) -> None:
+    def __init__(self, reply: bytes = b"SHUT", close_after: int | None = None,
+                 early_return_eof: bool = False) -> None:
         self.port = free_port()
         self.reply = reply
+        self.early_return_eof = early_return_eof
         self.close_after = close_after
         self.received = bytearray()
         self.sock = socket.socket()
@@ -64,6 +65,11 @@ class FakeDestQemu:
             return
         with c:
             c.sendall(b"HELLO-RP")     # return path from the first byte
+            if self.early_return_eof:
+                # Return path done before the stream ends (QEMU may close
+                # its return path first).
+                c.sendall(self.reply)
+                c.shutdown(socket.SHUT_WR)
             while True:
                 data = c.recv(1 << 20)
                 if not data:
@@ -72,7 +78,8 @@ class FakeDestQemu:
                 if (self.close_after is not None
                         and len(self.received) >= self.close_after):
                     return           # simulate QEMU dying mid-stream
-            c.sendall(self.reply)
+            if not self.early_return_eof:
+                c.sendall(self.reply)
 
     def close(self) -> None:
         self.sock.close()
