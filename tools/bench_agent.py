@@ -13,7 +13,8 @@ machine (aim for 1.25 GB/s: 10 GbE), and through-agent migration time is
    ``-device loader`` payload of distinct random pages), or read from
    ``--stream``.  In-process micro benchmarks parse it (no-op visitor),
    parse + digest it (the source agent's visitor), parse + store it (the
-   destination agent's page store) and MAC it (the frame HMAC).  Then the
+   destination agent's page store, new and already-touched) and MAC it
+   (the frame HMAC).  Then the
    stream goes through two real :class:`AgentManager` instances, each in
    its own process (no RPC: methods are called over a pipe), from a feeder
    process that plays the source QEMU (sends the stream, reads the return
@@ -30,7 +31,9 @@ machine (aim for 1.25 GB/s: 10 GbE), and through-agent migration time is
    migrations through lab agents (real daemons, RabbitMQ RPC).  Every
    migration's RAM is compared (must be identical).  Reported: QEMU's
    total time, downtime, bytes, wall time; median ratio agents/direct and
-   median downtime difference, PASS/FAIL against the targets.
+   median downtime difference, PASS/FAIL against the targets.  The lab
+   agents run with their default options unless ``--agent-conf`` is given
+   (the downtime overhead grows with their ``socket_buffer``).
 
 Run as root (network namespaces)::
 
@@ -46,7 +49,6 @@ import gzip
 import json
 import logging
 import multiprocessing as mp
-import multiprocessing.connection as mpc
 import os
 import resource
 import secrets
@@ -61,7 +63,7 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import xxhash
 
@@ -196,6 +198,13 @@ def _cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _cpu_split() -> tuple[float, float, int]:
+    """(user, system) CPU seconds of this process (all threads), and its
+    minor page faults (first touches of new memory)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime, ru.ru_stime, ru.ru_minflt
+
+
 # ---------------------------------------------------------------------------
 # The recorded stream
 # ---------------------------------------------------------------------------
@@ -296,22 +305,36 @@ def _mac_only(data: bytes, chunk: int) -> int:
 
 
 def micro_benchmarks(stream: Stream, chunk: int, repeat: int
-                     ) -> dict[str, dict[str, float]]:
+                     ) -> dict[str, dict[str, Any]]:
     data = stream.data
     cases: list[tuple[str, str, Callable[[], Any]]] = [
         ("parse-only", "StreamReader, no-op visitor",
          lambda: _feed(data, StreamVisitor(), chunk)),
         ("parse+digest", "source visitor: xxh3_128 per page",
-         lambda: _feed(data, sess._SourceTracker(None, _Seed.seed), chunk)),
-        ("parse+store", "destination visitor: PageStore.put_page",
+         lambda: _feed(data, sess._SourceTracker(cast(Any, None), _Seed.seed),
+                       chunk)),
+        ("parse+store", "destination visitor: new PageStore.put_page",
          lambda: _store_run(data, chunk)),
+        ("parse+store warm", "same, store memory already touched",
+         lambda: _feed(data, sess._StoreVisitor(warm), chunk)),
         ("frame MAC", "HMAC-SHA256 of %d KiB frames" % (chunk >> 10),
          lambda: _mac_only(data, chunk)),
     ]
-    results: dict[str, dict[str, float]] = {}
-    pages = None
+    # A second attempt of a migration reuses its store: no page faults.
+    warm = PageStore(_Seed.seed)
+    _feed(data, sess._StoreVisitor(warm), chunk)
+    try:
+        return _run_cases(data, cases, repeat)
+    finally:
+        warm.close()
+
+
+def _run_cases(data: bytes, cases: list[tuple[str, str, Callable[[], Any]]],
+               repeat: int) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
     for key, what, fn in cases:
         walls, cpus = [], []
+        pages = None
         for _ in range(repeat):
             c0, t0 = time.process_time(), time.perf_counter()
             r = fn()
@@ -322,7 +345,7 @@ def micro_benchmarks(stream: Stream, chunk: int, repeat: int
         wall = median(walls)
         results[key] = {"what": what, "wall_s": wall, "cpu_s": median(cpus),
                         "mb_s": len(data) / wall / MB,
-                        "pages_s": (pages or 0) / wall}
+                        "pages_s": pages / wall if pages else None}
     return results
 
 
@@ -364,7 +387,7 @@ def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
         cmd, *args = conn.recv()
         try:
             if cmd == "cpu":
-                result: Any = _cpu_seconds()
+                result: Any = _cpu_split()
             elif cmd == "call":
                 method, *margs = args
                 result = getattr(mgr, method)(None, *margs)
@@ -372,7 +395,7 @@ def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
                 mid, timeout = args
                 s = mgr.sessions[(mid, 0)]
                 s.done.wait(timeout)
-                result = {"cpu": _cpu_seconds(), "state": s.state.value,
+                result = {"cpu": _cpu_split(), "state": s.state.value,
                           "error": s.error, "counters": dict(s.counters),
                           "elapsed": ((s.finished_at or time.monotonic())
                                       - (s.started_at or time.monotonic()))}
@@ -468,6 +491,7 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
     dst_proc, dst = _start_child(_agent_proc, "bench-dst", overrides,
                                  name="bench-dst-agent")
     runs: list[dict[str, Any]] = []
+    stopped = False
     try:
         _reply(src, 30, "source agent start")
         dst_peer_port = _reply(dst, 30, "destination agent start")
@@ -475,20 +499,24 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
             runs.append(_one_pair_run(src, dst, dst_peer_port, data, digest,
                                       feed_chunk))
             r = runs[-1]
-            out("    run %d: %.2f s wall, %.0f MB/s; source %.2f CPU-s, "
-                "destination %.2f CPU-s" % (
+            out("    run %d: %.2f s wall, %.0f MB/s; source agent %.2f CPU-s "
+                "(%.2f user + %.2f sys), destination agent %.2f CPU-s "
+                "(%.2f user + %.2f sys)" % (
                     i + 1, r["wall_s"], r["wall_mb_s"], r["src_cpu_s"],
-                    r["dst_cpu_s"]))
+                    r["src_user_s"], r["src_sys_s"], r["dst_cpu_s"],
+                    r["dst_user_s"], r["dst_sys_s"]))
         for conn in (src, dst):
             conn.send(("stop",))
             _reply(conn, 10, "agent stop")
+        stopped = True
     finally:
         for proc in (src_proc, dst_proc):
-            proc.join(5)
+            proc.join(5 if stopped else 0.1)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
     keys = ["wall_s", "wall_mb_s", "pages_s", "src_cpu_s", "dst_cpu_s",
+            "src_user_s", "src_sys_s", "dst_user_s", "dst_sys_s",
             "src_mb_per_cpu_s", "dst_mb_per_cpu_s", "src_pages_per_cpu_s",
             "dst_pages_per_cpu_s", "feeder_cpu_s", "sink_cpu_s"]
     return {"runs": runs,
@@ -547,13 +575,20 @@ def _one_pair_run(src: Any, dst: Any, dst_peer_port: int, data: bytes,
     counters = src_res["counters"]
     pages = counters["pages"] + counters["zero_pages"]
     wall = sink_res["t_eof"] - feed_res["t_connect"]
-    src_cpu = src_res["cpu"] - src_cpu0
-    dst_cpu = dst_res["cpu"] - dst_cpu0
+    src_usr = src_res["cpu"][0] - src_cpu0[0]
+    src_sys = src_res["cpu"][1] - src_cpu0[1]
+    dst_usr = dst_res["cpu"][0] - dst_cpu0[0]
+    dst_sys = dst_res["cpu"][1] - dst_cpu0[1]
+    src_cpu, dst_cpu = src_usr + src_sys, dst_usr + dst_sys
     n = len(data)
     return {
         "wall_s": wall, "wall_mb_s": n / wall / MB, "pages_s": pages / wall,
         "pages": pages, "stream_bytes": n,
         "src_cpu_s": src_cpu, "dst_cpu_s": dst_cpu,
+        "src_user_s": src_usr, "src_sys_s": src_sys,
+        "dst_user_s": dst_usr, "dst_sys_s": dst_sys,
+        "src_minor_faults": src_res["cpu"][2] - src_cpu0[2],
+        "dst_minor_faults": dst_res["cpu"][2] - dst_cpu0[2],
         "src_mb_per_cpu_s": n / src_cpu / MB,
         "dst_mb_per_cpu_s": n / dst_cpu / MB,
         "src_pages_per_cpu_s": pages / src_cpu,
@@ -589,8 +624,9 @@ def throughput_part(args: argparse.Namespace, workdir: str
     micro = micro_benchmarks(stream, args.chunk_size, args.repeat)
     result["micro"] = micro
     out(table(["case", "what", "MB/s", "pages/s", "wall s"], [
-        [k, v["what"], round(v["mb_s"]), round(v["pages_s"]) or None,
-         v["wall_s"]] for k, v in micro.items()], indent="    "))
+        [k, v["what"], round(v["mb_s"]),
+         round(v["pages_s"]) if v["pages_s"] else None, v["wall_s"]]
+        for k, v in micro.items()], indent="    "))
     out("  agent pair: source and destination AgentManager in separate "
         "processes, fake QEMUs in two more (chunk_size %d KiB, "
         "socket_buffer %s):" % (args.chunk_size >> 10,
@@ -640,22 +676,26 @@ def lab_part(args: argparse.Namespace) -> dict[str, Any]:
 
     out("== 2. Migration through agents vs direct QEMU->QEMU ==")
     out("  2 hosts, %s links, %d MiB guest, %s, %d migrations per method "
-        "(interleaved, ping-pong)" % (
+        "(interleaved, ping-pong)%s" % (
             args.link, args.memory,
             ("dirtying %d MiB at %s MiB/s" % (
                 args.dirty_mib, args.dirty_rate or "max"))
-            if args.dirty_mib else "idle", args.repeat))
+            if args.dirty_mib else "idle", args.repeat,
+            "; agents: " + ", ".join(args.agent_conf)
+            if args.agent_conf else ""))
     image = build_guest_image()
     broker = broker_from_env()
     migrations: list[dict[str, Any]] = []
     result: dict[str, Any] = {"link": args.link, "memory_mib": args.memory,
+                              "agent_conf": args.agent_conf,
                               "dirty_mib": args.dirty_mib,
                               "dirty_rate": args.dirty_rate,
                               "migrations": migrations,
                               "broker_started_here": broker.started_here}
     try:
         with Lab({"src": args.link, "dst": args.link}) as lab:
-            with LabAgents(lab) as agents:
+            extra = "".join("%s\n" % line for line in args.agent_conf)
+            with LabAgents(lab, extra_conf=extra) as agents:
                 assert agents.api is not None
                 guest = QemuGuest.start(lab, "src", image,
                                         memory_mib=args.memory,
@@ -678,8 +718,8 @@ def lab_part(args: argparse.Namespace) -> dict[str, Any]:
                         new, res = migrate_direct(lab, guest, target)
                     else:
                         m = migrate_via_agents(lab, agents, guest, target)
+                        assert m.result is not None
                         new, res = m.dst_guest, m.result
-                        assert res is not None
                         states = [a["state"]
                                   for st in (m.src_status, m.dst_status)
                                   if st for a in st["attempts"]]
@@ -804,8 +844,10 @@ def summary(results: dict[str, Any]) -> list[str]:
                 mi["parse-only"]["mb_s"], mi["parse-only"]["pages_s"]),
             "parse+digest (in-process)   %6.0f MB/s  %8.0f pages/s" % (
                 mi["parse+digest"]["mb_s"], mi["parse+digest"]["pages_s"]),
-            "parse+store (in-process)    %6.0f MB/s  %8.0f pages/s" % (
-                mi["parse+store"]["mb_s"], mi["parse+store"]["pages_s"]),
+            "parse+store (in-process)    %6.0f MB/s  %8.0f pages/s"
+            "  (warm store: %.0f MB/s)" % (
+                mi["parse+store"]["mb_s"], mi["parse+store"]["pages_s"],
+                mi["parse+store warm"]["mb_s"]),
             "frame MAC (in-process)      %6.0f MB/s" % mi["frame MAC"]["mb_s"],
             "agent pair, wall            %6.0f MB/s  %8.0f pages/s"
             "  (parse+digest+forward, 4 procs / %d cores)" % (
@@ -853,6 +895,8 @@ def summary(results: dict[str, Any]) -> list[str]:
     elif "lab_error" in results:
         lines.append("lab                         ERROR: %s"
                      % results["lab_error"])
+    if results.get("interrupted"):
+        lines.append("INTERRUPTED                 the run did not finish")
     lines.append("elapsed                     %.0f s" % results["elapsed_s"])
     return lines
 
@@ -887,6 +931,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MiB the lab guest dirties (default 0: idle)")
     p.add_argument("--dirty-rate", type=int, default=0,
                    help="MiB/s the lab guest dirties at (0: max)")
+    p.add_argument("--agent-conf", action="append", default=[],
+                   metavar="OPT=VALUE",
+                   help="extra [dcmigrate_agent] option for the lab agents, "
+                        "e.g. socket_buffer=131072 (repeatable)")
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds the booted lab guest runs first")
     p.add_argument("-v", "--verbose", action="store_true",

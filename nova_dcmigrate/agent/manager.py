@@ -15,6 +15,7 @@ from oslo_utils import netutils
 import oslo_messaging as messaging
 
 from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent.holder import HolderRelay
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.peer_listener import PeerListener
 from nova_dcmigrate.agent import protocol
@@ -46,6 +47,8 @@ class AgentManager:
         self._lock = threading.Lock()
         self.sessions: dict[tuple[str, int], sess.MigrationSession] = {}
         self.stores: dict[str, PageStore] = {}
+        self.secrets: dict[str, str] = {}
+        self.relays: dict[tuple[str, int], HolderRelay] = {}
         self.listener = PeerListener(conf.peer_listen_address,
                                      conf.peer_port, self._resolve_peer,
                                      conf.handshake_timeout)
@@ -68,6 +71,8 @@ class AgentManager:
     # -- peer side ---------------------------------------------------------
     def _resolve_peer(self, hello: protocol.Hello) -> tuple[
             bytes, Any]:
+        if hello.channel == protocol.Channel.RELAY:
+            return self._resolve_relay(hello)
         with self._lock:
             s = self.sessions.get((hello.migration_id, hello.attempt))
         if not isinstance(s, sess.DestinationSession):
@@ -78,6 +83,38 @@ class AgentManager:
                 reason="session is %s, not waiting for a peer"
                 % s.state.value)
         return s.secret, s.attach_peer
+
+    def _resolve_relay(self, hello: protocol.Hello) -> tuple[bytes, Any]:
+        """A new destination wants the pages we hold for this migration."""
+        mid = hello.migration_id
+        with self._lock:
+            store = self.stores.get(mid)
+            secret = self.secrets.get(mid)
+            writers = [s for (m, _a), s in self.sessions.items()
+                       if m == mid and isinstance(s, sess.DestinationSession)
+                       and s.state not in sess.FINAL_STATES]
+        if store is None or secret is None or not store.configured:
+            raise exception.UnknownMigration(migration_id=mid)
+        if writers:
+            # A store being written cannot be relayed consistently.
+            raise exception.InvalidRequest(
+                migration_id=mid, reason="pages are still arriving here "
+                "(attempt %d); cancel it before relaying"
+                % writers[0].attempt)
+
+        def start(conn: protocol.FramedConnection) -> None:
+            relay = HolderRelay(self.conf, mid, store, conn)
+            with self._lock:
+                old = self.relays.get((mid, hello.attempt))
+                self.relays[(mid, hello.attempt)] = relay
+            if old is not None:
+                old.abort()
+            relay.start()
+            LOG.info("migration %(mid)s: relaying held pages to %(peer)s "
+                     "for attempt %(att)d",
+                     {"mid": mid, "peer": conn.peer, "att": hello.attempt})
+
+        return secret.encode(), start
 
     # -- helpers -------------------------------------------------------------
     def _add(self, key: tuple[str, int], s: sess.MigrationSession) -> None:
@@ -108,22 +145,44 @@ class AgentManager:
 
     @messaging.expose
     def prepare_destination(self, ctxt: Any, migration_id: str, secret: str,
-                            qemu_port: int, attempt: int = 0
+                            qemu_port: int, attempt: int = 0,
+                            holders: list[dict[str, Any]] | None = None
                             ) -> dict[str, Any]:
         """Expect a stream for ``migration_id`` and feed it to the local
-        QEMU listening on ``local_address:qemu_port``."""
+        QEMU listening on ``local_address:qemu_port``.
+
+        :param holders: agents holding pages of this migration
+            (``{"host", "address", "port"}``); their pages are relayed and
+            merged into the stream (a redirect).  Pages this agent still
+            holds from an earlier attempt are reused too (a resume).
+        """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
         if not netutils.is_valid_port(qemu_port):
             raise exception.InvalidRequest(migration_id=migration_id,
                                            reason="bad port %r" % qemu_port)
+        holders = list(holders or [])
+        for h in holders:
+            if not isinstance(h, dict) or \
+                    not netutils.is_valid_ip(str(h.get("address"))) or \
+                    not netutils.is_valid_port(h.get("port")):
+                raise exception.InvalidRequest(
+                    migration_id=migration_id,
+                    reason="bad holder %r" % (h,))
         with self._lock:
+            known = self.secrets.get(migration_id)
+            if known is not None and known != secret:
+                raise exception.InvalidRequest(
+                    migration_id=migration_id,
+                    reason="secret differs from the migration's")
+            self.secrets[migration_id] = secret
             store = self.stores.get(migration_id)
             if store is None:
                 store = PageStore(sess.digest_seed(secret.encode()))
                 self.stores[migration_id] = store
         s = sess.DestinationSession(self.conf, migration_id, secret,
-                                    int(attempt), int(qemu_port), store)
+                                    int(attempt), int(qemu_port), store,
+                                    holders)
         self._add((migration_id, int(attempt)), s)
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
                  "(QEMU port %(port)d)", {"mid": migration_id,
@@ -146,6 +205,8 @@ class AgentManager:
             raise exception.InvalidRequest(
                 migration_id=migration_id,
                 reason="bad destination address %r" % dest_address)
+        with self._lock:
+            self.secrets.setdefault(migration_id, secret)
         s = sess.SourceSession(self.conf, migration_id, secret, int(attempt),
                                int(listen_port), dest_address,
                                int(dest_port))
@@ -182,6 +243,11 @@ class AgentManager:
             c = store.counters()
             result["store"] = {"pages": c.pages, "zero_pages": c.zero_pages,
                                "bytes_held": c.bytes_held}
+        with self._lock:
+            relays = [r.status() for (m, _a), r in self.relays.items()
+                      if m == migration_id]
+        if relays:
+            result["relays"] = relays
         return result
 
     @messaging.expose
@@ -205,6 +271,11 @@ class AgentManager:
             keys = [k for k in self.sessions if k[0] == migration_id]
             sessions = [self.sessions.pop(k) for k in keys]
             store = self.stores.pop(migration_id, None)
+            self.secrets.pop(migration_id, None)
+            rkeys = [k for k in self.relays if k[0] == migration_id]
+            relays = [self.relays.pop(k) for k in rkeys]
+        for r in relays:
+            r.abort()
         for s in sessions:
             s.close()
         if store is not None:

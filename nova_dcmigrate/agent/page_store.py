@@ -13,7 +13,9 @@ only backs pages that were written, so a store costs what it holds.
 
 from __future__ import annotations
 
+import array
 import mmap
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,15 +40,21 @@ def zero_digest(seed: int) -> bytes:
 
 
 class _BlockStore:
-    __slots__ = ("block", "data", "digests", "state", "held")
+    __slots__ = ("block", "data", "digests", "state", "held", "attempt")
 
     def __init__(self, block: RamBlock) -> None:
         self.block = block
         n = block.npages
-        # mmap(-1, 0) is invalid: keep at least one page.
-        self.data = mmap.mmap(-1, max(n, 1) * PAGE_SIZE)
+        # mmap(-1, 0) is invalid: keep at least one page.  A private
+        # mapping faults in much cheaper than a shared one (measured:
+        # first writes into the store dominate a destination agent's CPU).
+        self.data = mmap.mmap(-1, max(n, 1) * PAGE_SIZE,
+                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.digests = bytearray(n * DIGEST_LEN)
         self.state = bytearray(n)
+        # Attempt that last wrote each page: a newer attempt's copy of a
+        # page supersedes an older one held elsewhere.
+        self.attempt = array.array("H", bytes(2 * n))
         self.held = 0
 
 
@@ -98,9 +106,10 @@ class PageStore:
         return xxhash.xxh3_128_digest(data, self.seed)
 
     def put_page(self, block: RamBlock, page: int,
-                 data: bytes | memoryview) -> bytes:
+                 data: bytes | memoryview, attempt: int = 0) -> bytes:
         """Store one page; returns its digest."""
         bs = self._blocks[block.index]
+        bs.attempt[page] = attempt
         off = page * PAGE_SIZE
         bs.data[off:off + PAGE_SIZE] = data
         d = xxhash.xxh3_128_digest(data, self.seed)
@@ -116,8 +125,9 @@ class PageStore:
             bs.state[page] = DATA
         return d
 
-    def put_zero(self, block: RamBlock, page: int) -> None:
+    def put_zero(self, block: RamBlock, page: int, attempt: int = 0) -> None:
         bs = self._blocks[block.index]
+        bs.attempt[page] = attempt
         st = bs.state[page]
         if st == ZERO:
             return
@@ -131,6 +141,39 @@ class PageStore:
         bs.state[page] = ZERO
         di = page * DIGEST_LEN
         bs.digests[di:di + DIGEST_LEN] = self._zero_digest
+
+    def block_named(self, name: str) -> RamBlock:
+        return self._by_name[name].block
+
+    def block_at(self, index: int) -> RamBlock:
+        return self._blocks[index].block
+
+    def page_at(self, index: int, page: int) -> memoryview | None:
+        """Page content by block index; None for a zero page."""
+        bs = self._blocks[index]
+        if bs.state[page] != DATA:
+            return None
+        off = page * PAGE_SIZE
+        return memoryview(bs.data)[off:off + PAGE_SIZE]
+
+    def state_at(self, index: int, page: int) -> int:
+        return self._blocks[index].state[page]
+
+    def inventory_ranges(self, max_count: int = 65536
+                         ) -> Iterator[tuple[int, int, bytes, bytes, bytes]]:
+        """(block index, first page, states, be16 attempts, digests) in
+        ranges of at most ``max_count`` pages, for the wire."""
+        for idx, bs in enumerate(self._blocks):
+            n = len(bs.state)
+            for first in range(0, n, max_count):
+                last = min(n, first + max_count)
+                att = bs.attempt[first:last]
+                if sys.byteorder == "little":
+                    att.byteswap()          # wire order is big-endian
+                yield (idx, first, bytes(bs.state[first:last]),
+                       att.tobytes(),
+                       bytes(bs.digests[first * DIGEST_LEN:
+                                        last * DIGEST_LEN]))
 
     def state(self, block_name: str, page: int) -> int:
         return self._by_name[block_name].state[page]

@@ -10,7 +10,8 @@ replayed, reordered or dropped without the receiver noticing.
 Wire format (all integers big-endian)::
 
     HELLO      connector -> acceptor   60 bytes
-               "DCMG" u8 version u8 channel u16 0 uuid[16] u32 attempt nonce[32]
+               "DCMG" u8 version u8 channel u16 0 uuid[16] u32 attempt
+               nonce[32]
     CHALLENGE  acceptor -> connector   nonce[32] mac[32]
     RESPONSE   connector -> acceptor   mac[32]
     frames     u8 type u8 flags u16 0 u32 length  payload[length]  mac[16]
@@ -48,6 +49,7 @@ class Channel(enum.IntEnum):
     """What a connection carries; fixed by the connector's HELLO."""
 
     STREAM = 1      # source agent -> destination agent: the migration stream
+    RELAY = 2       # new destination agent -> a holder: pull stored pages
 
 
 class FrameType(enum.IntEnum):
@@ -58,6 +60,20 @@ class FrameType(enum.IntEnum):
     ACK = 5           # destination stored the stream up to an offset
     ABORT = 6         # the sender gives up; payload: UTF-8 reason
     READY = 7         # destination QEMU connected, stream may start
+    # Redirect (stream channel): new destination <-> source.
+    LAYOUT = 8        # JSON block layout of the held pages
+    EXPECTED = 9      # per page: who holds it for the destination + digest
+    PROGRESS = 10     # source -> destination: first-pass position
+    FRONTIER = 11     # destination -> source: send held pages below this
+    # Relay channel: holder <-> new destination.
+    INVENTORY = 12    # holder's pages: state, attempt, digest
+    INVENTORY_END = 13
+    ASSIGN = 14       # which held pages this holder must relay
+    ASSIGN_END = 15
+    RELAY_PAGES = 16  # a batch of relayed pages
+    STOP_AT = 17      # do not relay below this page (yet)
+    FINAL = 18        # last stop + explicit pages still missing below it
+    RELAY_DONE = 19   # holder has sent everything asked
 
 
 ACK = struct.Struct(">QQQ")   # stream offset, pages held, zero pages held
@@ -95,7 +111,7 @@ class Hello:
         return cls(chan, str(uuid.UUID(bytes=mid)), attempt, nonce, raw)
 
 
-def _mac(key: bytes, *parts: bytes) -> bytes:
+def _mac(key: bytes, *parts: bytes | bytearray | memoryview) -> bytes:
     h = hmac.new(key, digestmod=hashlib.sha256)
     for p in parts:
         h.update(p)
@@ -104,7 +120,8 @@ def _mac(key: bytes, *parts: bytes) -> bytes:
 
 def _keys(secret: bytes, hello: bytes, nonce_a: bytes) -> tuple[bytes, bytes]:
     base = _mac(secret, b"dcmigrate-keys", hello, nonce_a)
-    return _mac(base, b"connector->acceptor"), _mac(base, b"acceptor->connector")
+    return (_mac(base, b"connector->acceptor"),
+            _mac(base, b"acceptor->connector"))
 
 
 def recv_exact(sock: socket.socket, n: int, peer: str) -> bytes:
@@ -153,7 +170,8 @@ class FramedConnection:
         self.bytes_received = 0
 
     # -- sending ---------------------------------------------------------
-    def send(self, ftype: FrameType, payload: bytes | memoryview = b"") -> None:
+    def send(self, ftype: FrameType,
+             payload: bytes | memoryview = b"") -> None:
         n = len(payload)
         if n > MAX_PAYLOAD:
             raise ValueError("frame payload too large: %d" % n)

@@ -4,57 +4,74 @@ API version history:
 
 * 1.0 - Initial version: ping, prepare_destination, prepare_source,
         get_status, list_migrations, abort, cleanup, peer_stats.
+* 1.1 - prepare_destination: new ``holders`` argument (redirect relays).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from typing import cast
 
 import oslo_messaging as messaging
 
+from nova_dcmigrate.agent import exception
 from nova_dcmigrate import rpc
 
 TOPIC = "dcmigrate-agent"
 
 
 class AgentAPI:
-    RPC_API_VERSION = "1.0"
+    RPC_API_VERSION = "1.1"
 
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
-        target = messaging.Target(topic=TOPIC, version="1.0")
+        target = messaging.Target(topic=TOPIC, version="1.1")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
 
-    def _call(self, host: str, method: str, **kwargs: Any) -> Any:
-        cctxt = self.client.prepare(server=host, version="1.0")
+    def _call(self, host: str, method: str, version: str = "1.0",
+              **kwargs: Any) -> Any:
+        cctxt = self.client.prepare(server=host, version=version)
         return cctxt.call({}, method, **kwargs)
 
     def ping(self, host: str) -> dict[str, Any]:
-        return self._call(host, "ping")
+        return cast(dict[str, Any], self._call(host, "ping"))
 
     def prepare_destination(self, host: str, migration_id: str, secret: str,
-                            qemu_port: int, attempt: int = 0
+                            qemu_port: int, attempt: int = 0,
+                            holders: list[dict[str, Any]] | None = None
                             ) -> dict[str, Any]:
-        return self._call(host, "prepare_destination",
-                          migration_id=migration_id, secret=secret,
-                          qemu_port=qemu_port, attempt=attempt)
+        kwargs: dict[str, Any] = {
+            "migration_id": migration_id, "secret": secret,
+            "qemu_port": qemu_port, "attempt": attempt}
+        version = "1.0"
+        if holders:
+            if not self.client.can_send_version("1.1"):
+                raise exception.InvalidRequest(
+                    migration_id=migration_id,
+                    reason="RPC version cap forbids relays from holders")
+            kwargs["holders"] = holders
+            version = "1.1"
+        return cast(dict[str, Any], self._call(
+            host, "prepare_destination", version=version, **kwargs))
 
     def prepare_source(self, host: str, migration_id: str, secret: str,
                        listen_port: int, dest_address: str, dest_port: int,
                        attempt: int = 0) -> dict[str, Any]:
-        return self._call(host, "prepare_source", migration_id=migration_id,
-                          secret=secret, listen_port=listen_port,
-                          dest_address=dest_address, dest_port=dest_port,
-                          attempt=attempt)
+        return cast(dict[str, Any], self._call(
+            host, "prepare_source", migration_id=migration_id,
+            secret=secret, listen_port=listen_port,
+            dest_address=dest_address, dest_port=dest_port,
+            attempt=attempt))
 
     def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
-        return self._call(host, "get_status", migration_id=migration_id)
+        return cast(dict[str, Any],
+                    self._call(host, "get_status", migration_id=migration_id))
 
     def list_migrations(self, host: str) -> list[str]:
-        return self._call(host, "list_migrations")
+        return cast(list[str], self._call(host, "list_migrations"))
 
     def abort(self, host: str, migration_id: str,
               reason: str = "aborted by request") -> None:
@@ -64,4 +81,4 @@ class AgentAPI:
         self._call(host, "cleanup", migration_id=migration_id)
 
     def peer_stats(self, host: str) -> dict[str, int]:
-        return self._call(host, "peer_stats")
+        return cast(dict[str, int], self._call(host, "peer_stats"))

@@ -29,18 +29,24 @@ from oslo_log import log as logging
 import xxhash
 
 from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent.layout import Layout
+from nova_dcmigrate.agent import merge
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.page_store import zero_digest
+from nova_dcmigrate.agent import plan as planmod
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.protocol import FrameType
+from nova_dcmigrate.agent import relay_wire as wire
 from nova_dcmigrate.exception import MigrationStateError
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
 from nova_dcmigrate.stream import ReaderState
 from nova_dcmigrate.stream import StreamError
 from nova_dcmigrate.stream import StreamReader
+from nova_dcmigrate.stream import Preamble
 from nova_dcmigrate.stream import StreamVisitor
+from nova_dcmigrate.stream import StreamWriter
 
 LOG = logging.getLogger(__name__)
 
@@ -202,7 +208,7 @@ class MigrationSession:
             self.fail(str(err))
         except OSError as err:
             self.fail("socket error: %s" % err)
-        except Exception as err:  # noqa: BLE001 - a thread must not die silently
+        except Exception as err:  # noqa: BLE001 - a thread must not die
             LOG.exception("migration %s: unexpected error", self.migration_id)
             self.fail("internal error: %r" % err)
 
@@ -266,6 +272,99 @@ class _StoreVisitor(StreamVisitor):
         self.store.put_zero(block, page)
 
 
+class _SourceFilter(StreamVisitor):
+    """Source side of a redirect: drops pages the destination will hold.
+
+    A page is dropped iff its digest equals what the new destination is
+    going to hold for it (reference section 2.5, rule 1) -- except held
+    pages below the frontier during the first pass, which the source
+    sends itself so that it and the holders finish together.
+    """
+
+    def __init__(self, session: SourceSession, layout: Layout,
+                 flags: list[bytearray], expected: list[bytearray],
+                 seed: int) -> None:
+        self.s = session
+        self.layout = layout
+        self.flags = flags
+        self.expected = expected
+        self.seed = seed
+        self.zero = zero_digest(seed)
+        self.w = StreamWriter()
+        self.covered = [bytearray(n) for n in layout.npages]
+        self.ncovered = 0
+        self.position = 0
+        self.pass1_done = False
+        self.dropped = 0
+        self.dropped_bytes = 0
+        self.forwarded_held = 0
+
+    def on_preamble(self, preamble: Preamble) -> None:
+        self.w.raw(preamble.raw)
+
+    def on_command(self, cmd: int, data: bytes, raw: bytes) -> None:
+        self.w.raw(raw)
+
+    def on_ram_start(self, start: RamStart) -> None:
+        mine = Layout.from_start(start)
+        if (mine.names, mine.lengths) != (self.layout.names,
+                                          self.layout.lengths):
+            raise exception.SessionFailed(
+                migration_id=self.s.migration_id,
+                reason="the VM's RAM layout changed since the pages were "
+                       "received; the held pages cannot be used")
+        self.w.ram_start(start)
+
+    def on_section_begin(self, kind: int, section_id: int) -> None:
+        self.w.begin_section(kind)
+
+    def _cover(self, idx: int, page: int) -> None:
+        cov = self.covered[idx]
+        if not cov[page]:
+            cov[page] = 1
+            self.ncovered += 1
+            self.position = self.layout.bases[idx] + page
+            if self.ncovered == self.layout.total_pages:
+                self.pass1_done = True
+
+    def on_page(self, block: RamBlock, page: int, data: memoryview) -> None:
+        idx = block.index
+        if not self.pass1_done:
+            self._cover(idx, page)
+        d = xxhash.xxh3_128_digest(data, self.seed)
+        fl = self.flags[idx]
+        flag = fl[page]
+        di = page * DIGEST_LEN
+        exp = self.expected[idx]
+        if flag and exp[di:di + DIGEST_LEN] == d:
+            if (flag == planmod.FLAG_REMOTE and not self.pass1_done
+                    and self.layout.bases[idx] + page < self.s.frontier):
+                self.forwarded_held += 1
+            else:
+                self.dropped += 1
+                self.dropped_bytes += len(data)
+                return
+        self.w.page(block, page, data)
+        exp[di:di + DIGEST_LEN] = d
+        fl[page] = 3          # the destination holds what we sent
+
+    def on_zero(self, block: RamBlock, page: int) -> None:
+        idx = block.index
+        if not self.pass1_done:
+            self._cover(idx, page)
+        # Zero records are 9-16 bytes: always send them (reference 2.5).
+        self.w.zero(block, page)
+        di = page * DIGEST_LEN
+        self.expected[idx][di:di + DIGEST_LEN] = self.zero
+        self.flags[idx][page] = 3
+
+    def on_section_end(self, kind: int, section_id: int) -> None:
+        self.w.end_section()
+
+    def on_tail(self, data: memoryview) -> None:
+        self.w.raw(data)
+
+
 def digest_seed(secret: bytes) -> int:
     """Per-migration digest seed, derived so both agents agree on it."""
     import hashlib
@@ -298,6 +397,12 @@ class SourceSession(MigrationSession):
         self.tracker = _SourceTracker(self, digest_seed(self.secret))
         self._return_eof = threading.Event()
         self._stream_done = False
+        # Redirect plan from the destination (None: plain migration).
+        self.layout: Layout | None = None
+        self.flags: list[bytearray] = []
+        self.expected: list[bytearray] = []
+        self.frontier = 0
+        self.filter: _SourceFilter | None = None
 
     def start(self) -> None:
         """Bind the local listening socket; raises OSError if taken."""
@@ -325,13 +430,15 @@ class SourceSession(MigrationSession):
         qsock.settimeout(None)
         _tune(qsock, self.conf.socket_buffer)
         LOG.info("migration %(mid)s attempt %(att)d: local migration "
-                 "connection from %(addr)s", {"mid": self.migration_id,
-                                               "att": self.attempt,
-                                               "addr": addr})
+                 "connection from %(addr)s",
+                 {"mid": self.migration_id, "att": self.attempt,
+                  "addr": addr})
         self._transition(SessionState.CONNECTING, {SessionState.PREPARED})
         conn = self._connect_peer()
         self._conn = conn
         ftype, payload = conn.recv()
+        if ftype == FrameType.LAYOUT:
+            ftype, payload = self._receive_plan(conn, payload)
         if ftype == FrameType.ABORT:
             raise exception.SessionFailed(
                 migration_id=self.migration_id,
@@ -349,6 +456,28 @@ class SourceSession(MigrationSession):
                 migration_id=self.migration_id,
                 reason="destination agent connection lost: %s" % err
             ) from err
+
+    def _receive_plan(self, conn: protocol.FramedConnection,
+                      layout_raw: memoryview
+                      ) -> tuple[FrameType, memoryview]:
+        """Read LAYOUT, EXPECTED*, FRONTIER: who holds what for the
+        destination; returns the frame that follows (READY or ABORT)."""
+        layout = Layout.from_json(layout_raw, conn.peer)
+        self.layout = layout
+        self.flags = [bytearray(n) for n in layout.npages]
+        self.expected = [bytearray(n * DIGEST_LEN) for n in layout.npages]
+        while True:
+            ftype, payload = conn.recv()
+            if ftype == FrameType.EXPECTED:
+                idx, first, fl, dg = wire.decode_expected(payload, layout,
+                                                          conn.peer)
+                self.flags[idx][first:first + len(fl)] = fl
+                self.expected[idx][first * DIGEST_LEN:
+                                   (first + len(fl)) * DIGEST_LEN] = dg
+            elif ftype == FrameType.FRONTIER:
+                self.frontier = wire.U64.unpack(payload)[0]
+            else:
+                return ftype, payload
 
     def _connect_peer(self) -> protocol.FramedConnection:
         peer = "%s:%d" % (self.dest_address, self.dest_port)
@@ -376,6 +505,8 @@ class SourceSession(MigrationSession):
 
     def _forward_loop(self, conn: protocol.FramedConnection,
                       qsock: socket.socket) -> None:
+        if self.layout is not None:
+            return self._filter_loop(conn, qsock)
         reader = StreamReader(self.tracker)
         chunk = self.conf.chunk_size
         c = self.counters
@@ -404,6 +535,53 @@ class SourceSession(MigrationSession):
         self._return_eof.wait()
         self._complete()
 
+    def _filter_loop(self, conn: protocol.FramedConnection,
+                     qsock: socket.socket) -> None:
+        """Forward loop of a redirected attempt: re-encode without the
+        pages the destination will get elsewhere."""
+        assert self.layout is not None
+        f = _SourceFilter(self, self.layout, self.flags, self.expected,
+                          digest_seed(self.secret))
+        self.filter = f
+        reader = StreamReader(f)
+        chunk = self.conf.chunk_size
+        c = self.counters
+        last_progress = 0.0
+        sent_done = False
+        while True:
+            buf = reader.get_buffer(chunk)
+            n = qsock.recv_into(buf, chunk)
+            if n == 0:
+                break
+            reader.buffer_updated(n)
+            c["stream_bytes"] += n
+            out = f.w.take()
+            if out:
+                conn.send(FrameType.DATA, out)
+                c["bytes_sent"] = c.get("bytes_sent", 0) + len(out)
+            now = time.monotonic()
+            if (f.pass1_done and not sent_done) or \
+                    now - last_progress > 0.02:
+                last_progress = now
+                sent_done = f.pass1_done
+                conn.send(FrameType.PROGRESS, wire.PROGRESS.pack(
+                    f.position, f.ncovered, int(f.pass1_done)))
+            c["pages_dropped"] = f.dropped
+            c["bytes_dropped"] = f.dropped_bytes
+            c["held_pages_forwarded"] = f.forwarded_held
+            if c["pages"] + 1024 < reader.pages:
+                _sync_counters(self, reader)
+        _sync_counters(self, reader)
+        if reader.state != ReaderState.TAIL:
+            raise exception.SessionFailed(
+                migration_id=self.migration_id,
+                reason="source closed the stream before completion "
+                       "(migration cancelled or failed on the source)")
+        conn.send(FrameType.DATA_EOF)
+        self._stream_done = True
+        self._return_eof.wait()
+        self._complete()
+
     def _return_loop(self, conn: protocol.FramedConnection,
                      qsock: socket.socket) -> None:
         c = self.counters
@@ -429,6 +607,9 @@ class SourceSession(MigrationSession):
             elif ftype == FrameType.ACK:
                 off, _pages, _zero = protocol.ACK.unpack(payload)
                 c["acked_offset"] = off
+            elif ftype == FrameType.FRONTIER:
+                self.frontier = wire.U64.unpack(payload)[0]
+                c["frontier"] = self.frontier
             elif ftype == FrameType.RETURN_EOF:
                 try:
                     qsock.shutdown(socket.SHUT_WR)
@@ -462,12 +643,27 @@ class DestinationSession(MigrationSession):
     role = Role.DESTINATION
 
     def __init__(self, conf: Any, migration_id: str, secret: str,
-                 attempt: int, qemu_port: int, store: PageStore) -> None:
+                 attempt: int, qemu_port: int, store: PageStore,
+                 holders: list[dict[str, Any]] | None = None) -> None:
         super().__init__(conf, migration_id, secret, attempt)
         self.qemu_port = qemu_port
         self.store = store
+        self.holders = list(holders or [])
         self._stream_done = False
         self._return_done = False
+        # Redirect state (merge mode).
+        self.pullers: list[merge.RelayPuller] = []
+        self.feed: merge.QemuFeed | None = None
+        self.assignment: planmod.Assignment | None = None
+        self.planner: planmod.FrontierPlanner | None = None
+        self.src_position = 0
+        self.src_pass1_done = False
+        self.frontier = 0
+        self.stops: dict[int, int] = {}
+        self.final_sent = False
+        self.relay_done = threading.Event()
+        self.src_meter = merge.RateMeter()
+        self.relay_meter = merge.RateMeter()
 
     def attach_peer(self, conn: protocol.FramedConnection) -> None:
         """Hand over the authenticated connection from the source agent."""
@@ -504,6 +700,8 @@ class DestinationSession(MigrationSession):
                 pass
             raise
         _tune(qsock, self.conf.socket_buffer)
+        if self.holders or self._store_has_pages():
+            return self._run_merge(conn, qsock)
         self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
         conn.send(FrameType.READY)
         self._spawn("dst-ret", self._return_loop, conn, qsock)
@@ -565,6 +763,329 @@ class DestinationSession(MigrationSession):
                     peer=conn.peer, reason="unexpected %s frame from the "
                     "source" % ftype.name)
 
+    # -- merge mode (redirect / resume) -----------------------------------
+    def _store_has_pages(self) -> bool:
+        c = self.store.counters()
+        return self.store.configured and (c.pages + c.zero_pages) > 0
+
+    def _connect_holder(self, index: int, holder: dict[str, Any]
+                        ) -> merge.RelayPuller:
+        addr, port = str(holder["address"]), int(holder["port"])
+        peer = "%s:%d" % (addr, port)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._track(sock)
+        sock.settimeout(self.conf.connect_timeout)
+        try:
+            sock.connect((addr, port))
+        except OSError as err:
+            raise exception.PeerConnectError(peer=peer,
+                                             reason=str(err)) from err
+        _tune(sock, self.conf.socket_buffer)
+        conn = protocol.connect(sock, peer, self.secret,
+                                protocol.Channel.RELAY, self.migration_id,
+                                self.attempt)
+        puller = merge.RelayPuller(index, str(holder.get("host", peer)),
+                                   conn)
+        puller.read_inventory()
+        sock.settimeout(None)
+        return puller
+
+    def _local_inventory(self, layout: Layout) -> planmod.Inventory:
+        inv = planmod.Inventory.empty(layout)
+        if self._store_has_pages():
+            assert self.store.ram_start is not None
+            mine = Layout.from_start(self.store.ram_start)
+            if (mine.names, mine.lengths) == (layout.names, layout.lengths):
+                for rng in self.store.inventory_ranges():
+                    inv.add_range(*rng)
+        return inv
+
+    def _run_merge(self, conn: protocol.FramedConnection,
+                   qsock: socket.socket) -> None:
+        layout: Layout | None = None
+        for i, holder in enumerate(self.holders, start=1):
+            p = self._connect_holder(i, holder)
+            assert p.layout is not None
+            if layout is None:
+                layout = p.layout
+            elif (p.layout.names, p.layout.lengths) != (layout.names,
+                                                         layout.lengths):
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="holder %s has a different RAM layout" % p.host)
+            self.pullers.append(p)
+        if layout is None:
+            assert self.store.ram_start is not None
+            layout = Layout.from_start(self.store.ram_start)
+        inventories = [self._local_inventory(layout)] + \
+            [p.inventory for p in self.pullers]            # type: ignore
+        assignment = planmod.assign(layout, inventories)
+        self.assignment = assignment
+        remote = set(range(1, len(self.pullers) + 1))
+        self.planner = planmod.FrontierPlanner(assignment, remote)
+        self.frontier = self.planner.plan(0, layout.total_pages, 1.0, 1.0) \
+            if remote else 0
+        # Tell the source what we will hold, and who holds it.
+        conn.send(FrameType.LAYOUT, layout.to_json())
+        owner = assignment.owner
+        for idx, base in enumerate(layout.bases):
+            n = layout.npages[idx]
+            for first in range(0, n, wire.MAX_RANGE):
+                last = min(n, first + wire.MAX_RANGE)
+                flags = bytes(
+                    planmod.FLAG_NONE if owner[g] < 0 else
+                    planmod.FLAG_LOCAL if owner[g] == merge.LOCAL else
+                    planmod.FLAG_REMOTE
+                    for g in range(base + first, base + last))
+                digests = assignment.digests[(base + first) * DIGEST_LEN:
+                                             (base + last) * DIGEST_LEN]
+                conn.send(FrameType.EXPECTED, wire.encode_expected(
+                    idx, first, flags, digests))
+        conn.send(FrameType.FRONTIER, wire.U64.pack(self.frontier))
+        for p in self.pullers:
+            p.send_assignment(assignment)
+            p.conn.send(FrameType.STOP_AT, wire.U64.pack(self.frontier))
+            self.stops[p.index] = self.frontier
+        LOG.info("migration %(mid)s attempt %(att)d: redirect plan: "
+                 "%(local)d pages held here, %(remote)s from holders, "
+                 "%(none)d from the source only; frontier %(f)d",
+                 {"mid": self.migration_id, "att": self.attempt,
+                  "local": assignment.pages_of(merge.LOCAL),
+                  "remote": {p.host: assignment.pages_of(p.index)
+                             for p in self.pullers},
+                  "none": assignment.pages_of(planmod.NONE),
+                  "f": self.frontier})
+        self.feed = merge.QemuFeed(qsock, self.store, self.attempt)
+        self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
+        conn.send(FrameType.READY)
+        self._spawn("dst-ret", self._return_loop, conn, qsock)
+        for p in self.pullers:
+            self._spawn("dst-relay", self._relay_loop, p)
+        if self.pullers:
+            self._spawn("dst-plan", self._plan_loop, conn)
+        else:
+            self.relay_done.set()
+        try:
+            self._merge_forward_loop(conn)
+        except exception.PeerClosed as err:
+            raise exception.SessionFailed(
+                migration_id=self.migration_id,
+                reason="source agent connection lost: %s" % err) from err
+
+    def _inject_local(self, start: RamStart) -> None:
+        feed, assignment = self.feed, self.assignment
+        assert feed is not None and assignment is not None
+        layout = Layout.from_start(start)
+        if (layout.names, layout.lengths) != (assignment.layout.names,
+                                              assignment.layout.lengths):
+            raise exception.SessionFailed(
+                migration_id=self.migration_id,
+                reason="the source's RAM layout differs from the held "
+                       "pages' layout")
+        store = self.store
+        batch: list[tuple[int, int, Any]] = []
+        owner = assignment.owner
+        for idx, base in enumerate(layout.bases):
+            for page in range(layout.npages[idx]):
+                if owner[base + page] == merge.LOCAL:
+                    batch.append((idx, page, store.page_at(idx, page)))
+                    if len(batch) >= 256:
+                        feed.inject(batch, local=True)
+                        batch = []
+        if batch:
+            feed.inject(batch, local=True)
+
+    def _merge_forward_loop(self, conn: protocol.FramedConnection) -> None:
+        feed = self.feed
+        assert feed is not None
+        visitor = merge.MergeVisitor(feed, self._inject_local,
+                                     self._before_switchover)
+        reader = StreamReader(visitor)
+        c = self.counters
+        ack_every = self.conf.ack_interval
+        next_ack = time.monotonic() + ack_every
+        while True:
+            ftype, payload = conn.recv(into=reader.get_buffer)
+            if ftype == FrameType.DATA:
+                n = len(payload)
+                visitor.chunk_begin()
+                try:
+                    reader.buffer_updated(n)
+                finally:
+                    visitor.chunk_end()
+                c["stream_bytes"] += n
+                self.src_meter.add(n)
+                now = time.monotonic()
+                if now >= next_ack:
+                    next_ack = now + ack_every
+                    self._ack(conn, reader)
+            elif ftype == FrameType.PROGRESS:
+                pos, covered, done = wire.PROGRESS.unpack(payload)
+                self.src_position = pos
+                if done and not self.src_pass1_done:
+                    self.src_pass1_done = True
+                    LOG.info("migration %(mid)s attempt %(att)d: source "
+                             "finished its first pass",
+                             {"mid": self.migration_id, "att": self.attempt})
+            elif ftype == FrameType.DATA_EOF:
+                reader.close()
+                self._ack(conn, reader)
+                try:
+                    feed.qsock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                with self._lock:
+                    self._stream_done = True
+                    finished = self._return_done
+                if finished:
+                    self._complete()
+                return
+            elif ftype == FrameType.ABORT:
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="source aborted: %s"
+                    % bytes(payload).decode(errors="replace"))
+            else:
+                raise exception.PeerProtocolError(
+                    peer=conn.peer, reason="unexpected %s frame from the "
+                    "source" % ftype.name)
+
+    def _relay_loop(self, p: merge.RelayPuller) -> None:
+        feed, layout = self.feed, p.layout
+        assert feed is not None and layout is not None
+        inv = p.inventory
+        assert inv is not None
+
+        def attempt_of(idx: int, page: int) -> int:
+            return int(inv.attempts[idx][page])
+
+        with feed.cond:
+            while feed.start is None and self.state not in FINAL_STATES:
+                feed.cond.wait(0.5)
+        try:
+            while True:
+                ftype, payload = p.conn.recv()
+                if ftype == FrameType.RELAY_PAGES:
+                    entries = list(wire.decode_pages(payload, layout,
+                                                     p.conn.peer))
+                    p.pages += len(entries)
+                    p.bytes += len(payload)
+                    self.relay_meter.add(len(payload))
+                    if entries:
+                        low = layout.bases[entries[-1][0]] + entries[-1][1]
+                        p.lowest = low if p.lowest is None else \
+                            min(p.lowest, low)
+                    inj, drop = feed.inject(entries, attempt_of)
+                    p.injected += inj
+                    p.dropped += drop
+                elif ftype == FrameType.RELAY_DONE:
+                    p.done.set()
+                    self._check_relays_done()
+                    return
+                else:
+                    raise exception.PeerProtocolError(
+                        peer=p.conn.peer, reason="unexpected %s from holder"
+                        % ftype.name)
+        except exception.AgentError as err:
+            p.failed = str(err)
+            p.done.set()
+            if self.state not in FINAL_STATES:
+                # Pages the source skipped may now be missing: this attempt
+                # cannot finish exactly; the controller retries without
+                # this holder.
+                self.fail("relay from holder %s lost: %s" % (p.host, err))
+
+    def _missing(self, holder: int) -> list[int]:
+        feed, assignment = self.feed, self.assignment
+        assert feed is not None and assignment is not None
+        owner = assignment.owner
+        with feed.cond:
+            sent, rel = feed.sent_by_src, feed.relayed
+            if not sent:
+                return [g for g in range(len(owner)) if owner[g] == holder]
+            return [g for g in range(len(owner))
+                    if owner[g] == holder and not sent[g] and not rel[g]]
+
+    def _send_final(self) -> None:
+        if self.final_sent:
+            return
+        self.final_sent = True
+        for p in self.pullers:
+            stop = self.stops.get(p.index, 0)
+            extra = [g for g in self._missing(p.index) if g < stop]
+            p.conn.send(FrameType.FINAL, wire.U64.pack(stop) +
+                        wire.encode_g_list(extra))
+            LOG.info("migration %(mid)s attempt %(att)d: FINAL to %(h)s: "
+                     "stop %(stop)d, %(n)d extra pages",
+                     {"mid": self.migration_id, "att": self.attempt,
+                      "h": p.host, "stop": stop, "n": len(extra)})
+
+    def _check_relays_done(self) -> None:
+        if self.final_sent and all(p.done.is_set() for p in self.pullers) \
+                and not any(p.failed for p in self.pullers):
+            self.relay_done.set()
+
+    def _plan_loop(self, conn: protocol.FramedConnection) -> None:
+        planner = self.planner
+        assert planner is not None
+        while self.state == SessionState.STREAMING and \
+                not self.final_sent:
+            time.sleep(0.05)
+            if self.src_pass1_done:
+                self._send_final()
+                self._check_relays_done()
+                break
+            lows = [p.lowest for p in self.pullers if p.lowest is not None]
+            a_pos = min(lows) if lows else planner.total
+            c = self.counters
+            sent_pages = max(1, c["pages"] + c["zero_pages"])
+            cost = max(planmod.ZERO_COST,
+                       min(planmod.DATA_COST,
+                           c["stream_bytes"] / sent_pages))
+            rs, rh = self.src_meter.rate(), self.relay_meter.rate()
+            if rs <= 0 or rh <= 0:
+                continue
+            x = planner.plan(self.src_position, a_pos, rs, rh, cost)
+            if x != self.frontier:
+                self.frontier = x
+                self.counters["frontier"] = x
+                conn.send(FrameType.FRONTIER, wire.U64.pack(x))
+                for p in self.pullers:
+                    if not p.done.is_set():
+                        p.conn.send(FrameType.STOP_AT, wire.U64.pack(x))
+                        self.stops[p.index] = x
+
+    def _before_switchover(self) -> None:
+        """Runs before SWITCHOVER_START/END(ram) reach QEMU: every page
+        the destination needs from holders must be in by then."""
+        if not self.pullers:
+            return
+        self._send_final()
+        deadline = time.monotonic() + self.conf.session_timeout
+        while not all(p.done.is_set() for p in self.pullers):
+            if self.state in FINAL_STATES:
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id, reason=self.error or
+                    "session ended while waiting for relays")
+            if time.monotonic() > deadline:
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="relays did not finish before switchover")
+            time.sleep(0.01)
+        for p in self.pullers:
+            if p.failed:
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="relay from holder %s failed: %s"
+                    % (p.host, p.failed))
+            missing = self._missing(p.index)
+            if missing:
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="holder %s did not deliver %d pages"
+                    % (p.host, len(missing)))
+        self._check_relays_done()
+
     def _ack(self, conn: protocol.FramedConnection,
              reader: StreamReader) -> None:
         _sync_counters(self, reader)
@@ -601,4 +1122,24 @@ class DestinationSession(MigrationSession):
         sc = self.store.counters()
         st["store"] = {"pages": sc.pages, "zero_pages": sc.zero_pages,
                        "bytes_held": sc.bytes_held}
+        if self.holders or self.feed is not None:
+            feed = self.feed
+            st["redirect"] = {
+                "relay_done": self.relay_done.is_set(),
+                "frontier": self.frontier,
+                "source_position": self.src_position,
+                "source_pass1_done": self.src_pass1_done,
+                "local_pages_injected":
+                    feed.local_pages_injected if feed else 0,
+                "relay_pages_injected":
+                    feed.relay_pages_injected if feed else 0,
+                "relay_pages_dropped":
+                    feed.relay_pages_dropped if feed else 0,
+                "holders": {p.host: {"pages": p.pages, "bytes": p.bytes,
+                                     "injected": p.injected,
+                                     "dropped": p.dropped,
+                                     "done": p.done.is_set(),
+                                     "failed": p.failed}
+                            for p in self.pullers},
+            }
         return st

@@ -153,10 +153,11 @@ def _demo(args: argparse.Namespace) -> int:
             ok &= cmp.identical
             att = (m.dst_status or {}).get("attempts", [{}])[0]
             store = (m.dst_status or {}).get("store", {})
+            carried = att.get("counters", {}).get("stream_bytes", 0)
             rows.append(_demo_row(
                 "through agents", m.result, cmp,
-                f"agent stream {att.get('counters', {}).get('stream_bytes', 0) / 1e6:.1f} MB, "
-                f"store {store.get('bytes_held', 0) / 2**20:.0f} MiB held"))
+                f"agent stream {carried / 1e6:.1f} MB, store "
+                f"{store.get('bytes_held', 0) / 2**20:.0f} MiB held"))
             before = m.dst_guest.alive_count()
             m.dst_guest.cont()
             m.dst_guest.wait_alive(before, timeout=30)

@@ -9,7 +9,6 @@ destination resumes, and then checks that the guest runs on.
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -174,5 +173,6 @@ def test_destination_agent_dies_vm_stays_on_source(lab, agents, guest_image):
     lab.set_rate("src", "1gbit")
     lab.set_rate("dst", "1gbit")
     m2 = via_agents.migrate_via_agents(lab, agents, src, "dst")
-    assert _attempt(m2.src_status)["state"] == "completed", (m2.src_status, m2.dst_status)
+    assert _attempt(m2.src_status)["state"] == "completed", \
+        (m2.src_status, m2.dst_status)
     _resume_and_check(src, m2.dst_guest)

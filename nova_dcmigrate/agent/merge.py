@@ -1,0 +1,302 @@
+"""New-destination side of a redirect: one valid stream from many senders.
+
+The destination QEMU must see a single precopy stream.  The source's
+stream (already filtered by the source agent) is re-framed into our own
+PART sections; pages relayed by holders -- and, on a resume, pages this
+host's own store still has -- are injected as PART sections between them
+(QEMU stream reference, section 2.3: re-framing and re-ordering are fine,
+the newest copy of a page must be written last).
+
+Merge rule (reference section 2.5): a relayed page is injected only if the
+source has not sent that page in this attempt; every relayed page is in
+the stream before SWITCHOVER_START / END(ram), so the relay backlog can
+never land in the switchover downtime.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+from collections.abc import Callable
+
+from oslo_log import log as logging
+
+from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent.layout import Layout
+from nova_dcmigrate.agent.page_store import PageStore
+from nova_dcmigrate.agent import plan as planmod
+from nova_dcmigrate.agent import protocol
+from nova_dcmigrate.agent.protocol import FrameType
+from nova_dcmigrate.agent import relay_wire as wire
+from nova_dcmigrate.stream import constants as c
+from nova_dcmigrate.stream import Preamble
+from nova_dcmigrate.stream import RamBlock
+from nova_dcmigrate.stream import RamStart
+from nova_dcmigrate.stream import StreamVisitor
+from nova_dcmigrate.stream import StreamWriter
+
+LOG = logging.getLogger(__name__)
+
+LOCAL = 0      # holder index of this host's own store in the assignment
+
+
+class RelayPuller:
+    """Our end of one holder's RELAY connection."""
+
+    def __init__(self, index: int, host: str,
+                 conn: protocol.FramedConnection) -> None:
+        self.index = index
+        self.host = host
+        self.conn = conn
+        self.layout: Layout | None = None
+        self.inventory: planmod.Inventory | None = None
+        self.done = threading.Event()
+        self.failed: str | None = None
+        self.pages = 0
+        self.bytes = 0
+        self.injected = 0
+        self.dropped = 0
+        self.lowest: int | None = None
+
+    def read_inventory(self) -> None:
+        ftype, payload = self.conn.recv()
+        if ftype != FrameType.LAYOUT:
+            raise exception.PeerProtocolError(
+                peer=self.conn.peer, reason="expected LAYOUT")
+        self.layout = Layout.from_json(payload, self.conn.peer)
+        inv = planmod.Inventory.empty(self.layout)
+        while True:
+            ftype, payload = self.conn.recv()
+            if ftype == FrameType.INVENTORY_END:
+                break
+            if ftype != FrameType.INVENTORY:
+                raise exception.PeerProtocolError(
+                    peer=self.conn.peer, reason="expected INVENTORY")
+            inv.add_range(*wire.decode_inventory(payload, self.layout,
+                                                 self.conn.peer))
+        self.inventory = inv
+
+    def send_assignment(self, assignment: planmod.Assignment) -> None:
+        layout = assignment.layout
+        owner = assignment.owner
+        for idx, base in enumerate(layout.bases):
+            n = layout.npages[idx]
+            for first in range(0, n, wire.MAX_RANGE):
+                last = min(n, first + wire.MAX_RANGE)
+                marks = bytes(1 if owner[base + p] == self.index else 0
+                              for p in range(first, last))
+                if any(marks):
+                    self.conn.send(FrameType.ASSIGN,
+                                   wire.encode_assign(idx, first, marks))
+        self.conn.send(FrameType.ASSIGN_END)
+
+
+class QemuFeed:
+    """The single writer to the destination QEMU, shared by all inputs."""
+
+    def __init__(self, qsock: socket.socket, store: PageStore,
+                 attempt: int) -> None:
+        self.qsock = qsock
+        self.store = store
+        self.attempt = attempt
+        self.writer = StreamWriter()
+        self.cond = threading.Condition()
+        self.layout: Layout | None = None
+        self.start: RamStart | None = None
+        self.sent_by_src = bytearray()
+        self.relayed = bytearray()
+        self.relays_closed = False
+        self.bytes_to_qemu = 0
+        self.relay_pages_injected = 0
+        self.relay_pages_dropped = 0
+        self.local_pages_injected = 0
+
+    def flush(self) -> None:
+        """Write out what the writer holds (caller holds ``cond``)."""
+        data = self.writer.take()
+        if data:
+            try:
+                self.qsock.sendall(data)
+            except OSError as err:
+                raise exception.SessionFailed(
+                    migration_id="-", reason="destination QEMU closed the "
+                    "stream: %s" % err) from err
+            self.bytes_to_qemu += len(data)
+
+    def configure(self, start: RamStart) -> None:
+        self.start = start
+        self.layout = Layout.from_start(start)
+        self.sent_by_src = bytearray(self.layout.total_pages)
+        self.relayed = bytearray(self.layout.total_pages)
+
+    def inject(self, pages: list[tuple[int, int, memoryview | bytes | None]],
+               attempt_of: Callable[[int, int], int] | None = None,
+               local: bool = False) -> tuple[int, int]:
+        """Inject held pages in one PART section; skips pages the source
+        already sent in this attempt.  Returns (injected, dropped)."""
+        injected = dropped = 0
+        with self.cond:
+            if self.relays_closed or self.start is None:
+                return 0, len(pages)
+            layout = self.layout
+            assert layout is not None
+            blocks = self.start.blocks
+            w = self.writer
+            opened = False
+            for idx, page, data in pages:
+                g = layout.bases[idx] + page
+                if self.sent_by_src[g] or self.relayed[g]:
+                    dropped += 1
+                    continue
+                if not opened:
+                    w.begin_section(c.SECTION_PART)
+                    opened = True
+                block = blocks[idx]
+                att = attempt_of(idx, page) if attempt_of else self.attempt
+                if data is None:
+                    w.zero(block, page)
+                    if not local:
+                        self.store.put_zero(block, page, att)
+                else:
+                    w.page(block, page, data)
+                    if not local:
+                        self.store.put_page(block, page, data, att)
+                self.relayed[g] = 1
+                injected += 1
+            if opened:
+                w.end_section()
+                self.flush()
+            if local:
+                self.local_pages_injected += injected
+            else:
+                self.relay_pages_injected += injected
+                self.relay_pages_dropped += dropped
+            self.cond.notify_all()
+        return injected, dropped
+
+
+class MergeVisitor(StreamVisitor):
+    """Parses the source's (filtered) stream into the shared feed."""
+
+    def __init__(self, feed: QemuFeed, on_start: Callable[[RamStart], None],
+                 before_switchover: Callable[[], None]) -> None:
+        self.feed = feed
+        self.on_start = on_start
+        self.before_switchover = before_switchover
+        self.w = feed.writer
+        self.section: int | None = None     # source section open
+        self.ours_open = False               # our re-framed section open
+        self.flushed_relays = False
+
+    # Called by the session around each chunk.
+    def chunk_begin(self) -> None:
+        self.feed.cond.acquire()
+
+    def chunk_end(self) -> None:
+        try:
+            if self.ours_open and self.section == c.SECTION_PART:
+                # Re-frame: close our PART so relays may interleave.
+                self.w.end_section()
+                self.ours_open = False
+            self.feed.flush()
+        finally:
+            self.feed.cond.release()
+
+    def _ensure_open(self) -> None:
+        if not self.ours_open:
+            assert self.section is not None
+            self.w.begin_section(self.section)
+            self.ours_open = True
+
+    def _flush_relays(self) -> None:
+        if self.flushed_relays:
+            return
+        self.flushed_relays = True
+        # Waits (releasing the feed lock) until every relayed page is in.
+        self.feed.flush()
+        self.feed.cond.release()
+        try:
+            self.before_switchover()
+        finally:
+            self.feed.cond.acquire()
+        self.feed.relays_closed = True
+
+    def on_preamble(self, preamble: Preamble) -> None:
+        self.w.raw(preamble.raw)
+
+    def on_command(self, cmd: int, data: bytes, raw: bytes) -> None:
+        if cmd == c.CMD_SWITCHOVER_START:
+            self._flush_relays()
+        self.w.raw(raw)
+
+    def on_ram_start(self, start: RamStart) -> None:
+        # Same layout as held pages: the store keeps them (resume).
+        self.feed.store.configure(start)
+        self.feed.configure(start)
+        self.w.ram_start(start)
+        self.feed.flush()
+        # Holders' pages may be injected from now on.
+        self.feed.cond.release()
+        try:
+            self.on_start(start)
+        finally:
+            self.feed.cond.acquire()
+
+    def on_section_begin(self, kind: int, section_id: int) -> None:
+        if kind == c.SECTION_END:
+            self._flush_relays()
+        self.section = kind
+        self.w.begin_section(kind)
+        self.ours_open = True
+
+    def on_page(self, block: RamBlock, page: int, data: memoryview) -> None:
+        self._ensure_open()
+        f = self.feed
+        f.sent_by_src[f.layout.bases[block.index] + page] = 1  # type: ignore
+        f.store.put_page(block, page, data, f.attempt)
+        self.w.page(block, page, data)
+
+    def on_zero(self, block: RamBlock, page: int) -> None:
+        self._ensure_open()
+        f = self.feed
+        f.sent_by_src[f.layout.bases[block.index] + page] = 1  # type: ignore
+        f.store.put_zero(block, page, f.attempt)
+        self.w.zero(block, page)
+
+    def on_section_end(self, kind: int, section_id: int) -> None:
+        self._ensure_open()
+        self.w.end_section()
+        self.ours_open = False
+        self.section = None
+
+    def on_tail(self, data: memoryview) -> None:
+        self.w.raw(data)
+
+
+class RateMeter:
+    """Bytes per second over a sliding window."""
+
+    def __init__(self, window: float = 1.0) -> None:
+        self.window = window
+        self.samples: list[tuple[float, int]] = []
+        self.total = 0
+
+    def add(self, n: int) -> None:
+        self.total += n
+        now = time.monotonic()
+        self.samples.append((now, self.total))
+        cutoff = now - self.window
+        while len(self.samples) > 2 and self.samples[0][0] < cutoff:
+            self.samples.pop(0)
+
+    def rate(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def time_stamp() -> Any:
+    return time.monotonic()
