@@ -136,8 +136,6 @@ class HolderRelay:
     def _relay(self, assigned: list[bytearray]) -> None:
         batch = bytearray()
         layout = self.layout
-        store = self.store
-        entry = wire.ENTRY
         for idx in range(len(layout.npages) - 1, -1, -1):
             marks = assigned[idx]
             base = layout.bases[idx]

@@ -165,7 +165,7 @@ class AgentManager:
         for h in holders:
             if not isinstance(h, dict) or \
                     not netutils.is_valid_ip(str(h.get("address"))) or \
-                    not netutils.is_valid_port(h.get("port")):
+                    not netutils.is_valid_port(h.get("port", -1)):
                 raise exception.InvalidRequest(
                     migration_id=migration_id,
                     reason="bad holder %r" % (h,))

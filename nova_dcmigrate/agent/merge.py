@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 from collections.abc import Callable
+from collections.abc import Sequence
 
 from oslo_log import log as logging
 
@@ -131,7 +132,8 @@ class QemuFeed:
         self.sent_by_src = bytearray(self.layout.total_pages)
         self.relayed = bytearray(self.layout.total_pages)
 
-    def inject(self, pages: list[tuple[int, int, memoryview | bytes | None]],
+    def inject(self,
+               pages: Sequence[tuple[int, int, memoryview | bytes | None]],
                attempt_of: Callable[[int, int], int] | None = None,
                local: bool = False) -> tuple[int, int]:
         """Inject held pages in one PART section; skips pages the source

@@ -171,7 +171,7 @@ class FramedConnection:
 
     # -- sending ---------------------------------------------------------
     def send(self, ftype: FrameType,
-             payload: bytes | memoryview = b"") -> None:
+             payload: bytes | bytearray | memoryview = b"") -> None:
         n = len(payload)
         if n > MAX_PAYLOAD:
             raise ValueError("frame payload too large: %d" % n)
@@ -187,7 +187,8 @@ class FramedConnection:
                                            reason=str(err)) from err
             self.bytes_sent += n + FRAME_HEADER_LEN + MAC_LEN
 
-    def _sendall_parts(self, parts: tuple[bytes | memoryview, ...]) -> None:
+    def _sendall_parts(self, parts: tuple[bytes | bytearray | memoryview, ...]
+                       ) -> None:
         total = sum(len(p) for p in parts)
         sent = self.sock.sendmsg(parts)
         if sent == total:

@@ -808,8 +808,8 @@ class DestinationSession(MigrationSession):
             assert p.layout is not None
             if layout is None:
                 layout = p.layout
-            elif (p.layout.names, p.layout.lengths) != (layout.names,
-                                                         layout.lengths):
+            elif (p.layout.names, p.layout.lengths) != \
+                    (layout.names, layout.lengths):
                 raise exception.SessionFailed(
                     migration_id=self.migration_id,
                     reason="holder %s has a different RAM layout" % p.host)
@@ -817,8 +817,10 @@ class DestinationSession(MigrationSession):
         if layout is None:
             assert self.store.ram_start is not None
             layout = Layout.from_start(self.store.ram_start)
-        inventories = [self._local_inventory(layout)] + \
-            [p.inventory for p in self.pullers]            # type: ignore
+        inventories = [self._local_inventory(layout)]
+        for p in self.pullers:
+            assert p.inventory is not None
+            inventories.append(p.inventory)
         assignment = planmod.assign(layout, inventories)
         self.assignment = assignment
         remote = set(range(1, len(self.pullers) + 1))

@@ -1,0 +1,310 @@
+"""Redirectable live migration on the lab, driven over QMP.
+
+One migration (one id, one secret) is a sequence of attempts.  A redirect
+cancels the running attempt on the source (``migrate_cancel``: the guest
+keeps running there), and starts a new attempt to the new host listing
+every earlier destination as a holder: their agents relay the pages they
+stored while the source sends only the rest.  Until the relays are in,
+switchover is held back with ``downtime-limit`` 0 (QEMU cannot complete
+with a zero downtime budget while any page is dirty), then restored, so
+the relay backlog never lands in the downtime.
+
+The libvirt-level controller (virt/libvirt) follows the same steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+import time
+import uuid
+from typing import Any
+
+from oslo_log import log as logging
+
+from nova_dcmigrate.exception import DcmigrateError
+from nova_dcmigrate.lab.agents import LabAgents
+from nova_dcmigrate.lab.direct import UNLIMITED_BANDWIDTH
+from nova_dcmigrate.lab import exception as lab_exc
+from nova_dcmigrate.lab.qemu import MigrationResult
+from nova_dcmigrate.lab.qemu import QemuGuest
+from nova_dcmigrate.lab.topology import Lab
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_DOWNTIME_MS = 300
+REDIRECTABLE = ("active",)
+
+
+class RedirectRefused(DcmigrateError):
+    msg_fmt = "Cannot redirect migration %(migration_id)s: %(reason)s"
+
+
+@dataclasses.dataclass
+class Attempt:
+    number: int
+    dst_host: str
+    port: int
+    dst_guest: QemuGuest
+    holders: list[str]
+    started: float
+    ended: float | None = None
+    outcome: str = "running"
+
+
+class RedirectableMigration:
+    """A live migration of one lab guest that can change destination."""
+
+    def __init__(self, lab: Lab, agents: LabAgents, src: QemuGuest, *,
+                 downtime_ms: int = DEFAULT_DOWNTIME_MS,
+                 gate_switchover: bool = True,
+                 max_retries: int = 3) -> None:
+        self.lab = lab
+        self.agents = agents
+        self.src = src
+        self.migration_id = str(uuid.uuid4())
+        self.secret = secrets.token_hex(32)
+        self.downtime_ms = downtime_ms
+        self.gate_switchover = gate_switchover
+        self.max_retries = max_retries
+        self.attempts: list[Attempt] = []
+        self.redirected_at: float | None = None
+        self.started_at: float | None = None
+        self.result: MigrationResult | None = None
+        self.dead_holders: set[str] = set()
+        self._gate_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def api(self) -> Any:
+        assert self.agents.api is not None
+        return self.agents.api
+
+    @property
+    def current(self) -> Attempt:
+        return self.attempts[-1]
+
+    def holders_for(self, dst_host: str) -> list[str]:
+        """Every earlier destination still alive, newest first (the new
+        host's own store is reused by its agent without being listed)."""
+        seen: list[str] = []
+        for a in reversed(self.attempts):
+            h = a.dst_host
+            if h != dst_host and h not in seen and \
+                    h not in self.dead_holders:
+                seen.append(h)
+        return seen
+
+    # -- attempts ----------------------------------------------------------
+    def start(self, dst_host: str) -> Attempt:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+            self.src.set_migration_caps()
+            self.src.set_migration_params(**{
+                "max-bandwidth": UNLIMITED_BANDWIDTH,
+                "downtime-limit": self.downtime_ms})
+        number = len(self.attempts)
+        holders = self.holders_for(dst_host)
+        port = self.lab.free_port(dst_host)
+        dst = QemuGuest.start(
+            self.lab, dst_host, self.src.image,
+            memory_mib=self.src.memory_mib, dirty_mib=self.src.dirty_mib,
+            dirty_rate=self.src.dirty_rate, incoming="defer")
+        try:
+            dst.set_migration_caps()
+            dst.migrate_incoming("tcp:127.0.0.1:%d" % port)
+            holder_specs = [{"host": h,
+                             "address": self.lab.hosts[h].address,
+                             "port": self.agents.peer_port}
+                            for h in holders]
+            self.api.prepare_destination(dst_host, self.migration_id,
+                                         self.secret, port, number,
+                                         holder_specs)
+            self.api.prepare_source(self.src.host, self.migration_id,
+                                    self.secret, port,
+                                    self.lab.hosts[dst_host].address,
+                                    self.agents.peer_port, number)
+            if holders and self.gate_switchover:
+                self.src.set_migration_params(**{"downtime-limit": 0})
+            attempt = Attempt(number, dst_host, port, dst, holders,
+                              time.monotonic())
+            self.attempts.append(attempt)
+            LOG.info("migration %s attempt %d -> %s (holders %s)",
+                     self.migration_id, number, dst_host, holders or "none")
+            self.src.migrate("tcp:127.0.0.1:%d" % port)
+        except BaseException:
+            dst.stop()
+            raise
+        if holders and self.gate_switchover:
+            self._gate_thread = threading.Thread(
+                target=self._ungate_when_relayed, args=(attempt,),
+                daemon=True)
+            self._gate_thread.start()
+        return attempt
+
+    def _ungate_when_relayed(self, attempt: Attempt) -> None:
+        """Restore the downtime budget once every relayed page is in."""
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and attempt.outcome == "running":
+            try:
+                st = self.api.get_status(attempt.dst_host, self.migration_id)
+            except Exception:  # noqa: BLE001 - keep polling
+                time.sleep(0.2)
+                continue
+            for a in st["attempts"]:
+                if a["attempt"] != attempt.number:
+                    continue
+                if a.get("redirect", {}).get("relay_done") or \
+                        a["state"] in ("failed", "aborted", "completed"):
+                    self._set_downtime(attempt)
+                    return
+            time.sleep(0.05)
+        self._set_downtime(attempt)
+
+    def _set_downtime(self, attempt: Attempt) -> None:
+        with self._lock:
+            if attempt is self.current and attempt.outcome == "running":
+                try:
+                    self.src.set_migration_params(**{
+                        "downtime-limit": self.downtime_ms})
+                except lab_exc.LabError as err:
+                    LOG.warning("cannot restore downtime-limit: %s", err)
+
+    def redirect(self, new_host: str) -> Attempt:
+        """Change the destination of the running migration.
+
+        :raises RedirectRefused: the migration is not in a state where the
+            destination can still change (switchover started, completed,
+            failed, post-copy); nothing is changed then.
+        """
+        if new_host == self.src.host:
+            raise RedirectRefused(migration_id=self.migration_id,
+                                  reason="the new host is the source")
+        if new_host not in self.lab.hosts:
+            raise RedirectRefused(migration_id=self.migration_id,
+                                  reason="unknown host %s" % new_host)
+        if self.attempts and new_host == self.current.dst_host:
+            raise RedirectRefused(
+                migration_id=self.migration_id,
+                reason="%s is already the destination" % new_host)
+        info = self.src.query_migrate()
+        status = info.get("status")
+        if status not in REDIRECTABLE:
+            raise RedirectRefused(
+                migration_id=self.migration_id,
+                reason="source migration is %s; only an active precopy "
+                       "migration can be redirected" % status)
+        caps = {c["capability"]: c["state"] for c in
+                self.src.qmp("query-migrate-capabilities")}
+        for cap in ("postcopy-ram", "multifd", "xbzrle", "compress"):
+            if caps.get(cap):
+                raise RedirectRefused(
+                    migration_id=self.migration_id,
+                    reason="capability %s is on; the agents cannot "
+                           "redirect such a stream" % cap)
+        old = self.current
+        self.redirected_at = time.monotonic()
+        with self._lock:
+            old.outcome = "redirected"
+            old.ended = time.monotonic()
+        self.src.migrate_cancel()
+        self._wait_source_idle()
+        old.dst_guest.stop()
+        self._wait_attempt_final(old)
+        LOG.info("migration %s: redirect %s -> %s", self.migration_id,
+                 old.dst_host, new_host)
+        return self.start(new_host)
+
+    def _wait_source_idle(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.src.query_migrate().get("status")
+            if status in ("cancelled", "failed", "completed", None):
+                if status == "completed":
+                    raise RedirectRefused(
+                        migration_id=self.migration_id,
+                        reason="the migration completed before it could "
+                               "be cancelled")
+                return
+            time.sleep(0.05)
+        raise lab_exc.LabError(reason="source migration did not stop")
+
+    def _wait_attempt_final(self, attempt: Attempt,
+                            timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                st = self.api.get_status(attempt.dst_host,
+                                         self.migration_id)
+            except Exception:  # noqa: BLE001
+                return
+            states = [a["state"] for a in st["attempts"]
+                      if a["attempt"] == attempt.number]
+            if all(s in ("failed", "aborted", "completed") for s in states):
+                return
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 600) -> MigrationResult:
+        """Wait for completion, retrying without holders that died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.result = self.src.wait_migration(
+                    max(1.0, deadline - time.monotonic()))
+                self.current.outcome = "completed"
+                self.current.ended = time.monotonic()
+                self.current.dst_guest.wait_status(
+                    {"paused", "postmigrate"}, timeout=60)
+                return self.result
+            except lab_exc.MigrationFailed:
+                att = self.current
+                att.outcome = "failed"
+                att.ended = time.monotonic()
+                dead = self._failed_holders(att)
+                retries = sum(1 for a in self.attempts
+                              if a.outcome == "failed")
+                if not dead or retries > self.max_retries:
+                    raise
+                self.dead_holders |= dead
+                LOG.warning("migration %s attempt %d failed (holders %s "
+                            "lost); retrying to %s", self.migration_id,
+                            att.number, sorted(dead), att.dst_host)
+                att.dst_guest.stop()
+                self._wait_attempt_final(att)
+                self.start(att.dst_host)
+
+    def _failed_holders(self, attempt: Attempt) -> set[str]:
+        try:
+            st = self.api.get_status(attempt.dst_host, self.migration_id)
+        except Exception:  # noqa: BLE001
+            return set()
+        dead = set()
+        for a in st["attempts"]:
+            if a["attempt"] != attempt.number:
+                continue
+            for host, h in a.get("redirect", {}).get("holders", {}).items():
+                if h.get("failed"):
+                    dead.add(host)
+            err = a.get("error") or ""
+            for host in attempt.holders:
+                if "holder %s" % host in err:
+                    dead.add(host)
+        return dead
+
+    def status(self) -> dict[str, Any]:
+        """Agents' view of every attempt (counters per attempt)."""
+        out: dict[str, Any] = {}
+        for host in {self.src.host} | {a.dst_host for a in self.attempts}:
+            try:
+                out[host] = self.api.get_status(host, self.migration_id)
+            except Exception as err:  # noqa: BLE001
+                out[host] = {"error": str(err)}
+        return out
+
+    def cleanup(self) -> None:
+        for host in {self.src.host} | {a.dst_host for a in self.attempts}:
+            try:
+                self.api.cleanup(host, self.migration_id)
+            except Exception:  # noqa: BLE001
+                pass
