@@ -146,8 +146,8 @@ class AgentManager:
     @messaging.expose
     def prepare_destination(self, ctxt: Any, migration_id: str, secret: str,
                             qemu_port: int, attempt: int = 0,
-                            holders: list[dict[str, Any]] | None = None
-                            ) -> dict[str, Any]:
+                            holders: list[dict[str, Any]] | None = None,
+                            split: bool = True) -> dict[str, Any]:
         """Expect a stream for ``migration_id`` and feed it to the local
         QEMU listening on ``local_address:qemu_port``.
 
@@ -155,6 +155,8 @@ class AgentManager:
             (``{"host", "address", "port"}``); their pages are relayed and
             merged into the stream (a redirect).  Pages this agent still
             holds from an earlier attempt are reused too (a resume).
+        :param split: balance the first pass between the source and the
+            holders (the optimised split); False relays every held page.
         """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
@@ -182,7 +184,7 @@ class AgentManager:
                 self.stores[migration_id] = store
         s = sess.DestinationSession(self.conf, migration_id, secret,
                                     int(attempt), int(qemu_port), store,
-                                    holders)
+                                    holders, bool(split))
         self._add((migration_id, int(attempt)), s)
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
                  "(QEMU port %(port)d)", {"mid": migration_id,

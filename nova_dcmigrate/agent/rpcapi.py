@@ -4,7 +4,8 @@ API version history:
 
 * 1.0 - Initial version: ping, prepare_destination, prepare_source,
         get_status, list_migrations, abort, cleanup, peer_stats.
-* 1.1 - prepare_destination: new ``holders`` argument (redirect relays).
+* 1.1 - prepare_destination: new ``holders`` and ``split`` arguments
+        (redirect relays, optimised split on/off).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class AgentAPI:
 
     def prepare_destination(self, host: str, migration_id: str, secret: str,
                             qemu_port: int, attempt: int = 0,
-                            holders: list[dict[str, Any]] | None = None
-                            ) -> dict[str, Any]:
+                            holders: list[dict[str, Any]] | None = None,
+                            split: bool = True) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "migration_id": migration_id, "secret": secret,
             "qemu_port": qemu_port, "attempt": attempt}
@@ -53,6 +54,7 @@ class AgentAPI:
                     migration_id=migration_id,
                     reason="RPC version cap forbids relays from holders")
             kwargs["holders"] = holders
+            kwargs["split"] = split
             version = "1.1"
         return cast(dict[str, Any], self._call(
             host, "prepare_destination", version=version, **kwargs))

@@ -644,11 +644,15 @@ class DestinationSession(MigrationSession):
 
     def __init__(self, conf: Any, migration_id: str, secret: str,
                  attempt: int, qemu_port: int, store: PageStore,
-                 holders: list[dict[str, Any]] | None = None) -> None:
+                 holders: list[dict[str, Any]] | None = None,
+                 split: bool = True) -> None:
         super().__init__(conf, migration_id, secret, attempt)
         self.qemu_port = qemu_port
         self.store = store
         self.holders = list(holders or [])
+        # False: relay only -- the source drops every page a holder has,
+        # holders relay all of them (no optimised split).
+        self.split = split
         self._stream_done = False
         self._return_done = False
         # Redirect state (merge mode).
@@ -826,7 +830,7 @@ class DestinationSession(MigrationSession):
         remote = set(range(1, len(self.pullers) + 1))
         self.planner = planmod.FrontierPlanner(assignment, remote)
         self.frontier = self.planner.plan(0, layout.total_pages, 1.0, 1.0) \
-            if remote else 0
+            if remote and self.split else 0
         # Tell the source what we will hold, and who holds it.
         conn.send(FrameType.LAYOUT, layout.to_json())
         owner = assignment.owner
@@ -1045,7 +1049,7 @@ class DestinationSession(MigrationSession):
                        min(planmod.DATA_COST,
                            c["stream_bytes"] / sent_pages))
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
-            if rs <= 0 or rh <= 0:
+            if rs <= 0 or rh <= 0 or not self.split:
                 continue
             x = planner.plan(self.src_position, a_pos, rs, rh, cost)
             if x != self.frontier:

@@ -59,6 +59,7 @@ class RedirectableMigration:
     def __init__(self, lab: Lab, agents: LabAgents, src: QemuGuest, *,
                  downtime_ms: int = DEFAULT_DOWNTIME_MS,
                  gate_switchover: bool = True,
+                 split: bool = True,
                  max_retries: int = 3) -> None:
         self.lab = lab
         self.agents = agents
@@ -67,6 +68,7 @@ class RedirectableMigration:
         self.secret = secrets.token_hex(32)
         self.downtime_ms = downtime_ms
         self.gate_switchover = gate_switchover
+        self.split = split
         self.max_retries = max_retries
         self.attempts: list[Attempt] = []
         self.redirected_at: float | None = None
@@ -120,7 +122,7 @@ class RedirectableMigration:
                             for h in holders]
             self.api.prepare_destination(dst_host, self.migration_id,
                                          self.secret, port, number,
-                                         holder_specs)
+                                         holder_specs, self.split)
             self.api.prepare_source(self.src.host, self.migration_id,
                                     self.secret, port,
                                     self.lab.hosts[dst_host].address,

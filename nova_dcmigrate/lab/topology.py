@@ -105,6 +105,24 @@ def parse_rate(rate: str | int) -> int:
     return int(value)
 
 
+def parse_link(rate: str | int | None) -> tuple[int | None, int | None]:
+    """A host's link: "300mbit" (both directions) or "UP/DOWN", e.g.
+    "100mbit/1gbit" (upload 100 Mbit/s, download 1 Gbit/s); "none" or
+    ``None`` for an unshaped direction."""
+    if rate is None:
+        return None, None
+    if isinstance(rate, int):
+        return parse_rate(rate), parse_rate(rate)
+    parts = rate.split("/")
+    if len(parts) > 2:
+        raise exception.InvalidLabSpec(
+            reason=f"link {rate!r}: use RATE or UP/DOWN")
+    up = None if parts[0] in ("", "none") else parse_rate(parts[0])
+    down_s = parts[-1]
+    down = None if down_s in ("", "none") else parse_rate(down_s)
+    return up, down
+
+
 def format_rate(rate_bps: int | None) -> str:
     """Inverse of :func:`parse_rate` for logs: 300000000 -> "300mbit"."""
     if rate_bps is None:
@@ -163,6 +181,7 @@ class Lab:
         self.gateway_address = ""
         self.subnet: ipaddress.IPv4Network | None = None
         self._rates: dict[str, int | None] = {}
+        self._down_rates: dict[str, int | None] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
         self._cleanups: list[Callable[[], None]] = []
         self._ports: dict[str, int] = {}
@@ -213,8 +232,7 @@ class Lab:
             if not _HOST_RE.match(name):
                 raise exception.InvalidLabSpec(
                     reason=f"host name {name!r} must match {_HOST_RE.pattern}")
-            if rate is not None:
-                parse_rate(rate)
+            parse_link(rate)
 
     def _check_unused(self) -> None:
         """Refuse a run id whose state file or names already exist.
@@ -265,7 +283,7 @@ class Lab:
                 name=name, netns=f"{self.prefix}{self.run_id}-{name}",
                 address="", ifname=f"{self.prefix}{self.run_id}-{index}h",
                 bridge_port=f"{self.prefix}{self.run_id}-{index}b")
-            self._rates[name] = parse_rate(rate) if rate is not None else None
+            self._rates[name], self._down_rates[name] = parse_link(rate)
 
         with _state_lock():
             self._check_unused()
@@ -321,15 +339,17 @@ class Lab:
             ns.addr("add", index=nic, address=host.address,
                     prefixlen=self.subnet.prefixlen)
             ns.link("set", index=nic, state="up")
-        self._apply_rate(host, self._rates[host.name])
+        self._apply_rate(host, self._rates[host.name],
+                         self._down_rates[host.name])
 
     # -- shaping -------------------------------------------------------------
 
-    def _apply_rate(self, host: LabHost, rate_bps: int | None) -> None:
+    def _apply_rate(self, host: LabHost, up_bps: int | None,
+                    down_bps: int | None) -> None:
         # Upload: egress of the host's NIC; download: egress of its bridge
         # port towards the host.
-        for netns, ifname in ((host.netns, host.ifname),
-                              (None, host.bridge_port)):
+        for netns, ifname, rate_bps in ((host.netns, host.ifname, up_bps),
+                                        (None, host.bridge_port, down_bps)):
             where = f"{ifname} ({netns or 'root netns'})"
             with self._netlink(f"shape {where}", netns) as ipr:
                 index = ipr.link_lookup(ifname=ifname)[0]
@@ -346,21 +366,27 @@ class Lab:
                            latency=TBF_LATENCY)
 
     def set_rate(self, host: str, rate: str | None) -> None:
-        """Change a host's link rate (both directions) while traffic flows.
+        """Change a host's link rate while traffic flows.
 
-        :param rate: e.g. "100mbit", or ``None`` to remove the shaping.
+        :param rate: e.g. "100mbit" (both directions), "100mbit/1gbit"
+            (upload/download), or ``None`` to remove the shaping.
         """
         lab_host = self._host(host, "set a link rate")
-        rate_bps = parse_rate(rate) if rate is not None else None
-        self._apply_rate(lab_host, rate_bps)
-        self._rates[host] = rate_bps
+        up, down = parse_link(rate)
+        self._apply_rate(lab_host, up, down)
+        self._rates[host], self._down_rates[host] = up, down
         LOG.info("Lab %s: host %s link rate now %s", self.run_id, host,
                  rate or "unshaped")
 
     def rate(self, host: str) -> int | None:
-        """The host's current link rate in bit/s (``None``: unshaped)."""
+        """The host's current upload rate in bit/s (``None``: unshaped)."""
         self._host(host, "read a link rate")
         return self._rates[host]
+
+    def rates(self, host: str) -> tuple[int | None, int | None]:
+        """(upload, download) rates in bit/s (``None``: unshaped)."""
+        self._host(host, "read a link rate")
+        return self._rates[host], self._down_rates[host]
 
     # -- processes -----------------------------------------------------------
 

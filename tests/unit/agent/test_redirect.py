@@ -202,3 +202,30 @@ def test_holder_dies_mid_relay_attempt_fails_then_retry_without_it(cluster):
     assert dst.state == SessionState.COMPLETED, dst.error
     assert _decode(dq) == g.expect()
     del att
+
+
+def test_relay_only_mode_sends_no_held_page_from_source(cluster):
+    g = Guest(seed=11)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=len(s0.data) // 2)
+    s1 = g.stream()
+    att = cluster.attempt
+    dq = FakeDestQemu()
+    listen = free_port()
+    cluster.attempt += 1
+    cluster.agents["b"].prepare_destination(
+        None, cluster.mid, cluster.secret, dq.port, att,
+        [cluster.holder("a")], False)
+    cluster.agents["src"].prepare_source(
+        None, cluster.mid, cluster.secret, listen, "127.0.0.1",
+        cluster.agents["b"].listener.port, att)
+    FakeSourceQemu(listen, s1.data).start()
+    src = cluster.agents["src"].sessions[(cluster.mid, att)]
+    dst = cluster.agents["b"].sessions[(cluster.mid, att)]
+    assert wait_state(src, {SessionState.COMPLETED, SessionState.FAILED},
+                      30) == SessionState.COMPLETED, src.error
+    wait_state(dst, {SessionState.COMPLETED, SessionState.FAILED}, 30)
+    dq.thread.join(10)
+    assert _decode(dq) == g.expect()
+    assert src.counters["held_pages_forwarded"] == 0
+    assert dst.frontier == 0
