@@ -182,6 +182,13 @@ class AgentManager:
             if store is None:
                 store = PageStore(sess.digest_seed(secret.encode()))
                 self.stores[migration_id] = store
+        # A new attempt supersedes older ones here: nothing but it may
+        # write into the migration's page store from now on.
+        for old in self._sessions_of(migration_id):
+            if isinstance(old, sess.DestinationSession) and \
+                    old.attempt != int(attempt) and \
+                    old.state not in sess.FINAL_STATES:
+                old.abort("superseded by attempt %d" % int(attempt))
         s = sess.DestinationSession(self.conf, migration_id, secret,
                                     int(attempt), int(qemu_port), store,
                                     holders, bool(split))

@@ -141,6 +141,18 @@ class MigrationSession:
                                  "att": self.attempt,
                                  "role": self.role.value, "reason": reason})
         self._close_all()
+        self.log_counters()
+
+    def log_counters(self) -> None:
+        """One line per ended attempt with everything it moved."""
+        st = self.status()
+        LOG.info("migration %(mid)s attempt %(att)d %(role)s ended %(state)s"
+                 " after %(secs).2f s: counters %(c)s%(extra)s",
+                 {"mid": self.migration_id, "att": self.attempt,
+                  "role": self.role.value, "state": st["state"],
+                  "secs": st["elapsed"], "c": st["counters"],
+                  "extra": "; redirect %s" % st["redirect"]
+                  if "redirect" in st else ""})
 
     def abort(self, reason: str = "aborted by request") -> None:
         with self._lock:
@@ -171,6 +183,7 @@ class MigrationSession:
                   "bytes": self.counters["stream_bytes"],
                   "secs": (self.finished_at or 0) - (self.started_at or 0)})
         self._close_all()
+        self.log_counters()
 
     def _track(self, sock: socket.socket) -> socket.socket:
         with self._lock:

@@ -173,7 +173,13 @@ class RedirectableMigration:
                 except lab_exc.LabError as err:
                     LOG.warning("cannot restore downtime-limit: %s", err)
 
-    def redirect(self, new_host: str) -> Attempt:
+    def resume(self) -> Attempt:
+        """Restart the current attempt to the same host (after a link or
+        agent failure): the host's agent reuses every page it stored, so
+        only what it lacks is sent again."""
+        return self.redirect(self.current.dst_host, _resume=True)
+
+    def redirect(self, new_host: str, _resume: bool = False) -> Attempt:
         """Change the destination of the running migration.
 
         :raises RedirectRefused: the migration is not in a state where the
@@ -186,7 +192,8 @@ class RedirectableMigration:
         if new_host not in self.lab.hosts:
             raise RedirectRefused(migration_id=self.migration_id,
                                   reason="unknown host %s" % new_host)
-        if self.attempts and new_host == self.current.dst_host:
+        if self.attempts and new_host == self.current.dst_host and \
+                not _resume:
             raise RedirectRefused(
                 migration_id=self.migration_id,
                 reason="%s is already the destination" % new_host)
@@ -213,6 +220,14 @@ class RedirectableMigration:
         self.src.migrate_cancel()
         self._wait_source_idle()
         old.dst_guest.stop()
+        try:
+            # Close the old attempt's sessions even if their peer is
+            # unreachable (a cut link never delivers the close).
+            self.api.abort(old.dst_host, self.migration_id,
+                           "redirected to %s" % new_host)
+        except Exception as err:  # noqa: BLE001 - the agent may be gone
+            LOG.warning("cannot abort attempt %d on %s: %s", old.number,
+                        old.dst_host, err)
         self._wait_attempt_final(old)
         LOG.info("migration %s: redirect %s -> %s", self.migration_id,
                  old.dst_host, new_host)

@@ -378,6 +378,15 @@ class Lab:
         LOG.info("Lab %s: host %s link rate now %s", self.run_id, host,
                  rate or "unshaped")
 
+    def set_link(self, host: str, up: bool) -> None:
+        """Cut (``up=False``) or restore a host's link to the switch."""
+        lab_host = self._host(host, "change a link state")
+        with self._netlink(f"set link of {host}") as ipr:
+            index = ipr.link_lookup(ifname=lab_host.bridge_port)[0]
+            ipr.link("set", index=index, state="up" if up else "down")
+        LOG.info("Lab %s: host %s link %s", self.run_id, host,
+                 "restored" if up else "cut")
+
     def rate(self, host: str) -> int | None:
         """The host's current upload rate in bit/s (``None``: unshaped)."""
         self._host(host, "read a link rate")

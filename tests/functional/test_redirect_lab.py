@@ -171,3 +171,24 @@ def test_redirect_refused_with_postcopy(lab, agents, guest):
         m.redirect("b")
     m.current.dst_guest.stop()
     m.cleanup()
+
+
+@pytest.mark.timeout(400)
+def test_destination_link_cut_then_resume(lab, agents, guest):
+    lab.set_rate("a", "100mbit")
+    m = RedirectableMigration(lab, agents, guest)
+    m.start("a")
+    _wait_progress(m, 0.4)
+    lab.set_link("a", False)             # the destination drops off
+    time.sleep(2.0)
+    sent = guest.query_migrate()["ram"]["transferred"]
+    time.sleep(1.0)
+    # Stalled: the source cannot push more than its socket buffers.
+    assert guest.query_migrate()["ram"]["transferred"] - sent < 4e6
+    lab.set_link("a", True)
+    m.resume()                           # same host: reuse what it holds
+    st = _finish(m)
+    a1 = _attempt(st, "a", 1)
+    assert a1["state"] == "completed"
+    assert a1["redirect"]["local_pages_injected"] > 0
+    assert _attempt(st, "src", 1)["counters"]["pages_dropped"] > 0
