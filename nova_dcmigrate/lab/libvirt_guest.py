@@ -232,7 +232,7 @@ class LibvirtGuest:
         return f"{STATE_NAMES.get(state, state)}/{reason}"
 
     def is_running(self, host: LibvirtHost | None = None) -> bool:
-        return self.state(host)[0] == libvirt.VIR_DOMAIN_RUNNING
+        return bool(self.state(host)[0] == libvirt.VIR_DOMAIN_RUNNING)
 
     def wait_state(self, wanted: int, host: LibvirtHost | None = None,
                    timeout: float = 30.0) -> None:

@@ -238,9 +238,12 @@ class LibvirtHost:
                     host=self.host,
                     reason=f"start script hung: {err}") from err
         pid = _read_pid(self.libvirtd_pidfile)
-        if pid is not None:
-            self.mnt_ns = _mnt_ns(pid)
-        if proc.returncode != 0 or pid is None or self.mnt_ns is None:
+        # Either daemon identifies the namespace (stop() needs it even if
+        # only virtlogd came up).
+        for daemon in (pid, _read_pid(self.virtlogd_pidfile)):
+            if daemon is not None and self.mnt_ns is None:
+                self.mnt_ns = _mnt_ns(daemon)
+        if proc.returncode != 0 or pid is None or _mnt_ns(pid) is None:
             raise LibvirtHostError(
                 host=self.host,
                 reason=f"start script exited {proc.returncode} (libvirtd "

@@ -82,7 +82,7 @@ def compare_ram(src: QemuGuest, dst: QemuGuest,
                     src=src.name, dst=dst.name,
                     reason=f"{dump} has {actual} bytes, expected "
                            f"{size_bytes}")
-        result = _compare_files(src_dump, dst_dump, size_bytes)
+        result = compare_files(src_dump, dst_dump, size_bytes)
     finally:
         for dump in (src_dump, dst_dump):
             dump.unlink(missing_ok=True)
@@ -99,7 +99,7 @@ def compare_ram(src: QemuGuest, dst: QemuGuest,
     return result
 
 
-def _compare_files(a: Path, b: Path, size: int) -> RamComparison:
+def compare_files(a: Path, b: Path, size: int) -> RamComparison:
     hash_a = hashlib.sha256()
     hash_b = hashlib.sha256()
     differing = 0

@@ -146,7 +146,7 @@ def test_migration_result_from_query() -> None:
     assert "downtime=2114ms" in result.summary()
 
 
-def test_compare_files_counts_pages(tmp_path: Path) -> None:
+def testcompare_files_counts_pages(tmp_path: Path) -> None:
     size = 64 * ramcheck.PAGE_SIZE + ramcheck._CHUNK
     a = bytearray(size)
     b = bytearray(size)
@@ -154,10 +154,10 @@ def test_compare_files_counts_pages(tmp_path: Path) -> None:
         b[page * ramcheck.PAGE_SIZE + 17] = 0xFF
     (tmp_path / "a").write_bytes(a)
     (tmp_path / "b").write_bytes(b)
-    result = ramcheck._compare_files(tmp_path / "a", tmp_path / "b", size)
+    result = ramcheck.compare_files(tmp_path / "a", tmp_path / "b", size)
     assert not result.identical
     assert result.differing_pages == 3
     assert result.first_difference == 3 * ramcheck.PAGE_SIZE
     assert result.sha256_src != result.sha256_dst
-    same = ramcheck._compare_files(tmp_path / "a", tmp_path / "a", size)
+    same = ramcheck.compare_files(tmp_path / "a", tmp_path / "a", size)
     assert same.identical and same.first_difference is None

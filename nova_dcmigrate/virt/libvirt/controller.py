@@ -1,0 +1,515 @@
+"""Redirectable live migration through stock libvirt (no Nova needed).
+
+Every attempt is a libvirt peer-to-peer live migration
+(``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P`` and
+``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``): the destination QEMU
+listens on its host's loopback, the source libvirtd connects to the source
+host's loopback, and the dcmigrate agents there carry the stream (QEMU
+stream reference, section 4.1).  Both agents are prepared over RPC first.
+
+A redirect aborts the running job (``abortJob``: libvirt keeps the guest
+running on the source and kills the old destination QEMU, whose agent
+keeps the pages it stored), then starts a new attempt listing every
+earlier destination as a holder.  Switchover is held back with a zero
+maximum downtime until the new destination has every relayed page, then
+the configured downtime is restored.
+
+Nothing here imports Nova: the Nova driver builds on this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+from oslo_log import log as logging
+
+from nova_dcmigrate.exception import DcmigrateError
+from nova_dcmigrate.exception import MigrationStateError
+
+LOG = logging.getLogger(__name__)
+
+BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER |
+              libvirt.VIR_MIGRATE_PERSIST_DEST |
+              libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+#: Flags whose stream the agents cannot carry, with the reason.
+UNSUPPORTED_FLAGS = {
+    "VIR_MIGRATE_PARALLEL": "multifd opens extra connections the agents "
+                            "cannot see",
+    "VIR_MIGRATE_POSTCOPY": "post-copy pages cannot be redirected",
+    "VIR_MIGRATE_COMPRESSED": "compressed (XBZRLE) pages are deltas "
+                              "against the destination's memory",
+    "VIR_MIGRATE_TUNNELLED": "a tunnelled stream does not reach the agents",
+    "VIR_MIGRATE_TLS": "a TLS stream cannot be parsed by the agents",
+}
+
+
+class ControllerError(DcmigrateError):
+    msg_fmt = "Migration %(migration_id)s: %(reason)s"
+
+
+class UnsupportedMigrationFlags(ControllerError):
+    msg_fmt = "Migration flags not supported by dcmigrate: %(flags)s"
+
+
+class RedirectRefused(ControllerError):
+    msg_fmt = "Cannot redirect migration %(migration_id)s: %(reason)s"
+
+
+class MigrationFailed(ControllerError):
+    msg_fmt = "Migration %(migration_id)s failed: %(reason)s"
+
+
+class State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"          # an attempt is migrating
+    REDIRECTING = "redirecting"  # aborting one attempt for the next
+    COMPLETED = "completed"
+    FAILED = "failed"            # guest still runs on the source
+    ABORTED = "aborted"          # user abort; guest runs on the source
+
+
+@dataclasses.dataclass(frozen=True)
+class HostInfo:
+    """How to reach a compute host's libvirtd and dcmigrate agent."""
+
+    name: str               # agent RPC server name (the compute host)
+    libvirt_uri: str        # e.g. qemu+tcp://10.0.0.2/system
+    agent_address: str      # address of the agent's peer listener
+    agent_port: int
+
+
+@dataclasses.dataclass
+class Attempt:
+    number: int
+    host: HostInfo
+    port: int
+    holders: list[str]
+    thread: threading.Thread | None = None
+    error: libvirt.libvirtError | None = None
+    started: float = 0.0
+    ended: float | None = None
+    outcome: str = "running"
+    source_rate: float = 0.0
+
+
+@dataclasses.dataclass
+class MigrationStatus:
+    """One view of a migration: libvirt's job plus the agents' counters."""
+
+    migration_id: str
+    state: str
+    attempt: int
+    destination: str | None
+    holders: list[str]
+    bytes_from_source: int          # source agent onto its link, all attempts
+    bytes_relayed: dict[str, int]   # per holder, current attempt
+    pages_deduplicated: int         # pages the source did not resend
+    memory_remaining: int | None    # libvirt's view of the current attempt
+    job: dict[str, Any]
+
+
+def check_flags(flags: int) -> None:
+    """:raises UnsupportedMigrationFlags: for flags the agents can't carry."""
+    bad = [name for name, _why in UNSUPPORTED_FLAGS.items()
+           if flags & getattr(libvirt, name, 0)]
+    if bad:
+        raise UnsupportedMigrationFlags(
+            flags=", ".join("%s (%s)" % (n, UNSUPPORTED_FLAGS[n])
+                            for n in bad))
+
+
+class RedirectableMigration:
+    """Live-migrate one libvirt domain; redirect it while it runs.
+
+    :param dom: the domain on the source libvirtd.
+    :param source: the source host.
+    :param agents: an ``AgentAPI`` (oslo.messaging client of the agents).
+    :param resolve: host name -> :class:`HostInfo`.
+    :param extra_flags: added to LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE
+        (e.g. ``VIR_MIGRATE_PAUSED``); unsupported ones are refused.
+    :param max_downtime_ms: downtime allowed at switchover.
+    :param port_range: loopback ports to pick P from (a fresh P per
+        attempt, free on both hosts).
+    """
+
+    def __init__(self, dom: libvirt.virDomain, source: HostInfo,
+                 agents: Any, resolve: Callable[[str], HostInfo], *,
+                 extra_flags: int = 0, max_downtime_ms: int = 300,
+                 params: dict[str, Any] | None = None, split: bool = True,
+                 port_range: tuple[int, int] = (49152, 49215),
+                 max_retries: int = 3,
+                 migration_id: str | None = None) -> None:
+        self.flags = BASE_FLAGS | extra_flags
+        check_flags(self.flags)
+        self.dom = dom
+        self.source = source
+        self.agents = agents
+        self.resolve = resolve
+        self.max_downtime_ms = max_downtime_ms
+        self.params = dict(params or {})
+        self.split = split
+        self.port_range = port_range
+        self.max_retries = max_retries
+        self.migration_id = migration_id or str(uuid.uuid4())
+        self.secret = secrets.token_hex(32)
+        self.state = State.NEW
+        self.attempts: list[Attempt] = []
+        self.dead_holders: set[str] = set()
+        self.error: str | None = None
+        self._lock = threading.RLock()
+        self._done = threading.Event()
+
+    # -- helpers -------------------------------------------------------------
+    @property
+    def current(self) -> Attempt:
+        return self.attempts[-1]
+
+    def _require(self, *states: State, operation: str) -> None:
+        if self.state not in states:
+            raise MigrationStateError(
+                migration_id=self.migration_id, state=self.state.value,
+                operation=operation,
+                required="/".join(s.value for s in states))
+
+    def holders_for(self, host: str) -> list[str]:
+        seen: list[str] = []
+        for a in reversed(self.attempts):
+            h = a.host.name
+            if h != host and h not in seen and h not in self.dead_holders:
+                seen.append(h)
+        return seen
+
+    def _pick_port(self, used: set[int]) -> int:
+        lo, hi = self.port_range
+        choices = [p for p in range(lo, hi + 1) if p not in used]
+        return random.choice(choices)
+
+    # -- attempts --------------------------------------------------------------
+    def start(self, host: str) -> Attempt:
+        """Start migrating to ``host`` (returns once libvirt has the job)."""
+        with self._lock:
+            self._require(State.NEW, State.REDIRECTING,
+                          operation="start an attempt")
+            info = self.resolve(host)
+            if info.name == self.source.name:
+                raise RedirectRefused(migration_id=self.migration_id,
+                                      reason="the destination is the source")
+            number = len(self.attempts)
+            holders = self.holders_for(info.name)
+            specs = []
+            for h in holders:
+                hi = self.resolve(h)
+                specs.append({"host": hi.name, "address": hi.agent_address,
+                              "port": hi.agent_port})
+            used: set[int] = {a.port for a in self.attempts}
+            for _try in range(5):
+                port = self._pick_port(used)
+                used.add(port)
+                try:
+                    self.agents.prepare_source(
+                        self.source.name, self.migration_id, self.secret,
+                        port, info.agent_address, info.agent_port, number)
+                    break
+                except DcmigrateError as err:
+                    if "cannot listen" not in str(err):
+                        raise
+            else:
+                raise ControllerError(migration_id=self.migration_id,
+                                      reason="no free loopback port")
+            try:
+                self.agents.prepare_destination(
+                    info.name, self.migration_id, self.secret, port, number,
+                    specs, self.split)
+            except Exception:
+                self._abort_agents([self.source.name])
+                raise
+            gate = bool(holders)
+            self.dom.migrateSetMaxDowntime(0 if gate else
+                                           self.max_downtime_ms)
+            attempt = Attempt(number, info, port, holders,
+                              started=time.monotonic())
+            self.attempts.append(attempt)
+            params = dict(self.params)
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = "tcp://127.0.0.1:%d" % port
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+            attempt.thread = threading.Thread(
+                target=self._run_attempt, args=(attempt, params),
+                name="migrate-%s-%d" % (self.migration_id[:8], number),
+                daemon=True)
+            self.state = State.RUNNING
+            self._done.clear()
+            attempt.thread.start()
+            LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
+                     "(port %(port)d, holders %(holders)s)",
+                     {"mid": self.migration_id, "n": number,
+                      "src": self.source.name, "dst": info.name,
+                      "port": port, "holders": holders or "none"})
+        if gate:
+            threading.Thread(target=self._ungate_when_relayed,
+                             args=(attempt,), daemon=True).start()
+        return attempt
+
+    def _run_attempt(self, attempt: Attempt, params: dict[str, Any]) -> None:
+        try:
+            self.dom.migrateToURI3(attempt.host.libvirt_uri, params,
+                                   self.flags)
+            attempt.outcome = "completed"
+        except libvirt.libvirtError as err:
+            attempt.error = err
+            if attempt.outcome == "running":
+                attempt.outcome = "failed"
+        finally:
+            attempt.ended = time.monotonic()
+            self._done.set()
+
+    def _ungate_when_relayed(self, attempt: Attempt) -> None:
+        deadline = time.monotonic() + 3600
+        while attempt.outcome == "running" and \
+                time.monotonic() < deadline:
+            try:
+                st = self.agents.get_status(attempt.host.name,
+                                            self.migration_id)
+            except Exception:  # noqa: BLE001 - keep polling
+                time.sleep(0.2)
+                continue
+            for a in st.get("attempts", []):
+                if a["attempt"] != attempt.number:
+                    continue
+                red = a.get("redirect", {})
+                if red.get("relay_done") or a["state"] in (
+                        "failed", "aborted", "completed"):
+                    self._restore_downtime(attempt)
+                    return
+            time.sleep(0.05)
+        self._restore_downtime(attempt)
+
+    def _restore_downtime(self, attempt: Attempt) -> None:
+        with self._lock:
+            if attempt is not self.current or attempt.outcome != "running":
+                return
+            try:
+                self.dom.migrateSetMaxDowntime(self.max_downtime_ms)
+            except libvirt.libvirtError as err:
+                LOG.warning("migration %(mid)s: cannot restore max downtime:"
+                            " %(err)s", {"mid": self.migration_id,
+                                         "err": err})
+
+    # -- operations ------------------------------------------------------------
+    def _cancel_current(self, why: str) -> None:
+        """abortJob and wait until libvirt finished the attempt.
+
+        :raises RedirectRefused: the attempt completed first.
+        """
+        attempt = self.current
+        attempt.outcome = why
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError as err:
+            LOG.info("migration %(mid)s: abortJob: %(err)s",
+                     {"mid": self.migration_id, "err": err})
+        assert attempt.thread is not None
+        attempt.thread.join(120)
+        if attempt.thread.is_alive():
+            raise ControllerError(migration_id=self.migration_id,
+                                  reason="libvirt did not end the job")
+        if attempt.error is None:
+            attempt.outcome = "completed"
+            self.state = State.COMPLETED
+            raise RedirectRefused(
+                migration_id=self.migration_id,
+                reason="the migration completed before it could be "
+                       "cancelled")
+        self._abort_agents([self.source.name, attempt.host.name])
+
+    def _abort_agents(self, hosts: list[str]) -> None:
+        for host in hosts:
+            try:
+                self.agents.abort(host, self.migration_id, "attempt ended")
+            except Exception as err:  # noqa: BLE001 - the agent may be gone
+                LOG.warning("migration %(mid)s: abort on %(h)s: %(err)s",
+                            {"mid": self.migration_id, "h": host,
+                             "err": err})
+
+    def _check_redirectable(self) -> None:
+        self._require(State.RUNNING, operation="redirect")
+        state, reason = self.dom.state()
+        if state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+                libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+                getattr(libvirt, "VIR_DOMAIN_PAUSED_POSTCOPY", -1),
+                getattr(libvirt, "VIR_DOMAIN_PAUSED_STARTING_UP", -1)):
+            raise RedirectRefused(
+                migration_id=self.migration_id,
+                reason="the guest is already stopped for switchover")
+        if self.current.outcome != "running":
+            raise RedirectRefused(migration_id=self.migration_id,
+                                  reason="the current attempt ended")
+
+    def redirect(self, host: str) -> Attempt:
+        """Change the destination of the running migration to ``host``.
+
+        :raises RedirectRefused: nothing changed (switchover already
+            started, migration completed, bad target).
+        """
+        with self._lock:
+            info = self.resolve(host)
+            if info.name == self.source.name:
+                raise RedirectRefused(migration_id=self.migration_id,
+                                      reason="the new host is the source")
+            if info.name == self.current.host.name:
+                raise RedirectRefused(
+                    migration_id=self.migration_id,
+                    reason="%s is already the destination" % info.name)
+            self._check_redirectable()
+            self.state = State.REDIRECTING
+            try:
+                self._cancel_current("redirected")
+            except RedirectRefused:
+                raise
+            except Exception:
+                self.state = State.FAILED
+                raise
+        LOG.info("migration %(mid)s: redirected to %(h)s",
+                 {"mid": self.migration_id, "h": info.name})
+        return self.start(info.name)
+
+    def resume(self) -> Attempt:
+        """Start the current attempt again to the same host; its agent
+        reuses what it stored, only the rest is sent."""
+        with self._lock:
+            host = self.current.host.name
+            if self.state == State.RUNNING:
+                self.state = State.REDIRECTING
+                self._cancel_current("resumed")
+            elif self.state == State.FAILED:
+                self.state = State.REDIRECTING
+        return self.start(host)
+
+    def abort(self) -> None:
+        """User abort: the guest keeps running on the source, and nothing
+        of the migration is left on any destination."""
+        with self._lock:
+            if self.state in (State.COMPLETED, State.ABORTED):
+                return
+            if self.state == State.RUNNING:
+                try:
+                    self._cancel_current("aborted")
+                except RedirectRefused:
+                    raise
+            self.state = State.ABORTED
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        """Drop the migration's sessions and page stores on every host."""
+        hosts = {self.source.name} | {a.host.name for a in self.attempts}
+        for host in hosts:
+            try:
+                self.agents.cleanup(host, self.migration_id)
+            except Exception as err:  # noqa: BLE001 - agent may be gone
+                LOG.warning("migration %(mid)s: cleanup on %(h)s: %(err)s",
+                            {"mid": self.migration_id, "h": host,
+                             "err": err})
+
+    def wait(self, timeout: float = 3600) -> Attempt:
+        """Wait for completion, retrying without holders that died.
+
+        :raises MigrationFailed: the guest still runs on the source.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            attempt = self.current
+            assert attempt.thread is not None
+            attempt.thread.join(max(0.0, deadline - time.monotonic()))
+            if attempt.thread.is_alive():
+                raise ControllerError(migration_id=self.migration_id,
+                                      reason="timed out")
+            with self._lock:
+                if attempt is not self.current:
+                    continue            # redirected meanwhile
+                if attempt.outcome == "completed":
+                    self.state = State.COMPLETED
+                    return attempt
+                if self.state in (State.ABORTED, State.REDIRECTING):
+                    raise MigrationFailed(migration_id=self.migration_id,
+                                          reason="aborted")
+                dead = self._failed_holders(attempt)
+                retries = sum(1 for a in self.attempts
+                              if a.outcome == "failed")
+                if not dead or retries > self.max_retries:
+                    self.state = State.FAILED
+                    self.error = str(attempt.error)
+                    self._abort_agents([self.source.name,
+                                        attempt.host.name])
+                    raise MigrationFailed(migration_id=self.migration_id,
+                                          reason=self.error)
+                self.dead_holders |= dead
+                LOG.warning("migration %(mid)s attempt %(n)d lost holders "
+                            "%(dead)s; retrying",
+                            {"mid": self.migration_id, "n": attempt.number,
+                             "dead": sorted(dead)})
+                self._abort_agents([self.source.name, attempt.host.name])
+                self.state = State.REDIRECTING
+            self.start(attempt.host.name)
+
+    def _failed_holders(self, attempt: Attempt) -> set[str]:
+        try:
+            st = self.agents.get_status(attempt.host.name,
+                                        self.migration_id)
+        except Exception:  # noqa: BLE001
+            return set()
+        dead: set[str] = set()
+        for a in st.get("attempts", []):
+            if a["attempt"] != attempt.number:
+                continue
+            for host, h in a.get("redirect", {}).get("holders", {}).items():
+                if h.get("failed"):
+                    dead.add(host)
+            err = a.get("error") or ""
+            dead |= {h for h in attempt.holders if "holder %s" % h in err}
+        return dead
+
+    def status(self) -> MigrationStatus:
+        job: dict[str, Any] = {}
+        try:
+            job = self.dom.jobStats()
+        except libvirt.libvirtError:
+            pass
+        from_source = dedup = 0
+        relayed: dict[str, int] = {}
+        if self.attempts:
+            try:
+                src = self.agents.get_status(self.source.name,
+                                             self.migration_id)
+                for a in src.get("attempts", []):
+                    c = a["counters"]
+                    from_source += c.get("bytes_sent", c["stream_bytes"])
+                    dedup += c.get("pages_dropped", 0)
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                dst = self.agents.get_status(self.current.host.name,
+                                             self.migration_id)
+                for a in dst.get("attempts", []):
+                    if a["attempt"] == self.current.number:
+                        for h, v in a.get("redirect", {}).get(
+                                "holders", {}).items():
+                            relayed[h] = v["bytes"]
+            except Exception:  # noqa: BLE001
+                pass
+        return MigrationStatus(
+            migration_id=self.migration_id, state=self.state.value,
+            attempt=self.current.number if self.attempts else -1,
+            destination=self.current.host.name if self.attempts else None,
+            holders=self.current.holders if self.attempts else [],
+            bytes_from_source=from_source, bytes_relayed=relayed,
+            pages_deduplicated=dedup,
+            memory_remaining=job.get("memory_remaining"), job=job)

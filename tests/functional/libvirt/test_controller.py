@@ -1,0 +1,214 @@
+"""The libvirt-level controller: migrations and redirects through stock
+libvirtd hosts and the dcmigrate agents (no patches to libvirt or QEMU).
+
+Three lab hosts with their own libvirtd; guests are libvirt domains.  RAM
+is compared exactly (the source's RAM block is held open through its
+memfd and compared with the paused destination's, see
+nova_dcmigrate.lab.libvirt_migration) before the destination resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import needs_root
+
+pytestmark = [
+    pytest.mark.lab,
+    needs_root,
+    pytest.mark.skipif(shutil.which("libvirtd") is None,
+                       reason="libvirtd is not installed"),
+]
+
+libvirt = pytest.importorskip("libvirt",
+                              reason="libvirt-python is not installed")
+
+from nova_dcmigrate.lab.agents import LabAgents  # noqa: E402
+from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
+from nova_dcmigrate.lab import libvirt_host  # noqa: E402
+from nova_dcmigrate.lab.ramcheck import compare_files  # noqa: E402
+from nova_dcmigrate.lab.topology import Lab  # noqa: E402
+from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
+
+HOSTS = ("src", "a", "b")
+
+
+@pytest.fixture(scope="module")
+def lab(rabbit_broker):
+    with Lab({h: "300mbit" for h in HOSTS}) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def hosts(lab):
+    hosts = libvirt_host.start_libvirt_hosts(lab)
+    yield hosts
+    for host in hosts.values():
+        host.stop()
+
+
+@pytest.fixture(scope="module")
+def agents(lab, hosts):
+    with LabAgents(lab) as agents:
+        yield agents
+
+
+class Run:
+    """A guest on 'src' and a controller migrating it."""
+
+    def __init__(self, lab, hosts, agents, image, **kw) -> None:
+        self.lab, self.hosts, self.agents = lab, hosts, agents
+        self.guest = LibvirtGuest.start(hosts["src"], image, memory_mib=256,
+                                        dirty_mib=32, dirty_rate=8)
+        self.guest.wait_booted()
+        time.sleep(1)
+        self.src_ram = self.guest.open_ram(hosts["src"])
+        self.conn = hosts["src"].open()
+        dom = self.conn.lookupByUUIDString(self.guest.uuid)
+        self.m = ctl.RedirectableMigration(
+            dom, self.info("src"), agents.api, self.info,
+            extra_flags=libvirt.VIR_MIGRATE_PAUSED, **kw)
+
+    def info(self, name: str) -> ctl.HostInfo:
+        return ctl.HostInfo(name, self.hosts[name].uri,
+                            self.lab.hosts[name].address,
+                            self.agents.peer_port)
+
+    def wait_progress(self, nbytes: float) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            st = self.m.status()
+            if (st.job.get("memory_processed") or 0) >= nbytes:
+                return
+            time.sleep(0.05)
+        raise AssertionError("no progress")
+
+    def finish_and_check(self) -> str:
+        attempt = self.m.wait(300)
+        dst = self.hosts[attempt.host.name]
+        # The source QEMU is gone (libvirt killed it after the switchover);
+        # its RAM block is still readable through our descriptor.
+        deadline = time.monotonic() + 15
+        while self.hosts["src"].qemu_pid(self.guest.name) is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert self.guest.state(dst)[0] == libvirt.VIR_DOMAIN_PAUSED
+        dst_fd = self.guest.open_ram(dst)
+        try:
+            cmp = compare_files(Path("/proc/self/fd/%d" % self.src_ram),
+                                Path("/proc/self/fd/%d" % dst_fd),
+                                self.guest.memory_bytes)
+        finally:
+            os.close(dst_fd)
+        assert cmp.identical, "RAM differs in %d pages" % \
+            cmp.differing_pages
+        self.guest.moved_to(dst)
+        lines = self.guest.alive_count()
+        self.guest.domain(dst).resume()
+        self.guest.wait_alive(lines, timeout=30)
+        return attempt.host.name
+
+    def close(self) -> None:
+        os.close(self.src_ram)
+        self.m.cleanup()
+        self.guest.destroy()
+        self.conn.close()
+
+
+@pytest.fixture
+def run(lab, hosts, agents, guest_image):
+    runs = []
+
+    def make(**kw):
+        r = Run(lab, hosts, agents, guest_image, **kw)
+        runs.append(r)
+        return r
+    yield make
+    for r in runs:
+        r.close()
+
+
+def _listening(lab, host: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", lab.hosts[host].netns, "ss", "-tln"],
+        capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.timeout(240)
+def test_plain_migration_through_agents(run):
+    r = run()
+    r.m.start("a")
+    assert r.finish_and_check() == "a"
+    st = r.m.status()
+    assert st.state == "completed" and st.attempt == 0
+    assert st.bytes_from_source > 100e6
+
+
+def test_unsupported_flags_refused(run, hosts):
+    for flag in ("VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_POSTCOPY",
+                 "VIR_MIGRATE_TUNNELLED", "VIR_MIGRATE_TLS",
+                 "VIR_MIGRATE_COMPRESSED"):
+        with pytest.raises(ctl.UnsupportedMigrationFlags, match=flag):
+            ctl.check_flags(ctl.BASE_FLAGS | getattr(libvirt, flag))
+
+
+@pytest.mark.timeout(300)
+def test_redirect_and_old_destination_cleaned(run, hosts, lab):
+    r = run()
+    r.m.start("a")
+    r.wait_progress(40e6)
+    r.m.redirect("b")
+    # libvirt on A killed the old destination QEMU; A's agent still
+    # relays what it stored.
+    assert hosts["a"].qemu_pid(r.guest.name) is None
+    assert r.finish_and_check() == "b"
+    st = r.m.status()
+    assert st.bytes_relayed.get("a", 0) > 0
+    assert st.pages_deduplicated > 0
+    assert r.guest.name not in [d.name() for d in
+                                hosts["a"].conn.listAllDomains()]
+
+
+@pytest.mark.timeout(400)
+def test_two_redirects(run):
+    r = run()
+    r.m.start("a")
+    r.wait_progress(30e6)
+    r.m.redirect("b")
+    time.sleep(1.5)
+    r.m.redirect("a")
+    assert r.finish_and_check() == "a"
+    assert len(r.m.attempts) == 3
+
+
+@pytest.mark.timeout(300)
+def test_user_abort_during_redirect_leaves_guest_on_source(run, hosts,
+                                                           lab):
+    lab.set_rate("src", "50mbit")
+    try:
+        r = run()
+        r.m.start("a")
+        r.wait_progress(20e6)
+        att = r.m.redirect("b")
+        time.sleep(1.0)
+        r.m.abort()
+        assert r.m.state is ctl.State.ABORTED
+        # The guest runs on the source, and only there.
+        assert r.guest.state(hosts["src"])[0] == libvirt.VIR_DOMAIN_RUNNING
+        r.guest.wait_alive(r.guest.alive_count(), timeout=30)
+        for h in ("a", "b"):
+            assert r.guest.name not in [d.name() for d in
+                                        hosts[h].conn.listAllDomains()]
+            assert r.agents.api.list_migrations(h) == []
+            assert ":%d " % att.port not in _listening(lab, h)
+        assert r.agents.api.list_migrations("src") == []
+        # ... and can be migrated again.
+        r.m2 = None
+    finally:
+        lab.set_rate("src", "300mbit")
