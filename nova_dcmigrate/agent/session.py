@@ -1146,6 +1146,11 @@ class DestinationSession(MigrationSession):
             st["redirect"] = {
                 "relay_done": self.relay_done.is_set(),
                 "frontier": self.frontier,
+                # Bytes/s arriving from the source and from all holders
+                # (sliding 1 s window); a controller sets QEMU's
+                # avail-switchover-bandwidth from the former.
+                "source_rate": self.src_meter.rate(),
+                "relay_rate": self.relay_meter.rate(),
                 "source_position": self.src_position,
                 "source_pass1_done": self.src_pass1_done,
                 "local_pages_injected":

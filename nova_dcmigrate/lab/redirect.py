@@ -51,6 +51,7 @@ class Attempt:
     started: float
     ended: float | None = None
     outcome: str = "running"
+    source_rate: float = 0.0      # bytes/s the source link really moves
 
 
 class RedirectableMigration:
@@ -108,6 +109,10 @@ class RedirectableMigration:
                 "downtime-limit": self.downtime_ms})
         number = len(self.attempts)
         holders = self.holders_for(dst_host)
+        if self.attempts:
+            # Back to QEMU's own estimate until this attempt measured one.
+            self.src.set_migration_params(**{
+                "avail-switchover-bandwidth": 0})
         port = self.lab.free_port(dst_host)
         dst = QemuGuest.start(
             self.lab, dst_host, self.src.image,
@@ -157,7 +162,10 @@ class RedirectableMigration:
             for a in st["attempts"]:
                 if a["attempt"] != attempt.number:
                     continue
-                if a.get("redirect", {}).get("relay_done") or \
+                red = a.get("redirect", {})
+                if red.get("source_rate"):
+                    attempt.source_rate = red["source_rate"]
+                if red.get("relay_done") or \
                         a["state"] in ("failed", "aborted", "completed"):
                     self._set_downtime(attempt)
                     return
@@ -167,9 +175,15 @@ class RedirectableMigration:
     def _set_downtime(self, attempt: Attempt) -> None:
         with self._lock:
             if attempt is self.current and attempt.outcome == "running":
+                params: dict[str, int] = {"downtime-limit": self.downtime_ms}
+                if attempt.source_rate > 0:
+                    # Dropped pages make QEMU see a faster link than the
+                    # real one; give it the rate measured at the new
+                    # destination so its switchover decision holds.
+                    params["avail-switchover-bandwidth"] = \
+                        int(attempt.source_rate)
                 try:
-                    self.src.set_migration_params(**{
-                        "downtime-limit": self.downtime_ms})
+                    self.src.set_migration_params(**params)
                 except lab_exc.LabError as err:
                     LOG.warning("cannot restore downtime-limit: %s", err)
 

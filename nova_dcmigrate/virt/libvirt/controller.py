@@ -194,7 +194,7 @@ class RedirectableMigration:
         choices = [p for p in range(lo, hi + 1) if p not in used]
         return random.choice(choices)
 
-    # -- attempts --------------------------------------------------------------
+    # -- attempts ----------------------------------------------------------
     def start(self, host: str) -> Attempt:
         """Start migrating to ``host`` (returns once libvirt has the job)."""
         with self._lock:
@@ -304,7 +304,7 @@ class RedirectableMigration:
                             " %(err)s", {"mid": self.migration_id,
                                          "err": err})
 
-    # -- operations ------------------------------------------------------------
+    # -- operations --------------------------------------------------------
     def _cancel_current(self, why: str) -> None:
         """abortJob and wait until libvirt finished the attempt.
 

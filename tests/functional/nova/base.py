@@ -72,8 +72,8 @@ class DCMigrateDriverMixin:
     Every compute service the test starts with the stock
     ``libvirt.LibvirtDriver`` gets :data:`COMPUTE_DRIVER` instead (the
     value stays set, as in a deployment's nova.conf), and the mixin checks
-    that the loaded driver really is ours. Nothing else in the Nova test
-    changes.
+    that the loaded driver really is ours; a compute with any other driver
+    fails the test. Nothing else in the Nova test changes.
     """
 
     # The attributes below come from nova.test.TestCase.
@@ -100,10 +100,12 @@ class DCMigrateDriverMixin:
 
     def start_service(self, name: str, host: str | None = None,
                       **kwargs: Any) -> Any:
-        libvirt_compute = (name == "compute" and
-                           CONF.compute_driver in (STOCK_DRIVER,
-                                                   COMPUTE_DRIVER))
+        libvirt_compute = name == "compute"
         if libvirt_compute:
+            if CONF.compute_driver not in (STOCK_DRIVER, COMPUTE_DRIVER):
+                raise AssertionError(
+                    "compute_driver %s is not the libvirt driver"
+                    % CONF.compute_driver)
             CONF.set_override("compute_driver",
                               COMPUTE_DRIVER if self._dcmigrate_swap
                               else STOCK_DRIVER)

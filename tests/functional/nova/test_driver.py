@@ -123,3 +123,10 @@ class DCMigrateDriverTest(base.DCMigrateDriverMixin,
                            host="dest")
         server = self._wait_for_state_change(self.server, "ACTIVE")
         self.assertEqual("dest", server["OS-EXT-SRV-ATTR:host"])
+
+        # Control: without the trait requirement the stock-driver host is a
+        # valid destination, so the refusal above came from the trait (and
+        # our driver live-migrates to a stock-driver host).
+        self.server = self._create_server(host="src", networks="none")
+        server = self._live_migrate(self.server, host="stock")
+        self.assertEqual("stock", server["OS-EXT-SRV-ATTR:host"])
