@@ -678,6 +678,7 @@ class DestinationSession(MigrationSession):
         self.frontier = 0
         self.stops: dict[int, int] = {}
         self.final_sent = False
+        self._final_lock = threading.Lock()
         self.relay_done = threading.Event()
         self.src_meter = merge.RateMeter()
         self.relay_meter = merge.RateMeter()
@@ -1026,9 +1027,13 @@ class DestinationSession(MigrationSession):
                     if owner[g] == holder and not sent[g] and not rel[g]]
 
     def _send_final(self) -> None:
-        if self.final_sent:
-            return
-        self.final_sent = True
+        with self._final_lock:
+            if self.final_sent:
+                return
+            self._send_final_locked()
+            self.final_sent = True
+
+    def _send_final_locked(self) -> None:
         for p in self.pullers:
             stop = self.stops.get(p.index, 0)
             extra = [g for g in self._missing(p.index) if g < stop]
