@@ -16,7 +16,9 @@ frontier is chosen so both finish together::
         == held_cost[X, a) / rate_holders
 
 and re-planned from measured rates as the transfer runs (DCmigrate's
-"optimise the amount each host sends").
+"optimise the amount each host sends").  The re-planned frontier only ever
+moves down, so every page the source skipped is at or above it and the
+holders' downward relay covers it.
 """
 
 from __future__ import annotations

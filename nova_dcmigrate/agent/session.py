@@ -678,6 +678,7 @@ class DestinationSession(MigrationSession):
         self.frontier = 0
         self.stops: dict[int, int] = {}
         self.final_sent = False
+        self.final_extra_pages = 0
         self._final_lock = threading.Lock()
         self.relay_done = threading.Event()
         self.src_meter = merge.RateMeter()
@@ -1037,6 +1038,7 @@ class DestinationSession(MigrationSession):
         for p in self.pullers:
             stop = self.stops.get(p.index, 0)
             extra = [g for g in self._missing(p.index) if g < stop]
+            self.final_extra_pages += len(extra)
             p.conn.send(FrameType.FINAL, wire.U64.pack(stop) +
                         wire.encode_g_list(extra))
             LOG.info("migration %(mid)s attempt %(att)d: FINAL to %(h)s: "
@@ -1069,7 +1071,14 @@ class DestinationSession(MigrationSession):
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
-            x = planner.plan(self.src_position, a_pos, rs, rh, cost)
+            # The frontier only moves down.  The source drops held pages at
+            # or above the frontier it knows when it reaches them, and it
+            # races through held regions at local speed; holders relay
+            # downward to the frontier.  A frontier that rose again would
+            # leave pages the source dropped below the holders' stop until
+            # FINAL, i.e. possibly inside the switchover.
+            x = min(self.frontier,
+                    planner.plan(self.src_position, a_pos, rs, rh, cost))
             if x != self.frontier:
                 self.frontier = x
                 self.counters["frontier"] = x
@@ -1154,6 +1163,7 @@ class DestinationSession(MigrationSession):
                 # Bytes/s arriving from the source and from all holders
                 # (sliding 1 s window); a controller sets QEMU's
                 # avail-switchover-bandwidth from the former.
+                "final_extra_pages": self.final_extra_pages,
                 "source_rate": self.src_meter.rate(),
                 "relay_rate": self.relay_meter.rate(),
                 "source_position": self.src_position,
