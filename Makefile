@@ -13,7 +13,7 @@ PYTHON ?= python3
 
 demo: system-deps tox guest-image
 	$(TOX) -e functional --notest -q
-	.tox/functional/bin/dcmigrate-lab demo $(DEMO_ARGS)
+	.tox/functional/bin/dcmigrate-bench --json demo.json --plot demo.png $(DEMO_ARGS)
 
 test: system-deps tox guest-image
 	$(TOX) -e py3,functional -- $(TEST_ARGS)

@@ -10,9 +10,10 @@ stream reference, section 4.1).  Both agents are prepared over RPC first.
 A redirect aborts the running job (``abortJob``: libvirt keeps the guest
 running on the source and kills the old destination QEMU, whose agent
 keeps the pages it stored), then starts a new attempt listing every
-earlier destination as a holder.  Switchover is held back with a zero
+earlier destination as a holder.  Switchover is held back with a 1 ms
 maximum downtime until the new destination has every relayed page, then
-the configured downtime is restored.
+the configured downtime is restored (not 0: QEMU 10 treats a zero limit
+as "switch over now" at the end of a pass).
 
 Nothing here imports Nova: the Nova driver builds on this class.
 """
@@ -36,6 +37,9 @@ from nova_dcmigrate.exception import DcmigrateError
 from nova_dcmigrate.exception import MigrationStateError
 
 LOG = logging.getLogger(__name__)
+
+#: Maximum downtime (ms) that holds switchover back while relays run.
+GATE_DOWNTIME_MS = 1
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER |
               libvirt.VIR_MIGRATE_PERSIST_DEST |
@@ -234,7 +238,7 @@ class RedirectableMigration:
                 self._abort_agents([self.source.name])
                 raise
             gate = bool(holders)
-            self.dom.migrateSetMaxDowntime(0 if gate else
+            self.dom.migrateSetMaxDowntime(GATE_DOWNTIME_MS if gate else
                                            self.max_downtime_ms)
             attempt = Attempt(number, info, port, holders,
                               started=time.monotonic())

@@ -1,0 +1,289 @@
+"""The run loop: one lab, agents, and a fresh guest per method and repeat.
+
+For every run: boot a guest on ``src`` (same memory and dirtying each
+time, so runs are independent), let it dirty for ``settle`` seconds,
+migrate it with the method (:mod:`methods`) while the link sampler
+records every host's throughput, then compare source and destination RAM
+byte for byte, resume the destination and wait for the guest to print
+that it is alive.  A run whose RAM differs, or that fails, is an error
+(recorded, and the command exits non-zero), and the next run goes on.
+
+Progress fractions need the size of one first pass.  It is measured once
+per invocation ("calibration"), on the first booted guest: its RAM is
+dumped and its non-zero pages counted; a first pass costs one page record
+(4096 + 8 bytes) per non-zero page and 9 bytes per zero page (QEMU's
+zero-page record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+import platform
+import random
+import subprocess
+import time
+from typing import Any, Callable
+
+from oslo_log import log as logging
+
+from nova_dcmigrate.bench import methods as meth
+from nova_dcmigrate.bench import report
+from nova_dcmigrate.bench.linkstats import LinkSampler
+from nova_dcmigrate.bench.linkstats import Series
+from nova_dcmigrate.bench.options import AGENT_METHODS
+from nova_dcmigrate.bench.options import BenchConfig
+from nova_dcmigrate.bench.progress import ProgressView
+from nova_dcmigrate.lab import agents as lab_agents
+from nova_dcmigrate.lab import image as lab_image
+from nova_dcmigrate.lab import qemu
+from nova_dcmigrate.lab import rabbit
+from nova_dcmigrate.lab import ramcheck
+from nova_dcmigrate.lab import topology
+
+LOG = logging.getLogger(__name__)
+
+PAGE = 4096
+PAGE_RECORD = PAGE + 8
+ZERO_RECORD = 9
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    nonzero_pages: int
+    zero_pages: int
+    #: Estimated bytes of one full first pass.
+    first_pass_bytes: int
+    seconds: float
+
+
+def count_pages(data: bytes) -> tuple[int, int]:
+    """(non-zero, zero) 4 KiB pages of a RAM dump."""
+    pages = len(data) // PAGE
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with matplotlib
+        zero = bytes(PAGE)
+        nonzero = sum(1 for i in range(pages)
+                      if data[i * PAGE:(i + 1) * PAGE] != zero)
+    else:
+        arr = np.frombuffer(data[:pages * PAGE], dtype=np.uint64)
+        nonzero = int(arr.reshape(pages, PAGE // 8).any(axis=1).sum())
+    return nonzero, pages - nonzero
+
+
+def first_pass_bytes(nonzero: int, zero: int) -> int:
+    return nonzero * PAGE_RECORD + zero * ZERO_RECORD
+
+
+def calibrate(guest: qemu.QemuGuest) -> Calibration:
+    """Estimate the bytes of one first pass from the guest's RAM."""
+    started = time.monotonic()
+    dump = guest.lab.workdir / ("%s.calibration.ram" % guest.name)
+    try:
+        guest.pmemsave(dump, guest.memory_bytes)
+        nonzero, zero = count_pages(dump.read_bytes())
+    finally:
+        dump.unlink(missing_ok=True)
+    cal = Calibration(nonzero, zero, first_pass_bytes(nonzero, zero),
+                      time.monotonic() - started)
+    LOG.info("calibration: %d non-zero pages, first pass ~%.1f MB",
+             nonzero, cal.first_pass_bytes / 1e6)
+    return cal
+
+
+def run_order(cfg: BenchConfig) -> list[tuple[int, str]]:
+    """(repeat, method) in execution order: every method once per
+    repeat, shuffled with ``--seed`` if given."""
+    rng = random.Random(cfg.seed) if cfg.seed is not None else None
+    order = []
+    for rep in range(1, cfg.repeat + 1):
+        methods = list(cfg.methods)
+        if rng is not None:
+            rng.shuffle(methods)
+        order += [(rep, m) for m in methods]
+    return order
+
+
+def environment() -> dict[str, Any]:
+    try:
+        out = subprocess.run(
+            [os.environ.get("DCMIGRATE_QEMU", qemu.QEMU_BINARY),
+             "--version"], capture_output=True, text=True, timeout=10)
+        qemu_version = out.stdout.splitlines()[0] if out.stdout else None
+    except (OSError, subprocess.SubprocessError):
+        qemu_version = None
+    return {"qemu": qemu_version, "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "loadavg_at_start": list(os.getloadavg()),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _rates_text(rates: dict[str, tuple[float, float]], dst: str) -> str:
+    parts = []
+    for host, (up, down) in rates.items():
+        if host == "src" or up >= 1.0:
+            parts.append("%s\u2191%.0f" % (host, up))
+    if dst in rates:
+        parts.append("%s\u2193%.0f" % (dst, rates[dst][1]))
+    return " ".join(parts) + " Mbit/s" if parts else ""
+
+
+class Runner:
+    """Runs a :class:`BenchConfig` and returns the JSON document."""
+
+    def __init__(self, cfg: BenchConfig, progress: ProgressView,
+                 on_record: Callable[[dict[str, Any]], None] | None = None
+                 ) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.on_record = on_record
+        self.calibration: Calibration | None = None
+        self.records: list[dict[str, Any]] = []
+        self.series: dict[str, Series] = {}
+        self.env = environment()
+        self.lab: topology.Lab | None = None
+
+    @property
+    def needs_agents(self) -> bool:
+        return any(m in AGENT_METHODS for m in self.cfg.methods)
+
+    def document(self) -> dict[str, Any]:
+        return report.document(
+            self.cfg, self.records,
+            dataclasses.asdict(self.calibration) if self.calibration
+            else None, self.env)
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        image = lab_image.build_guest_image(
+            Path(cfg.cache_dir) if cfg.cache_dir else None)
+        broker = rabbit.broker_from_env() if self.needs_agents else None
+        try:
+            links = {h: (None if cfg.links[h] in ("none", "")
+                         else cfg.links[h]) for h in cfg.hosts}
+            with topology.Lab(links, keep_workdir=cfg.keep_workdir) as lab:
+                self.lab = lab
+                self.progress.message(
+                    "lab %s: %s" % (lab.run_id, ", ".join(
+                        "%s=%s" % (h, cfg.links[h]) for h in cfg.hosts)))
+                agents = None
+                if self.needs_agents:
+                    agents = lab_agents.LabAgents(lab).start()
+                try:
+                    sampler = LinkSampler({h: lab.hosts[h].bridge_port
+                                           for h in cfg.hosts})
+                    for order, (rep, method) in enumerate(run_order(cfg)):
+                        self._one(lab, agents, image, sampler, method, rep,
+                                  order)
+                finally:
+                    if agents is not None:
+                        agents.stop()
+        finally:
+            if broker is not None:
+                broker.stop()
+        report.fill_borrowed_bounds(self.records)
+        return self.document()
+
+    def _one(self, lab: topology.Lab, agents: lab_agents.LabAgents | None,
+             image: lab_image.GuestImage, sampler: LinkSampler, method: str,
+             rep: int, order: int) -> None:
+        cfg = self.cfg
+        key = "%s#%d" % (method, rep)
+        self.progress.start_run(key, "%s #%d" % (method, rep))
+        run = meth.MigrationRun(method=method)
+        guest: qemu.QemuGuest | None = None
+        driver: Any = None
+        series: Series | None = None
+        ram = None
+        alive: bool | None = None
+        error: str | None = None
+        try:
+            self.progress.update(key, phase="booting",
+                                 detail="%d MiB guest on src" %
+                                 cfg.memory_mib)
+            guest = qemu.QemuGuest.start(
+                lab, "src", image, memory_mib=cfg.memory_mib,
+                dirty_mib=cfg.dirty_mib, dirty_rate=cfg.dirty_rate)
+            guest.wait_booted(cfg.boot_timeout_s)
+            if self.calibration is None:
+                self.progress.update(key, phase="calibrating",
+                                     detail="counting non-zero pages")
+                self.calibration = calibrate(guest)
+                self.progress.message(
+                    "first pass of this guest: ~%.0f MB (%d non-zero "
+                    "pages); redirects at %s of it" % (
+                        self.calibration.first_pass_bytes / 1e6,
+                        self.calibration.nonzero_pages,
+                        ", ".join(str(f) for f in cfg.redirect_at)
+                        or "none"))
+            self.progress.update(key, phase="dirtying",
+                                 detail="%d MiB at %d MiB/s" %
+                                 (cfg.dirty_mib, cfg.dirty_rate))
+            time.sleep(cfg.settle_s)
+            caps = {"auto_converge": True} if cfg.auto_converge else {}
+            guest.set_migration_caps(**caps)
+            driver = meth.make_driver(method, lab, guest, run,
+                                      cfg.downtime_ms, agents, cfg.gate_ms)
+            schedule = meth.RedirectSchedule(
+                cfg.redirect_at, cfg.route,
+                self.calibration.first_pass_bytes)
+
+            def observe(host: str, info: dict[str, Any],
+                        fraction: float) -> None:
+                ram_info = info.get("ram", {})
+                detail = "\u2192 %s  %s  remaining %.0f MB" % (
+                    host, _rates_text(sampler.latest_rates(), host),
+                    ram_info.get("remaining", 0) / 1e6)
+                self.progress.update(key, phase="migrating",
+                                     fraction=fraction, detail=detail)
+
+            series = sampler.start()
+            try:
+                meth.drive(method, driver, schedule, cfg.timeout_s, observe)
+            finally:
+                sampler.stop()
+            dst = run.dst_guest
+            assert dst is not None
+            self.progress.update(key, phase="verifying",
+                                 detail="comparing RAM byte for byte")
+            ram = ramcheck.compare_ram(guest, dst)
+            if not ram.identical:
+                error = "RAM differs in %d pages (first at %#x)" % (
+                    ram.differing_pages, ram.first_difference or 0)
+            lines = dst.alive_count()
+            dst.cont()
+            dst.wait_alive(lines, timeout=30)
+            alive = True
+        except Exception as err:  # noqa: BLE001 - recorded, run goes on
+            LOG.debug("%s failed", key, exc_info=True)
+            error = "%s: %s" % (type(err).__name__, err)
+            if run.result is None and isinstance(driver, meth.AgentDriver):
+                try:
+                    driver.collect()
+                except Exception:  # noqa: BLE001 - diagnostics only
+                    pass
+        finally:
+            if isinstance(driver, meth.AgentDriver):
+                driver.cleanup()
+            for g in (run.dst_guest, guest):
+                if g is not None:
+                    g.stop()
+        rec = report.build_record(cfg, run, rep, order, ram=ram,
+                                  alive=alive, series=series, error=error)
+        if series is not None:
+            self.series[key] = series
+        self.records.append(rec)
+        if self.on_record is not None:
+            self.on_record(rec)
+        if rec["ok"]:
+            post = rec["post_redirect_time_s"]
+            text = "total %.1f s" % (rec["total_time_s"] or 0)
+            if post is not None and cfg.redirecting:
+                text += ", %.1f s after the redirect" % post
+            text += ", RAM identical"
+            self.progress.finish_run(key, True, text)
+        else:
+            self.progress.finish_run(key, False, error or "RAM differs")
