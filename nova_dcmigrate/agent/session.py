@@ -535,9 +535,14 @@ class SourceSession(MigrationSession):
             c["stream_bytes"] += n
             if c["pages"] + 1024 < reader.pages:
                 _sync_counters(self, reader)
+        self._end_of_stream(conn, reader)
+
+    def _end_of_stream(self, conn: protocol.FramedConnection,
+                       reader: StreamReader) -> None:
+        """The source QEMU closed its side: complete, or fail if the
+        stream stopped before its end (the migration was cancelled)."""
         _sync_counters(self, reader)
         if reader.state != ReaderState.TAIL:
-            # The source QEMU closed mid-stream: migration cancelled.
             raise exception.SessionFailed(
                 migration_id=self.migration_id,
                 reason="source closed the stream before completion "
@@ -584,16 +589,7 @@ class SourceSession(MigrationSession):
             c["held_pages_forwarded"] = f.forwarded_held
             if c["pages"] + 1024 < reader.pages:
                 _sync_counters(self, reader)
-        _sync_counters(self, reader)
-        if reader.state != ReaderState.TAIL:
-            raise exception.SessionFailed(
-                migration_id=self.migration_id,
-                reason="source closed the stream before completion "
-                       "(migration cancelled or failed on the source)")
-        conn.send(FrameType.DATA_EOF)
-        self._stream_done = True
-        self._return_eof.wait()
-        self._complete()
+        self._end_of_stream(conn, reader)
 
     def _return_loop(self, conn: protocol.FramedConnection,
                      qsock: socket.socket) -> None:
