@@ -5,7 +5,7 @@ plus the hooks nova-dcmigrate needs on a compute host. It exists because
 Nova offers no other in-process extension point on the compute side: the
 custom compute manager and ``nova.hooks`` are gone, and a redirect must
 drive ``migrateToURI3`` itself (see below). Without a redirect it behaves
-exactly like the stock driver; that is proved by re-running Nova's own
+exactly like the stock driver; that is checked by re-running Nova's own
 libvirt live-migration functional tests against it
 (``tests/functional/nova``).
 
@@ -14,9 +14,10 @@ Loading
 
 nova-compute imports ``'nova.virt.' + [DEFAULT] compute_driver``
 (``nova.virt.driver.load_compute_driver``), so an out-of-tree driver must
-be reachable under ``nova.virt``. nova-dcmigrate therefore ships a
-one-line shim package ``nova.virt.dcmigrate`` (the nova-lxd and
-compute-hyperv pattern) that re-exports this class. Operators set::
+be reachable under ``nova.virt``. A one-line shim package
+``nova.virt.dcmigrate``, installed into nova's ``nova/virt/`` directory
+(the nova-lxd and compute-hyperv pattern), re-exports this class.
+Operators set::
 
     [DEFAULT]
     compute_driver = dcmigrate.DCMigrateLibvirtDriver
@@ -35,29 +36,31 @@ How live migrations will be routed (later work)
 
 Stock Nova makes the source libvirt connect straight to the destination
 QEMU: ``Guest.migrate`` calls ``migrateToURI3(qemu+tcp://DEST/system,
-{migrate_uri: tcp://DEST, ...})`` and never sets a listen address. For
-a dcmigrate migration the libvirt-level controller of this package will
-override ``_live_migration_operation`` and, per attempt:
+{migrate_uri: tcp://DEST, ...})`` and never sets a listen address. For a
+dcmigrate migration this driver will override ``_live_migration_operation``
+and hand the libvirt job to the libvirt-level controller
+(``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration``), which
+per attempt:
 
-1. ask the destination agent (oslo.messaging RPC, topic
-   ``dcmigrate-agent``) to prepare a session on a free local port P, and
-   the source agent to listen on 127.0.0.1:P and relay to the destination
-   agent over the authenticated agent-to-agent link;
-2. call ``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P``
-   and ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``, so that source
+1. prepares the destination agent (oslo.messaging RPC, topic
+   ``dcmigrate-agent``) on a free local port P, and the source agent to
+   listen on 127.0.0.1:P and relay to the destination agent over the
+   authenticated agent-to-agent link;
+2. calls ``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P``
+   and ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``, so that the source
    QEMU sends to its local agent and the destination QEMU listens only for
-   its local agent. ``PARALLEL``, ``POSTCOPY``, ``TUNNELLED`` and ``TLS``
-   flags are refused for such migrations: the agents parse the single
-   precopy stream;
-3. leave the stock monitor (job stats, completion timeout, force-complete,
-   abort) and the stock ``post_method``/``recover_method`` in charge.
+   its local agent. ``PARALLEL``, ``POSTCOPY``, ``COMPRESSED``,
+   ``TUNNELLED`` and ``TLS`` are refused for such migrations: the agents
+   parse the single precopy stream.
 
-A redirect aborts only the libvirt job to the old destination, keeps the
-pages that destination received (its agent forwards them to the new one),
-moves the Nova-side state (placement, port bindings, volume attachments)
-and loops with the new destination; only the final attempt calls Nova's
-``post_method``. Migrations that are not handled by dcmigrate keep using
-the stock path unchanged.
+Nova's monitor (job stats, completion timeout, force-complete, abort) and
+its ``post_method``/``recover_method`` stay in charge. A redirect aborts
+only the libvirt job to the old destination (``abortJob``), keeps the pages
+that destination received (its agent forwards them to the new one), moves
+the Nova-side state (placement, port bindings, volume attachments) and
+starts the next attempt; only the final attempt calls Nova's
+``post_method``. Migrations that dcmigrate does not handle keep the stock
+path unchanged.
 """
 
 from __future__ import annotations

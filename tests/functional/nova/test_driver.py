@@ -127,6 +127,8 @@ class DCMigrateDriverTest(base.DCMigrateDriverMixin,
         # Control: without the trait requirement the stock-driver host is a
         # valid destination, so the refusal above came from the trait (and
         # our driver live-migrates to a stock-driver host).
-        self.server = self._create_server(host="src", networks="none")
+        plain = self._create_flavor()
+        self.server = self._create_server(
+            host="src", flavor_id=plain, networks="none")
         server = self._live_migrate(self.server, host="stock")
         self.assertEqual("stock", server["OS-EXT-SRV-ATTR:host"])

@@ -9,13 +9,16 @@ services through the same ``Service.create`` call.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import fixtures
 from nova.conf import compute as nova_conf_compute
 from nova.tests.functional.libvirt import base as libvirt_base
+from nova import utils as nova_utils
 from nova.virt import driver as virt_driver
 from nova.virt import virtapi
+import nova.virt
 from oslo_config import cfg
 from oslo_utils import importutils
 
@@ -38,6 +41,21 @@ class DriverLoadingTest(base.DCMigrateDriverMixin,
         self.assertIs(
             dcm_driver.DCMigrateLibvirtDriver,
             importutils.import_class("nova.virt." + base.COMPUTE_DRIVER))
+
+    def test_shim_package(self) -> None:
+        # Found by the ordinary import system on nova.virt's search path
+        # (installed in nova/virt/, or the tests' copy), not a sys.modules
+        # alias.
+        shim = importlib.import_module(base.SHIM_MODULE)
+        self.assertIs(dcm_driver.DCMigrateLibvirtDriver,
+                      shim.DCMigrateLibvirtDriver)
+        self.assertIn(os.path.dirname(os.path.dirname(shim.__file__)),
+                      list(nova.virt.__path__))
+
+    def test_native_threading_mode(self) -> None:
+        if os.environ.get("OS_NOVA_DISABLE_EVENTLET_PATCHING") != "True":
+            self.skipTest("run in eventlet mode")
+        self.assertTrue(nova_utils.concurrency_mode_threading())
 
     def test_load_compute_driver(self) -> None:
         self.flags(compute_driver=base.COMPUTE_DRIVER)

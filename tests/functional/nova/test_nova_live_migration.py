@@ -1,0 +1,120 @@
+"""Nova's own libvirt live-migration functional tests, on our driver.
+
+Each class below is a Nova 34.0.0 test class, unchanged, with
+:class:`~tests.functional.nova.base.DCMigrateDriverMixin` in front: every
+compute it starts runs DCMigrateLibvirtDriver (checked on start). Passing
+them shows that, without a redirect, the driver behaves as the stock one.
+Nova's modules are imported as modules, not classes, so that pytest
+collects only the classes defined here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nova.tests.functional.libvirt import test_live_migration as lm
+from nova.tests.functional.libvirt import test_numa_live_migration as numa_lm
+from nova.tests.functional.libvirt import test_pci_sriov_servers as pci
+from nova.tests.functional.libvirt import test_power_manage as power
+from nova.tests.functional.libvirt import test_vgpu as vgpu
+from nova.tests.functional.libvirt import test_vtpm as vtpm
+from nova.tests.functional.regressions import test_bug_1595962 as bug_1595962
+from nova.tests.functional.regressions import test_bug_1741364 as bug_1741364
+from nova.tests.functional.regressions import test_bug_1888395 as bug_1888395
+from nova.tests.functional.regressions import test_bug_1899835 as bug_1899835
+from nova.tests.functional.regressions import test_bug_1939545 as bug_1939545
+from nova.tests.functional.regressions import test_bug_1944619 as bug_1944619
+from nova.tests.functional.regressions import test_bug_2139351 as bug_2139351
+from nova.tests.functional.regressions import test_bug_2152697 as bug_2152697
+from nova.tests.functional.regressions import test_bug_2153425 as bug_2153425
+
+from tests.functional.nova import base
+
+
+def _on_dcmigrate(nova_cls: type, only: str | None = None) -> Any:
+    """Return ``nova_cls`` re-based on DCMigrateDriverMixin, same name.
+
+    :param nova_cls: a Nova functional test class.
+    :param only: keep only the test methods whose name contains this; the
+        others are set to None, which unittest's loader skips (it collects
+        callable ``test*`` attributes only).
+    """
+    attrs: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": nova_cls.__name__,
+        "__doc__": "%s.%s with DCMigrateLibvirtDriver." % (
+            nova_cls.__module__, nova_cls.__name__),
+    }
+    if only is not None:
+        attrs.update((name, None) for name in dir(nova_cls)
+                     if name.startswith("test") and only not in name)
+    return type(nova_cls.__name__, (base.DCMigrateDriverMixin, nova_cls),
+                attrs)
+
+
+# nova/tests/functional/libvirt/test_live_migration.py: queued-migration
+# abort, cleanup_host cancelling queued migrations, cpu_shared_set updates.
+LiveMigrationQueuedAbortTestVmStatus = _on_dcmigrate(
+    lm.LiveMigrationQueuedAbortTestVmStatus)
+LiveMigrationQueuedAbortTestLeftoversRemoved = _on_dcmigrate(
+    lm.LiveMigrationQueuedAbortTestLeftoversRemoved)
+ManagerCleanupHostCancelsQueuedMigration = _on_dcmigrate(
+    lm.ManagerCleanupHostCancelsQueuedMigration)
+LiveMigrationWithCpuSharedSet = _on_dcmigrate(
+    lm.LiveMigrationWithCpuSharedSet)
+
+# nova/tests/functional/libvirt/test_numa_live_migration.py: NUMA-aware
+# live migration, success and rollback, old-RPC fallbacks, refusals.
+NUMALiveMigrationPositiveTests = _on_dcmigrate(
+    numa_lm.NUMALiveMigrationPositiveTests)
+NUMALiveMigrationRollbackTests = _on_dcmigrate(
+    numa_lm.NUMALiveMigrationRollbackTests)
+NUMALiveMigrationLegacyTests = _on_dcmigrate(
+    numa_lm.NUMALiveMigrationLegacyTests)
+NUMALiveMigrationLegacyRollbackTests = _on_dcmigrate(
+    numa_lm.NUMALiveMigrationLegacyRollbackTests)
+NUMALiveMigrationNegativeTests = _on_dcmigrate(
+    numa_lm.NUMALiveMigrationNegativeTests)
+
+# Live-migration tests of libvirt feature suites: vGPU (mdev) and CPU power
+# management classes are about live migration only; from the vTPM and
+# PCI/SR-IOV/vDPA suites only the live-migration tests are kept.
+LM_ONLY = "live_migrat"
+VGPULiveMigrationTests = _on_dcmigrate(vgpu.VGPULiveMigrationTests)
+VGPULiveMigrationTestsLMFailed = _on_dcmigrate(
+    vgpu.VGPULiveMigrationTestsLMFailed)
+PowerManagementLiveMigrationTests = _on_dcmigrate(
+    power.PowerManagementLiveMigrationTests)
+PowerManagementLiveMigrationRollbackTests = _on_dcmigrate(
+    power.PowerManagementLiveMigrationRollbackTests)
+VTPMServersTest = _on_dcmigrate(vtpm.VTPMServersTest, only=LM_ONLY)
+VTPMServersTestNonShared = _on_dcmigrate(
+    vtpm.VTPMServersTestNonShared, only=LM_ONLY)
+SRIOVServersTest = _on_dcmigrate(pci.SRIOVServersTest, only=LM_ONLY)
+VDPAServersTest = _on_dcmigrate(pci.VDPAServersTest, only=LM_ONLY)
+RemoteManagedServersTest = _on_dcmigrate(
+    pci.RemoteManagedServersTest, only=LM_ONLY)
+PCIServersTest = _on_dcmigrate(pci.PCIServersTest, only=LM_ONLY)
+
+# nova/tests/functional/regressions: live-migration bugs on the libvirt
+# driver.
+TestSerialConsoleLiveMigrate = _on_dcmigrate(
+    bug_1595962.TestSerialConsoleLiveMigrate)
+TestLiveMigrationRbdMonAddrsNotRefreshed = _on_dcmigrate(
+    bug_1741364.TestLiveMigrationRbdMonAddrsNotRefreshed)
+TestLiveMigrationWithoutMultiplePortBindings = _on_dcmigrate(
+    bug_1888395.TestLiveMigrationWithoutMultiplePortBindings)
+TestLiveMigrationRollbackWithoutMultiplePortBindings = _on_dcmigrate(
+    bug_1888395.TestLiveMigrationRollbackWithoutMultiplePortBindings)
+TestVolumeDisconnectDuringPreLiveMigrationRollback = _on_dcmigrate(
+    bug_1899835.TestVolumeDisconnectDuringPreLiveMigrationRollback)
+TestLiveMigrateUpdateDevicePath = _on_dcmigrate(
+    bug_1939545.TestLiveMigrateUpdateDevicePath)
+TestRollbackWithHWOffloadedOVS = _on_dcmigrate(
+    bug_1944619.TestRollbackWithHWOffloadedOVS)
+TestLiveMigrationIOThreadPinning = _on_dcmigrate(
+    bug_2139351.TestLiveMigrationIOThreadPinning)
+TestLiveMigrationIOThreadPinningPreExistingInstance = _on_dcmigrate(
+    bug_2152697.TestLiveMigrationIOThreadPinningPreExistingInstance)
+NUMALiveMigrationCPUAllocationTests = _on_dcmigrate(
+    bug_2153425.NUMALiveMigrationCPUAllocationTests)
