@@ -757,7 +757,7 @@ class DestinationSession(MigrationSession):
                     self._ack(conn, reader)
             elif ftype == FrameType.DATA_EOF:
                 reader.close()
-                self._ack(conn, reader)
+                self._final_ack(conn, reader)
                 try:
                     qsock.shutdown(socket.SHUT_WR)
                 except OSError:
@@ -946,7 +946,7 @@ class DestinationSession(MigrationSession):
                              {"mid": self.migration_id, "att": self.attempt})
             elif ftype == FrameType.DATA_EOF:
                 reader.close()
-                self._ack(conn, reader)
+                self._final_ack(conn, reader)
                 try:
                     feed.qsock.shutdown(socket.SHUT_WR)
                 except OSError:
@@ -1114,6 +1114,17 @@ class DestinationSession(MigrationSession):
                     reason="holder %s did not deliver %d pages"
                     % (p.host, len(missing)))
         self._check_relays_done()
+
+    def _final_ack(self, conn: protocol.FramedConnection,
+                   reader: StreamReader) -> None:
+        """Acknowledge the whole stream, best effort: once the source has
+        our return EOF it may close as soon as it sent DATA_EOF, and a
+        migration that completed must not be marked failed for that."""
+        try:
+            self._ack(conn, reader)
+        except exception.AgentError:
+            _sync_counters(self, reader)
+            self.counters["acked_offset"] = reader.offset
 
     def _ack(self, conn: protocol.FramedConnection,
              reader: StreamReader) -> None:
