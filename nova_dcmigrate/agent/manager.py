@@ -6,6 +6,7 @@ the authenticated agent-to-agent connections.
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from typing import Any
@@ -34,6 +35,12 @@ def _check_id(migration_id: str) -> str:
         raise exception.InvalidRequest(
             migration_id=migration_id,
             reason="migration id must be a UUID") from None
+
+
+def _valid_rate(rate: Any) -> bool:
+    """A rate hint: a positive, finite number of bytes per second."""
+    return isinstance(rate, (int, float)) and not isinstance(rate, bool) \
+        and 0 < rate < math.inf
 
 
 class AgentManager:
@@ -147,16 +154,23 @@ class AgentManager:
     def prepare_destination(self, ctxt: Any, migration_id: str, secret: str,
                             qemu_port: int, attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
-                            split: bool = True) -> dict[str, Any]:
+                            split: bool = True,
+                            source_rate: float | None = None
+                            ) -> dict[str, Any]:
         """Expect a stream for ``migration_id`` and feed it to the local
         QEMU listening on ``local_address:qemu_port``.
 
         :param holders: agents holding pages of this migration
-            (``{"host", "address", "port"}``); their pages are relayed and
-            merged into the stream (a redirect).  Pages this agent still
-            holds from an earlier attempt are reused too (a resume).
+            (``{"host", "address", "port"}`` and optionally ``"rate"``, the
+            holder's expected upload rate in bytes/s); their pages are
+            relayed and merged into the stream (a redirect).  Pages this
+            agent still holds from an earlier attempt are reused too (a
+            resume).
         :param split: balance the first pass between the source and the
             holders (the optimised split); False relays every held page.
+        :param source_rate: the source's expected upload rate (bytes/s).
+            With every holder's rate, it places the first frontier before
+            anything was measured; without, equal rates are assumed.
         """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
@@ -171,6 +185,14 @@ class AgentManager:
                 raise exception.InvalidRequest(
                     migration_id=migration_id,
                     reason="bad holder %r" % (h,))
+            if "rate" in h and not _valid_rate(h["rate"]):
+                raise exception.InvalidRequest(
+                    migration_id=migration_id,
+                    reason="bad rate for holder %r" % (h,))
+        if source_rate is not None and not _valid_rate(source_rate):
+            raise exception.InvalidRequest(
+                migration_id=migration_id,
+                reason="bad source rate %r" % (source_rate,))
         with self._lock:
             known = self.secrets.get(migration_id)
             if known is not None and known != secret:
@@ -191,7 +213,9 @@ class AgentManager:
                 old.abort("superseded by attempt %d" % int(attempt))
         s = sess.DestinationSession(self.conf, migration_id, secret,
                                     int(attempt), int(qemu_port), store,
-                                    holders, bool(split))
+                                    holders, bool(split),
+                                    None if source_rate is None
+                                    else float(source_rate))
         self._add((migration_id, int(attempt)), s)
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
                  "(QEMU port %(port)d)", {"mid": migration_id,

@@ -6,6 +6,8 @@ API version history:
         get_status, list_migrations, abort, cleanup, peer_stats.
 * 1.1 - prepare_destination: new ``holders`` and ``split`` arguments
         (redirect relays, optimised split on/off).
+* 1.2 - prepare_destination: new ``source_rate`` argument and an optional
+        ``rate`` per holder (expected upload rates for the first plan).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ TOPIC = "dcmigrate-agent"
 
 
 class AgentAPI:
-    RPC_API_VERSION = "1.1"
+    RPC_API_VERSION = "1.2"
 
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
-        target = messaging.Target(topic=TOPIC, version="1.1")
+        target = messaging.Target(topic=TOPIC, version="1.2")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
@@ -43,7 +45,11 @@ class AgentAPI:
     def prepare_destination(self, host: str, migration_id: str, secret: str,
                             qemu_port: int, attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
-                            split: bool = True) -> dict[str, Any]:
+                            split: bool = True,
+                            source_rate: float | None = None
+                            ) -> dict[str, Any]:
+        """Prepare a destination; rate hints are dropped (not an error)
+        when the version cap predates them, they only tune the plan."""
         kwargs: dict[str, Any] = {
             "migration_id": migration_id, "secret": secret,
             "qemu_port": qemu_port, "attempt": attempt}
@@ -53,9 +59,16 @@ class AgentAPI:
                 raise exception.InvalidRequest(
                     migration_id=migration_id,
                     reason="RPC version cap forbids relays from holders")
+            version = "1.1"
+            if self.client.can_send_version("1.2"):
+                version = "1.2"
+                if source_rate is not None:
+                    kwargs["source_rate"] = source_rate
+            else:
+                holders = [{k: v for k, v in h.items() if k != "rate"}
+                           for h in holders]
             kwargs["holders"] = holders
             kwargs["split"] = split
-            version = "1.1"
         return cast(dict[str, Any], self._call(
             host, "prepare_destination", version=version, **kwargs))
 

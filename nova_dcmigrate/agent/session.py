@@ -19,11 +19,14 @@ destination QEMU sees a broken stream.  Nothing here can make both run.
 
 from __future__ import annotations
 
+import collections
 import enum
 import socket
+import sys
 import threading
 import time
 from typing import Any
+from typing import NoReturn
 
 from oslo_log import log as logging
 import xxhash
@@ -38,6 +41,7 @@ from nova_dcmigrate.agent import plan as planmod
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.protocol import FrameType
 from nova_dcmigrate.agent import relay_wire as wire
+from nova_dcmigrate.agent import return_gate
 from nova_dcmigrate.exception import MigrationStateError
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
@@ -49,6 +53,10 @@ from nova_dcmigrate.stream import StreamVisitor
 from nova_dcmigrate.stream import StreamWriter
 
 LOG = logging.getLogger(__name__)
+
+#: Smallest raise of the frontier worth a round trip to the source
+#: (pages; 1 MiB).
+RAISE_MIN_PAGES = 256
 
 
 class SessionState(enum.Enum):
@@ -351,7 +359,8 @@ class _SourceFilter(StreamVisitor):
         exp = self.expected[idx]
         if flag and exp[di:di + DIGEST_LEN] == d:
             if (flag == planmod.FLAG_REMOTE and not self.pass1_done
-                    and self.layout.bases[idx] + page < self.s.frontier):
+                    and self.s.held_page_below_frontier(
+                        self.layout.bases[idx] + page)):
                 self.forwarded_held += 1
             else:
                 self.dropped += 1
@@ -415,6 +424,10 @@ class SourceSession(MigrationSession):
         self.flags: list[bytearray] = []
         self.expected: list[bytearray] = []
         self.frontier = 0
+        # Lowest held page skipped in the first pass: the frontier may
+        # be raised up to here, never above (the holders stop there).
+        self.lowest_skip = sys.maxsize
+        self._frontier_lock = threading.Lock()
         self.filter: _SourceFilter | None = None
 
     def start(self) -> None:
@@ -491,6 +504,39 @@ class SourceSession(MigrationSession):
                 self.frontier = wire.U64.unpack(payload)[0]
             else:
                 return ftype, payload
+
+    def held_page_below_frontier(self, g: int) -> bool:
+        """First pass, a page a holder will relay: send it ourselves?
+
+        Called by the filter for every such page; recording the skip
+        under the same lock as a raise keeps raises exact.
+        """
+        with self._frontier_lock:
+            if g < self.frontier:
+                return True
+            if g < self.lowest_skip:
+                self.lowest_skip = g
+            return False
+
+    def _move_frontier(self, conn: protocol.FramedConnection,
+                       want: int) -> None:
+        """Apply the destination's new frontier and confirm it.
+
+        Lowering is always safe.  A raise is clamped to the lowest held
+        page already skipped (the holders stop at the confirmed value, so
+        a skipped page above it would be lost until FINAL) and refused
+        once the first pass is over.
+        """
+        with self._frontier_lock:
+            cur = self.frontier
+            if want > cur:
+                f = self.filter
+                limit = cur if f is None or f.pass1_done else \
+                    max(cur, self.lowest_skip)
+                want = min(want, limit)
+            self.frontier = want
+        self.counters["frontier"] = want
+        conn.send(FrameType.FRONTIER, wire.U64.pack(want))
 
     def _connect_peer(self) -> protocol.FramedConnection:
         peer = "%s:%d" % (self.dest_address, self.dest_port)
@@ -617,8 +663,7 @@ class SourceSession(MigrationSession):
                 off, _pages, _zero = protocol.ACK.unpack(payload)
                 c["acked_offset"] = off
             elif ftype == FrameType.FRONTIER:
-                self.frontier = wire.U64.unpack(payload)[0]
-                c["frontier"] = self.frontier
+                self._move_frontier(conn, wire.U64.unpack(payload)[0])
             elif ftype == FrameType.RETURN_EOF:
                 try:
                     qsock.shutdown(socket.SHUT_WR)
@@ -654,11 +699,14 @@ class DestinationSession(MigrationSession):
     def __init__(self, conf: Any, migration_id: str, secret: str,
                  attempt: int, qemu_port: int, store: PageStore,
                  holders: list[dict[str, Any]] | None = None,
-                 split: bool = True) -> None:
+                 split: bool = True,
+                 source_rate: float | None = None) -> None:
         super().__init__(conf, migration_id, secret, attempt)
         self.qemu_port = qemu_port
         self.store = store
         self.holders = list(holders or [])
+        # Expected upload rate of the source (bytes/s), for the first plan.
+        self.source_rate = source_rate
         # False: relay only -- the source drops every page a holder has,
         # holders relay all of them (no optimised split).
         self.split = split
@@ -675,6 +723,9 @@ class DestinationSession(MigrationSession):
         self.stops: dict[int, int] = {}
         self.final_sent = False
         self.final_extra_pages = 0
+        # Frontiers sent to the source and not yet confirmed, oldest first.
+        self._frontier_requests: collections.deque[int] = \
+            collections.deque()
         self._final_lock = threading.Lock()
         self.relay_done = threading.Event()
         self.src_meter = merge.RateMeter()
@@ -756,27 +807,38 @@ class DestinationSession(MigrationSession):
                     next_ack = now + ack_every
                     self._ack(conn, reader)
             elif ftype == FrameType.DATA_EOF:
-                reader.close()
-                self._final_ack(conn, reader)
-                try:
-                    qsock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                with self._lock:
-                    self._stream_done = True
-                    finished = self._return_done
-                if finished:
-                    self._complete()
+                self._data_eof(conn, reader, qsock)
                 return
-            elif ftype == FrameType.ABORT:
-                raise exception.SessionFailed(
-                    migration_id=self.migration_id,
-                    reason="source aborted: %s"
-                    % bytes(payload).decode(errors="replace"))
             else:
-                raise exception.PeerProtocolError(
-                    peer=conn.peer, reason="unexpected %s frame from the "
-                    "source" % ftype.name)
+                self._unexpected_source_frame(conn, ftype, payload)
+
+    def _data_eof(self, conn: protocol.FramedConnection,
+                  reader: StreamReader, qsock: socket.socket) -> None:
+        """The source's stream ended cleanly: ack, close QEMU's input and
+        complete once the return path has ended too."""
+        reader.close()
+        self._final_ack(conn, reader)
+        try:
+            qsock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        with self._lock:
+            self._stream_done = True
+            finished = self._return_done
+        if finished:
+            self._complete()
+
+    def _unexpected_source_frame(self, conn: protocol.FramedConnection,
+                                 ftype: FrameType, payload: Any) -> NoReturn:
+        """Fail the session for an ABORT or a frame out of place."""
+        if ftype == FrameType.ABORT:
+            raise exception.SessionFailed(
+                migration_id=self.migration_id,
+                reason="source aborted: %s"
+                % bytes(payload).decode(errors="replace"))
+        raise exception.PeerProtocolError(
+            peer=conn.peer, reason="unexpected %s frame from the "
+            "source" % ftype.name)
 
     # -- merge mode (redirect / resume) -----------------------------------
     def _store_has_pages(self) -> bool:
@@ -815,6 +877,18 @@ class DestinationSession(MigrationSession):
                     inv.add_range(*rng)
         return inv
 
+    def _expected_rates(self) -> tuple[float, float]:
+        """Source and summed holder upload rates for the first frontier.
+
+        Only ratios matter; from the hints when the source and every
+        holder have one, else equal.  The plan loop corrects them from
+        measured rates as soon as both sides have sent something.
+        """
+        rates = [h.get("rate") for h in self.holders]
+        if self.source_rate and rates and all(rates):
+            return float(self.source_rate), float(sum(rates))
+        return 1.0, 1.0
+
     def _run_merge(self, conn: protocol.FramedConnection,
                    qsock: socket.socket) -> None:
         layout: Layout | None = None
@@ -840,7 +914,8 @@ class DestinationSession(MigrationSession):
         self.assignment = assignment
         remote = set(range(1, len(self.pullers) + 1))
         self.planner = planmod.FrontierPlanner(assignment, remote)
-        self.frontier = self.planner.plan(0, layout.total_pages, 1.0, 1.0) \
+        rs, rh = self._expected_rates()
+        self.frontier = self.planner.plan(0, layout.total_pages, rs, rh) \
             if remote and self.split else 0
         # Tell the source what we will hold, and who holds it.
         conn.send(FrameType.LAYOUT, layout.to_json())
@@ -944,28 +1019,13 @@ class DestinationSession(MigrationSession):
                     LOG.info("migration %(mid)s attempt %(att)d: source "
                              "finished its first pass",
                              {"mid": self.migration_id, "att": self.attempt})
+            elif ftype == FrameType.FRONTIER:
+                self._frontier_confirmed(conn, wire.U64.unpack(payload)[0])
             elif ftype == FrameType.DATA_EOF:
-                reader.close()
-                self._final_ack(conn, reader)
-                try:
-                    feed.qsock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                with self._lock:
-                    self._stream_done = True
-                    finished = self._return_done
-                if finished:
-                    self._complete()
+                self._data_eof(conn, reader, feed.qsock)
                 return
-            elif ftype == FrameType.ABORT:
-                raise exception.SessionFailed(
-                    migration_id=self.migration_id,
-                    reason="source aborted: %s"
-                    % bytes(payload).decode(errors="replace"))
             else:
-                raise exception.PeerProtocolError(
-                    peer=conn.peer, reason="unexpected %s frame from the "
-                    "source" % ftype.name)
+                self._unexpected_source_frame(conn, ftype, payload)
 
     def _relay_loop(self, p: merge.RelayPuller) -> None:
         feed, layout = self.feed, p.layout
@@ -1067,22 +1127,57 @@ class DestinationSession(MigrationSession):
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
-            # The frontier only moves down.  The source drops held pages at
-            # or above the frontier it knows when it reaches them, and it
-            # races through held regions at local speed; holders relay
-            # downward to the frontier.  A frontier that rose again would
-            # leave pages the source dropped below the holders' stop until
-            # FINAL, i.e. possibly inside the switchover.
-            x = min(self.frontier,
-                    planner.plan(self.src_position, a_pos, rs, rh, cost))
-            if x != self.frontier:
-                self.frontier = x
-                self.counters["frontier"] = x
-                conn.send(FrameType.FRONTIER, wire.U64.pack(x))
-                for p in self.pullers:
-                    if not p.done.is_set():
-                        p.conn.send(FrameType.STOP_AT, wire.U64.pack(x))
-                        self.stops[p.index] = x
+            x = planner.plan(self.src_position, a_pos, rs, rh, cost)
+            if x < self.frontier or (
+                    x >= self.frontier + RAISE_MIN_PAGES
+                    and self.src_position < self.frontier
+                    and not self._frontier_requests):
+                self._request_frontier(conn, x)
+
+    def _request_frontier(self, conn: protocol.FramedConnection,
+                          x: int) -> None:
+        """Ask the source to move the frontier to ``x``.
+
+        A lower frontier is safe at once: holders are told to go further
+        down before the source skips more.  A higher one only reaches the
+        holders once the source confirmed it (it may clamp it: pages it
+        already skipped must still be relayed).  At most one raise is in
+        flight.
+        """
+        with self._final_lock:
+            if self.final_sent:
+                return
+            self._frontier_requests.append(x)
+            self.frontier = x
+            self.counters["frontier"] = x
+            conn.send(FrameType.FRONTIER, wire.U64.pack(x))
+            self._stop_holders_at(x, lower_only=True)
+
+    def _frontier_confirmed(self, conn: protocol.FramedConnection,
+                            applied: int) -> None:
+        """The source applied a frontier: holders may stop there (or
+        lower, while later requests are still unconfirmed)."""
+        with self._final_lock:
+            if not self._frontier_requests:
+                raise exception.PeerProtocolError(
+                    peer=conn.peer, reason="unsolicited FRONTIER from the "
+                    "source")
+            self._frontier_requests.popleft()
+            if self.final_sent:
+                return
+            if not self._frontier_requests:
+                self.frontier = applied
+                self.counters["frontier"] = applied
+            self._stop_holders_at(min([applied, *self._frontier_requests]),
+                                  lower_only=False)
+
+    def _stop_holders_at(self, stop: int, lower_only: bool) -> None:
+        for p in self.pullers:
+            cur = self.stops.get(p.index, 0)
+            if p.done.is_set() or stop == cur or (lower_only and stop > cur):
+                continue
+            p.conn.send(FrameType.STOP_AT, wire.U64.pack(stop))
+            self.stops[p.index] = stop
 
     def _before_switchover(self) -> None:
         """Runs before SWITCHOVER_START/END(ram) reach QEMU: every page
@@ -1139,6 +1234,12 @@ class DestinationSession(MigrationSession):
         buf = bytearray(64 * 1024)
         view = memoryview(buf)
         c = self.counters
+        gate = return_gate.SwitchoverAckGate(self._wait_relays_for_ack) \
+            if self.pullers else None
+
+        def send(data: bytes | memoryview) -> None:
+            conn.send(FrameType.RETURN, data)
+
         while True:
             try:
                 n = qsock.recv_into(buf)
@@ -1154,8 +1255,24 @@ class DestinationSession(MigrationSession):
                 if finished:
                     self._complete()
                 return
-            conn.send(FrameType.RETURN, view[:n])
+            if gate is None:
+                send(view[:n])
+            elif not gate.feed(view[:n], send):
+                return
+            elif gate.held_s is not None and \
+                    "switchover_ack_held_ms" not in c:
+                c["switchover_ack_held_ms"] = int(gate.held_s * 1000)
             c["return_bytes"] += n
+
+    def _wait_relays_for_ack(self) -> bool:
+        """Block the return path until every relayed page is in."""
+        LOG.info("migration %(mid)s attempt %(att)d: holding the "
+                 "destination's switchover ack until the relays are done",
+                 {"mid": self.migration_id, "att": self.attempt})
+        while not self.relay_done.wait(0.1):
+            if self.state in FINAL_STATES:
+                return False
+        return True
 
     def status(self) -> dict[str, Any]:
         st = super().status()

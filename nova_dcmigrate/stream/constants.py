@@ -157,6 +157,13 @@ FEATURE_EARLY_SETUP: Final = "early-setup"
 FEATURE_ITERABLE_SECTION: Final = "iterable-section"
 FEATURE_TARGET_PAGE_BITS: Final = "target-page-bits"
 
+# Return path (destination -> source), ``enum mig_rp_message_type``: each
+# message is be16 type, be16 length, then ``length`` bytes.
+RP_MSG_SHUT: Final = 1
+RP_MSG_PONG: Final = 2
+RP_MSG_SWITCHOVER_ACK: Final = 7
+RP_HEADER: Final = struct.Struct(">HH")
+
 # Pre-compiled big-endian codecs shared by the reader and the writer.
 BE16: Final = struct.Struct(">H")
 BE32: Final = struct.Struct(">I")

@@ -236,6 +236,15 @@ def test_prepare_validation(pair):
     with pytest.raises(exception.InvalidRequest, match="port"):
         pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
                                      70000, 0)
+    holder = {"host": "a", "address": "127.0.0.1", "port": 4000}
+    for bad in (0, -5.0, float("inf"), float("nan"), "fast", True):
+        with pytest.raises(exception.InvalidRequest, match="source rate"):
+            pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
+                                         5000, 0, [holder], True, bad)
+        with pytest.raises(exception.InvalidRequest, match="rate for "
+                           "holder"):
+            pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
+                                         5000, 0, [dict(holder, rate=bad)])
     with pytest.raises(exception.UnknownMigration):
         pair.dst.get_status(None, pair.migration_id)
     pair.dst.prepare_destination(None, pair.migration_id, "x" * 64, 5000, 0)
