@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from nova_dcmigrate.agent import exception
 
 MAGIC = b"DCMG"
-VERSION = 1
+#: 2: the source confirms every FRONTIER (frontier raises).
+VERSION = 2
 NONCE_LEN = 32
 MAC_LEN = 16
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -64,7 +65,9 @@ class FrameType(enum.IntEnum):
     LAYOUT = 8        # JSON block layout of the held pages
     EXPECTED = 9      # per page: who holds it for the destination + digest
     PROGRESS = 10     # source -> destination: first-pass position
-    FRONTIER = 11     # destination -> source: send held pages below this
+    # destination -> source: send held pages below this; source ->
+    # destination: the frontier it applied (protocol version 2).
+    FRONTIER = 11
     # Relay channel: holder <-> new destination.
     INVENTORY = 12    # holder's pages: state, attempt, digest
     INVENTORY_END = 13
