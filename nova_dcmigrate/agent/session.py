@@ -884,9 +884,9 @@ class DestinationSession(MigrationSession):
         holder have one, else equal.  The plan loop corrects them from
         measured rates as soon as both sides have sent something.
         """
-        rates = [h.get("rate") for h in self.holders]
+        rates = [float(h.get("rate") or 0.0) for h in self.holders]
         if self.source_rate and rates and all(rates):
-            return float(self.source_rate), float(sum(rates))
+            return float(self.source_rate), sum(rates)
         return 1.0, 1.0
 
     def _run_merge(self, conn: protocol.FramedConnection,
