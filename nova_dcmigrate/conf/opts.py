@@ -5,8 +5,9 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from nova_dcmigrate.conf import agent
+from nova_dcmigrate.conf import scheduler
 
-_MODULES = (agent,)
+_MODULES = (agent, scheduler)
 
 
 def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:

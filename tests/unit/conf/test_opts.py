@@ -20,7 +20,7 @@ def test_entry_point_resolves_to_our_list_opts():
 
 def test_list_opts_covers_every_agent_option_with_help():
     groups = {g.name: o for g, o in opts.list_opts()}
-    assert set(groups) == {"dcmigrate_agent"}
+    assert "dcmigrate_agent" in groups
     names = {o.name for o in groups["dcmigrate_agent"]}
     assert names == {o.name for o in agent.OPTS}
     assert all(o.help for o in groups["dcmigrate_agent"])
