@@ -158,15 +158,33 @@ class RedirectSchedule:
 
 # -- drivers -----------------------------------------------------------------
 
-class _Driver:
+@dataclasses.dataclass(frozen=True)
+class Poll:
+    """The current attempt as the source sees it (QMP or libvirt)."""
+
+    #: In QEMU's words: ``active`` while RAM moves, then ``completed``,
+    #: ``failed`` or ``cancelled`` (other words: setup, switchover).
+    status: str
+    #: RAM bytes the source sent in this attempt (QEMU's
+    #: ``ram.transferred``, libvirt's ``memory_processed``).
+    transferred: int
+    #: RAM bytes the source still has to send (its current estimate).
+    remaining: int
+
+
+class Driver:
     """One method's primitives; :func:`drive` sequences them."""
 
-    def __init__(self, lab: Lab, src: QemuGuest, run: MigrationRun,
+    def __init__(self, lab: Lab, src: Any, run: MigrationRun,
                  downtime_ms: int) -> None:
         self.lab = lab
         self.src = src
         self.run = run
         self.downtime_ms = downtime_ms
+
+    def poll(self) -> Poll:
+        """The current attempt's state (called every :data:`POLL_S`)."""
+        raise NotImplementedError
 
     def start(self, host: str) -> None:
         raise NotImplementedError
@@ -181,11 +199,29 @@ class _Driver:
     def abort(self) -> None:
         """Best-effort stop after an error (no exceptions)."""
 
+    def collect(self) -> None:
+        """Fetch the agents' counters into the run (agent methods)."""
+
+    def cleanup(self) -> None:
+        """Drop what the migration left on the agents (no exceptions)."""
+
     def current_host(self) -> str:
         return self.run.attempts[-1].dst_host
 
 
-class DirectDriver(_Driver):
+class _QmpDriver(Driver):
+    """A driver whose source is a :class:`QemuGuest` driven over QMP."""
+
+    src: QemuGuest
+
+    def poll(self) -> Poll:
+        info = self.src.query_migrate()
+        ram = info.get("ram", {})
+        return Poll(str(info.get("status")), int(ram.get("transferred", 0)),
+                    int(ram.get("remaining", 0)))
+
+
+class DirectDriver(_QmpDriver):
     """Plain QEMU-to-QEMU migrations; a redirect cancels and restarts."""
 
     def __init__(self, lab: Lab, src: QemuGuest, run: MigrationRun,
@@ -266,7 +302,7 @@ class DirectDriver(_Driver):
             self.dst = None
 
 
-class AgentDriver(_Driver):
+class AgentDriver(_QmpDriver):
     """Through the dcmigrate agents (:class:`RedirectableMigration`)."""
 
     def __init__(self, lab: Lab, src: QemuGuest, run: MigrationRun,
@@ -365,7 +401,7 @@ def _replace_gate(src: QemuGuest, gate_ms: int) -> None:
 
 def make_driver(method: str, lab: Lab, src: QemuGuest, run: MigrationRun,
                 downtime_ms: int, agents: LabAgents | None,
-                gate_ms: int | None = None) -> _Driver:
+                gate_ms: int | None = None) -> Driver:
     if method in ("dcmigrate", "relay-only"):
         if agents is None:
             raise BenchError("%s needs the lab agents" % method)
@@ -376,12 +412,12 @@ def make_driver(method: str, lab: Lab, src: QemuGuest, run: MigrationRun,
     raise BenchError("unknown method %s" % method)
 
 
-#: Called every poll: (host of the current attempt, QEMU's query-migrate,
+#: Called every poll: (host of the current attempt, its :class:`Poll`,
 #: first-pass fraction of the current attempt).
-Observer = Callable[[str, dict[str, Any], float], None]
+Observer = Callable[[str, Poll, float], None]
 
 
-def drive(method: str, driver: _Driver, schedule: RedirectSchedule,
+def drive(method: str, driver: Driver, schedule: RedirectSchedule,
           timeout_s: float, observe: Observer | None = None) -> MigrationRun:
     """Run one migration to completion, redirecting on schedule.
 
@@ -399,8 +435,8 @@ def drive(method: str, driver: _Driver, schedule: RedirectSchedule,
         driver.start(route[0])
         deadline = run.started + timeout_s
         while True:
-            info = driver.src.query_migrate()
-            status = str(info.get("status"))
+            poll = driver.poll()
+            status = poll.status
             now = time.monotonic()
             host = driver.current_host()
             if not run.status_changes or \
@@ -408,9 +444,9 @@ def drive(method: str, driver: _Driver, schedule: RedirectSchedule,
                 run.status_changes.append((now, host, status))
             if status in _FINAL:
                 break
-            transferred = int(info.get("ram", {}).get("transferred", 0))
+            transferred = poll.transferred
             if observe is not None:
-                observe(driver.current_host(), info,
+                observe(driver.current_host(), poll,
                         schedule.fraction_of(transferred))
             if redirecting and status == "active" and \
                     schedule.due(now, transferred):

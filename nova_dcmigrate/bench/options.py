@@ -70,7 +70,7 @@ class BenchConfig:
         default_factory=lambda: dict(DEFAULT_LINKS))
     methods: tuple[str, ...] = ("dcmigrate", "restart")
     repeat: int = DEFAULT_REPEAT
-    via: str = "qmp"
+    via: str = "libvirt"
     json_path: str | None = None
     plot_path: str | None = None
     #: Shuffle the method order of every repeat with this seed (None:
@@ -277,11 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shuffle the order of the methods within each "
                         "repeat with this seed (default: the order given "
                         "in --methods, every repeat)")
-    s.add_argument("--via", choices=("qmp", "libvirt"), default="qmp",
-                   help="drive QEMU over QMP (default) or libvirt; "
-                        "libvirt is not yet available in the benchmark "
-                        "(its redirect controller is not wired in yet) "
-                        "and exits with status 2")
+    s.add_argument("--via", choices=("libvirt", "qmp"), default="libvirt",
+                   help="libvirt (default): the guest is a libvirt "
+                        "domain, every lab host runs a libvirtd, every "
+                        "migration is a libvirt live migration (restart "
+                        "goes through the agents too, from scratch); qmp: "
+                        "bare QEMU processes driven over QMP (restart and "
+                        "direct are QEMU-to-QEMU)")
     m = parser.add_argument_group("migration")
     m.add_argument("--downtime-limit", type=int, default=DEFAULT_DOWNTIME_MS,
                    metavar="MS", help="QEMU downtime-limit for every method "

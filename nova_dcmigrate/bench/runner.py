@@ -77,15 +77,10 @@ def first_pass_bytes(nonzero: int, zero: int) -> int:
     return nonzero * PAGE_RECORD + zero * ZERO_RECORD
 
 
-def calibrate(guest: qemu.QemuGuest) -> Calibration:
+def calibrate(read_ram: Callable[[], bytes]) -> Calibration:
     """Estimate the bytes of one first pass from the guest's RAM."""
     started = time.monotonic()
-    dump = guest.lab.workdir / ("%s.calibration.ram" % guest.name)
-    try:
-        guest.pmemsave(dump, guest.memory_bytes)
-        nonzero, zero = count_pages(dump.read_bytes())
-    finally:
-        dump.unlink(missing_ok=True)
+    nonzero, zero = count_pages(read_ram())
     cal = Calibration(nonzero, zero, first_pass_bytes(nonzero, zero),
                       time.monotonic() - started)
     LOG.info("calibration: %d non-zero pages, first pass ~%.1f MB",
@@ -104,6 +99,60 @@ def run_order(cfg: BenchConfig) -> list[tuple[int, str]]:
             rng.shuffle(methods)
         order += [(rep, m) for m in methods]
     return order
+
+
+class QmpSide:
+    """``--via qmp``: the guest is a QEMU process on ``src`` driven over
+    QMP; destinations are QEMU processes the drivers start."""
+
+    def __init__(self, cfg: BenchConfig, lab: topology.Lab,
+                 image: lab_image.GuestImage) -> None:
+        self.cfg = cfg
+        self.lab = lab
+        self.image = image
+        self.guest: qemu.QemuGuest | None = None
+
+    def boot(self) -> None:
+        cfg = self.cfg
+        self.guest = qemu.QemuGuest.start(
+            self.lab, "src", self.image, memory_mib=cfg.memory_mib,
+            dirty_mib=cfg.dirty_mib, dirty_rate=cfg.dirty_rate)
+        self.guest.wait_booted(cfg.boot_timeout_s)
+
+    def read_ram(self) -> bytes:
+        guest = self.guest
+        assert guest is not None
+        dump = self.lab.workdir / ("%s.calibration.ram" % guest.name)
+        try:
+            guest.pmemsave(dump, guest.memory_bytes)
+            return dump.read_bytes()
+        finally:
+            dump.unlink(missing_ok=True)
+
+    def driver(self, method: str, run: meth.MigrationRun,
+               agents: lab_agents.LabAgents | None) -> meth.Driver:
+        assert self.guest is not None
+        caps = {"auto_converge": True} if self.cfg.auto_converge else {}
+        self.guest.set_migration_caps(**caps)
+        return meth.make_driver(method, self.lab, self.guest, run,
+                                self.cfg.downtime_ms, agents,
+                                self.cfg.gate_ms)
+
+    def verify(self, run: meth.MigrationRun) -> ramcheck.RamComparison:
+        assert self.guest is not None and run.dst_guest is not None
+        return ramcheck.compare_ram(self.guest, run.dst_guest)
+
+    def resume(self, run: meth.MigrationRun) -> None:
+        dst = run.dst_guest
+        assert dst is not None
+        lines = dst.alive_count()
+        dst.cont()
+        dst.wait_alive(lines, timeout=30)
+
+    def close(self, run: meth.MigrationRun) -> None:
+        for g in (run.dst_guest, self.guest):
+            if g is not None:
+                g.stop()
 
 
 def environment() -> dict[str, Any]:
@@ -148,7 +197,17 @@ class Runner:
 
     @property
     def needs_agents(self) -> bool:
-        return any(m in AGENT_METHODS for m in self.cfg.methods)
+        # Through libvirt, restart goes through the agents too.
+        agent_methods = AGENT_METHODS | (
+            {"restart"} if self.cfg.via == "libvirt" else set())
+        return any(m in agent_methods for m in self.cfg.methods)
+
+    def _side(self, lab: topology.Lab, image: lab_image.GuestImage,
+              hosts: Any) -> Any:
+        if self.cfg.via == "libvirt":
+            from nova_dcmigrate.bench import libvirt_methods
+            return libvirt_methods.LibvirtSide(self.cfg, lab, image, hosts)
+        return QmpSide(self.cfg, lab, image)
 
     def document(self) -> dict[str, Any]:
         return report.document(
@@ -169,6 +228,13 @@ class Runner:
                 self.progress.message(
                     "lab %s: %s" % (lab.run_id, ", ".join(
                         "%s=%s" % (h, cfg.links[h]) for h in cfg.hosts)))
+                hosts = None
+                if cfg.via == "libvirt":
+                    self.progress.message(
+                        "starting a libvirtd on every lab host")
+                    from nova_dcmigrate.lab import libvirt_host
+                    hosts = libvirt_host.start_libvirt_hosts(lab, cfg.hosts)
+                    self.env["libvirt"] = libvirt_host.libvirt_version()
                 agents = None
                 if self.needs_agents:
                     agents = lab_agents.LabAgents(lab).start()
@@ -176,8 +242,8 @@ class Runner:
                     sampler = LinkSampler({h: lab.hosts[h].bridge_port
                                            for h in cfg.hosts})
                     for order, (rep, method) in enumerate(run_order(cfg)):
-                        self._one(lab, agents, image, sampler, method, rep,
-                                  order)
+                        self._one(self._side(lab, image, hosts), agents,
+                                  sampler, method, rep, order)
                 finally:
                     if agents is not None:
                         agents.stop()
@@ -187,15 +253,19 @@ class Runner:
         report.fill_borrowed_bounds(self.records)
         return self.document()
 
-    def _one(self, lab: topology.Lab, agents: lab_agents.LabAgents | None,
-             image: lab_image.GuestImage, sampler: LinkSampler, method: str,
-             rep: int, order: int) -> None:
+    def _one(self, side: Any, agents: lab_agents.LabAgents | None,
+             sampler: LinkSampler, method: str, rep: int,
+             order: int) -> None:
+        """One run: boot, (calibrate), settle, migrate, compare, resume.
+
+        :param side: :class:`QmpSide` or the libvirt path's
+            :class:`~nova_dcmigrate.bench.libvirt_methods.LibvirtSide`.
+        """
         cfg = self.cfg
         key = "%s#%d" % (method, rep)
         self.progress.start_run(key, "%s #%d" % (method, rep))
         run = meth.MigrationRun(method=method)
-        guest: qemu.QemuGuest | None = None
-        driver: Any = None
+        driver: meth.Driver | None = None
         series: Series | None = None
         ram = None
         alive: bool | None = None
@@ -204,14 +274,11 @@ class Runner:
             self.progress.update(key, phase="booting",
                                  detail="%d MiB guest on src" %
                                  cfg.memory_mib)
-            guest = qemu.QemuGuest.start(
-                lab, "src", image, memory_mib=cfg.memory_mib,
-                dirty_mib=cfg.dirty_mib, dirty_rate=cfg.dirty_rate)
-            guest.wait_booted(cfg.boot_timeout_s)
+            side.boot()
             if self.calibration is None:
                 self.progress.update(key, phase="calibrating",
                                      detail="counting non-zero pages")
-                self.calibration = calibrate(guest)
+                self.calibration = calibrate(side.read_ram)
                 self.progress.message(
                     "first pass of this guest: ~%.0f MB (%d non-zero "
                     "pages); redirects at %s of it" % (
@@ -223,20 +290,16 @@ class Runner:
                                  detail="%d MiB at %d MiB/s" %
                                  (cfg.dirty_mib, cfg.dirty_rate))
             time.sleep(cfg.settle_s)
-            caps = {"auto_converge": True} if cfg.auto_converge else {}
-            guest.set_migration_caps(**caps)
-            driver = meth.make_driver(method, lab, guest, run,
-                                      cfg.downtime_ms, agents, cfg.gate_ms)
+            driver = side.driver(method, run, agents)
             schedule = meth.RedirectSchedule(
                 cfg.redirect_at, cfg.route,
                 self.calibration.first_pass_bytes)
 
-            def observe(host: str, info: dict[str, Any],
+            def observe(host: str, poll: meth.Poll,
                         fraction: float) -> None:
-                ram_info = info.get("ram", {})
                 detail = "\u2192 %s  %s  remaining %.0f MB" % (
                     host, _rates_text(sampler.latest_rates(), host),
-                    ram_info.get("remaining", 0) / 1e6)
+                    poll.remaining / 1e6)
                 self.progress.update(key, phase="migrating",
                                      fraction=fraction, detail=detail)
 
@@ -245,32 +308,26 @@ class Runner:
                 meth.drive(method, driver, schedule, cfg.timeout_s, observe)
             finally:
                 sampler.stop()
-            dst = run.dst_guest
-            assert dst is not None
             self.progress.update(key, phase="verifying",
                                  detail="comparing RAM byte for byte")
-            ram = ramcheck.compare_ram(guest, dst)
+            ram = side.verify(run)
             if not ram.identical:
                 error = "RAM differs in %d pages (first at %#x)" % (
                     ram.differing_pages, ram.first_difference or 0)
-            lines = dst.alive_count()
-            dst.cont()
-            dst.wait_alive(lines, timeout=30)
+            side.resume(run)
             alive = True
         except Exception as err:  # noqa: BLE001 - recorded, run goes on
             LOG.debug("%s failed", key, exc_info=True)
             error = "%s: %s" % (type(err).__name__, err)
-            if run.result is None and isinstance(driver, meth.AgentDriver):
+            if run.result is None and driver is not None:
                 try:
                     driver.collect()
                 except Exception:  # noqa: BLE001 - diagnostics only
                     pass
         finally:
-            if isinstance(driver, meth.AgentDriver):
+            if driver is not None:
                 driver.cleanup()
-            for g in (run.dst_guest, guest):
-                if g is not None:
-                    g.stop()
+            side.close(run)
         rec = report.build_record(cfg, run, rep, order, ram=ram,
                                   alive=alive, series=series, error=error)
         if series is not None:

@@ -1,18 +1,21 @@
 """dcmigrate-bench: redirect a live migration on the lab, and measure it.
 
-``make demo`` runs this with its defaults: a 256 MiB guest is migrated from
-a slow source towards host ``old``, redirected to ``new`` half way through
-its first pass, once with DCmigrate and once by aborting and restarting as
-Nova does today; RAM is compared byte for byte after every run.  The
+``make demo`` runs this with its defaults: a 256 MiB guest (a libvirt
+domain; bare QEMU with ``--via qmp``) is migrated from a slow source
+towards host ``old``, redirected to ``new`` half way through its first
+pass, once with DCmigrate and once by aborting and restarting as Nova does
+today; RAM is compared byte for byte after every run.  The
 benchmark is the same command with knobs (``--help``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import sys
 from types import FrameType
@@ -36,9 +39,8 @@ from nova_dcmigrate.lab import exception as lab_exc  # noqa: E402
 
 LOG = logging.getLogger(__name__)
 
-LIBVIRT_NOT_YET = ("dcmigrate-bench: --via libvirt is not yet available "
-                   "(the libvirt redirect controller is not wired into "
-                   "the benchmark yet); use --via qmp")
+NO_LIBVIRT = ("dcmigrate-bench: --via libvirt needs libvirt-python and "
+              "libvirtd (tools/install-system-deps.sh); or use --via qmp")
 
 
 def _setup_logging(debug: bool) -> None:
@@ -55,6 +57,12 @@ def _setup_logging(debug: bool) -> None:
     conf([], project="nova-dcmigrate", default_config_files=[])
     conf.set_override("debug", debug)
     logging.setup(conf, "dcmigrate-bench")
+
+
+def _have_libvirt() -> bool:
+    """libvirt-python importable and libvirtd installed."""
+    return importlib.util.find_spec("libvirt") is not None and \
+        shutil.which("libvirtd") is not None
 
 
 def _install_signals() -> None:
@@ -114,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     conf = options.parse(argv)
     if conf.from_json:
         return _replay(conf)
-    if conf.via == "libvirt":
-        print(LIBVIRT_NOT_YET, file=sys.stderr)
+    if conf.via == "libvirt" and not _have_libvirt():
+        print(NO_LIBVIRT, file=sys.stderr)
         return 2
     _setup_logging(conf.debug)
     _install_signals()

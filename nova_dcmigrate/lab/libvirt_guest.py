@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-import re
 import time
 import uuid
 from xml.sax.saxutils import escape
@@ -34,6 +33,7 @@ from oslo_log import log as logging
 from nova_dcmigrate.lab import exception
 from nova_dcmigrate.lab.image import GuestImage
 from nova_dcmigrate.lab.libvirt_host import LibvirtHost
+from nova_dcmigrate.lab.serial_console import SerialLog
 
 LOG = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ LOG = logging.getLogger(__name__)
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 #: Name QEMU gives the memfd of a ``memory-backend-memfd``.
 MEMFD_NAME = "memory-backend-memfd"
-_BOOT_MARK = "BOOT_DONE"
-_DIRTY_MARKS = ("DIRTY_STARTED", "DIRTY_RUNNING")
-_DIRTY_FAILED = "DIRTY_FAILED"
-_ALIVE_RE = re.compile(r"^alive ([0-9.]+)\s*$", re.MULTILINE)
 _names = itertools.count(1)
 
 #: virDomainState values by name, for messages.
@@ -126,6 +122,7 @@ class LibvirtGuest:
         self.dirty_mib = dirty_mib
         self.dirty_rate = dirty_rate
         self.serial_log = serial_log
+        self.console = SerialLog(serial_log, name)
         self.xml = xml
         self.started_at = time.monotonic()
         #: Hosts the domain may have been defined on (for cleanup).
@@ -274,14 +271,11 @@ class LibvirtGuest:
     # -- serial console ------------------------------------------------------
 
     def serial_output(self) -> str:
-        try:
-            return self.serial_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.console.output()
 
     def alive_count(self) -> int:
         """Number of ``alive`` lines the guest has printed so far."""
-        return len(_ALIVE_RE.findall(self.serial_output()))
+        return self.console.alive_count()
 
     def _check_active(self, doing: str) -> None:
         try:
@@ -293,49 +287,23 @@ class LibvirtGuest:
             raise LibvirtGuestError(
                 name=self.name,
                 reason=f"shut off while {doing}; serial: "
-                       f"{self.serial_output()[-500:]!r}; "
+                       f"{self.console.tail(500)!r}; "
                        f"{self.host.domain_log(self.name)}")
 
     def wait_booted(self, timeout: float = 120.0) -> float:
         """Wait for ``BOOT_DONE`` (and the dirtier, if any); returns the
         seconds since the domain was started."""
-        marks = [_BOOT_MARK] + (list(_DIRTY_MARKS) if self.dirty_mib else [])
-        deadline = time.monotonic() + timeout
-        while True:
-            output = self.serial_output()
-            if _DIRTY_FAILED in output:
-                raise LibvirtGuestError(
-                    name=self.name,
-                    reason=f"memory dirtier failed: {output[-500:]!r}")
-            if all(mark in output for mark in marks):
-                elapsed = time.monotonic() - self.started_at
-                LOG.info("Libvirt guest %s booted in %.1f s", self.name,
-                         elapsed)
-                return elapsed
-            self._check_active("booting")
-            if time.monotonic() > deadline:
-                raise exception.GuestTimeout(
-                    name=self.name,
-                    waiting_for=" and ".join(m for m in marks
-                                             if m not in output),
-                    timeout=timeout, serial_log=self.serial_log)
-            time.sleep(0.2)
+        self.console.wait_booted(bool(self.dirty_mib), self._check_active,
+                                 timeout)
+        elapsed = time.monotonic() - self.started_at
+        LOG.info("Libvirt guest %s booted in %.1f s", self.name, elapsed)
+        return elapsed
 
     def wait_alive(self, after_lines: int = 0, timeout: float = 30.0) -> float:
         """Wait for an ``alive`` line beyond the first ``after_lines``;
         returns the guest uptime it reports."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = _ALIVE_RE.findall(self.serial_output())
-            if len(found) > after_lines:
-                return float(found[-1])
-            self._check_active("waiting for 'alive'")
-            if time.monotonic() > deadline:
-                raise exception.GuestTimeout(
-                    name=self.name,
-                    waiting_for=f"'alive' line after the first {after_lines}",
-                    timeout=timeout, serial_log=self.serial_log)
-            time.sleep(0.2)
+        return self.console.wait_alive(after_lines, self._check_active,
+                                       timeout)
 
 
 def open_guest_ram(pid: int, size: int, name: str = "?") -> int:

@@ -386,6 +386,12 @@ class LibvirtHost:
                                reason=f"pids {pids} survive SIGKILL")
 
 
+def libvirt_version() -> str:
+    """The libvirt library's version, e.g. ``11.3.0`` (for reports)."""
+    v = libvirt.getVersion()
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+
 def start_libvirt_hosts(lab: Lab, hosts: Iterable[str] | None = None, *,
                         timeout: float = START_TIMEOUT
                         ) -> dict[str, LibvirtHost]:

@@ -90,6 +90,7 @@ from nova_dcmigrate.lab.agents import LabAgents
 from nova_dcmigrate.lab import exception
 from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest
 from nova_dcmigrate.lab.libvirt_host import LibvirtHost
+from nova_dcmigrate.lab.qemu import MigrationResult
 from nova_dcmigrate.lab.ramcheck import compare_files
 from nova_dcmigrate.lab.ramcheck import RamComparison
 from nova_dcmigrate.lab.topology import Lab
@@ -190,6 +191,32 @@ class LibvirtMigration:
     def close(self) -> None:
         """Release the held source RAM block (:func:`verify_ram` does)."""
         _close_src_ram(self)
+
+
+def migration_result(stats: dict[str, Any],
+                     wall_time_s: float | None = None) -> MigrationResult:
+    """libvirt's job statistics as a :class:`MigrationResult`.
+
+    Why: the benchmark reports QMP and libvirt runs with one code path;
+    libvirt's ``memory_*`` counters are QEMU's ``ram.*`` ones
+    (``memory_processed`` = ``ram.transferred``, ``memory_iteration`` =
+    ``dirty-sync-count``), its ``time_elapsed`` runs from the start of the
+    job (libvirt's Begin phase) to completion.
+    """
+    completed = stats.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED
+    return MigrationResult(
+        status="completed" if completed else "failed",
+        total_time_ms=stats.get("time_elapsed"),
+        downtime_ms=stats.get("downtime"),
+        setup_time_ms=stats.get("setup_time"),
+        transferred_bytes=int(stats.get("memory_processed", 0)),
+        ram_total_bytes=int(stats.get("memory_total", 0)),
+        normal_pages=int(stats.get("memory_normal", 0)),
+        duplicate_pages=int(stats.get("memory_constant", 0)),
+        dirty_sync_count=int(stats.get("memory_iteration", 0)),
+        mbps=float(stats.get("memory_bps", 0)) * 8 / 1e6,
+        cpu_throttle_percent=int(stats.get("auto_converge_throttle", 0)),
+        wall_time_s=wall_time_s, raw=dict(stats))
 
 
 def _slim(stats: dict[str, Any]) -> dict[str, Any]:
@@ -349,55 +376,71 @@ def verify_ram(m: LibvirtMigration) -> RamComparison:
         raise exception.RamCheckError(
             src=m.src_host, dst=m.dst_host,
             reason="the source RAM was not held (verify_ram=False?)")
-    guest = m.guest
-    started = time.monotonic()
     try:
-        deadline = time.monotonic() + SOURCE_EXIT_TIMEOUT
-        while (pid := m.src.qemu_pid(guest.name)) is not None:
-            if time.monotonic() > deadline:
-                raise exception.RamCheckError(
-                    src=m.src_host, dst=m.dst_host,
-                    reason=f"source QEMU pid {pid} still exists "
-                           f"{SOURCE_EXIT_TIMEOUT:.0f} s after the "
-                           f"migration")
-            time.sleep(0.05)
-        state, reason = guest.state(m.dst)
-        if state != libvirt.VIR_DOMAIN_PAUSED:
-            raise exception.RamCheckError(
-                src=m.src_host, dst=m.dst_host,
-                reason=f"destination is {guest.state_name(m.dst)}, not "
-                       f"paused")
-        dst_fd = guest.open_ram(m.dst)
-        try:
-            size = guest.memory_bytes
-            src_path = Path(f"/proc/self/fd/{m._src_ram_fd}")
-            dst_path = Path(f"/proc/self/fd/{dst_fd}")
-            result = compare_files(src_path, dst_path, size)
-        finally:
-            os.close(dst_fd)
+        m.ram = compare_moved_ram(m.guest, m.src, m._src_ram_fd, m.dst)
     finally:
         _close_src_ram(m)
+    return m.ram
+
+
+def compare_moved_ram(guest: LibvirtGuest, src: LibvirtHost, src_fd: int,
+                      dst: LibvirtHost) -> RamComparison:
+    """Compare the RAM block held through ``src_fd`` with ``dst``'s.
+
+    The one comparison of every libvirt migration in the lab (whoever
+    drove it: :func:`migrate_direct`, the redirect controller, the
+    benchmark).  ``src_fd`` is the source QEMU's RAM block, opened with
+    :meth:`LibvirtGuest.open_ram` before the migration; it is the caller's
+    to close.  Waits until libvirt killed the source QEMU (so the block is
+    final), then compares it with the paused destination's block byte for
+    byte; the destination must stay paused throughout.
+
+    :raises RamCheckError: if the source QEMU still exists, the destination
+        is not paused, or the source RAM is all zeros.
+    """
+    started = time.monotonic()
+    deadline = time.monotonic() + SOURCE_EXIT_TIMEOUT
+    while (pid := src.qemu_pid(guest.name)) is not None:
+        if time.monotonic() > deadline:
+            raise exception.RamCheckError(
+                src=src.host, dst=dst.host,
+                reason=f"source QEMU pid {pid} still exists "
+                       f"{SOURCE_EXIT_TIMEOUT:.0f} s after the migration")
+        time.sleep(0.05)
+    state, _reason = guest.state(dst)
+    if state != libvirt.VIR_DOMAIN_PAUSED:
+        raise exception.RamCheckError(
+            src=src.host, dst=dst.host,
+            reason=f"destination is {guest.state_name(dst)}, not paused")
+    dst_fd = guest.open_ram(dst)
+    try:
+        result = compare_files(Path(f"/proc/self/fd/{src_fd}"),
+                               Path(f"/proc/self/fd/{dst_fd}"),
+                               guest.memory_bytes)
+    finally:
+        os.close(dst_fd)
     if result.sha256_src == _zero_sha256(result.size_bytes):
         raise exception.RamCheckError(
-            src=m.src_host, dst=m.dst_host,
+            src=src.host, dst=dst.host,
             reason="the source RAM block reads as all zeros")
     # The destination must still be paused: the dump is only meaningful
     # if nothing ran there while it was taken.
-    if guest.state(m.dst)[0] != libvirt.VIR_DOMAIN_PAUSED:
+    if guest.state(dst)[0] != libvirt.VIR_DOMAIN_PAUSED:
         raise exception.RamCheckError(
-            src=m.src_host, dst=m.dst_host,
+            src=src.host, dst=dst.host,
             reason="destination left the paused state during the check")
-    m.ram = dataclasses.replace(result, elapsed_s=time.monotonic() - started)
-    if m.ram.identical:
+    result = dataclasses.replace(result,
+                                 elapsed_s=time.monotonic() - started)
+    if result.identical:
         LOG.info("RAM of %s identical on %s and %s (%d MiB, sha256 %s, "
-                 "%.2f s)", guest.name, m.src_host, m.dst_host,
-                 m.ram.size_bytes >> 20, m.ram.sha256_src[:16],
-                 m.ram.elapsed_s)
+                 "%.2f s)", guest.name, src.host, dst.host,
+                 result.size_bytes >> 20, result.sha256_src[:16],
+                 result.elapsed_s)
     else:
         LOG.warning("RAM of %s differs between %s and %s: %d pages, first "
-                    "at %#x", guest.name, m.src_host, m.dst_host,
-                    m.ram.differing_pages, m.ram.first_difference or 0)
-    return m.ram
+                    "at %#x", guest.name, src.host, dst.host,
+                    result.differing_pages, result.first_difference or 0)
+    return result
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,7 +20,6 @@ import dataclasses
 import itertools
 import os
 from pathlib import Path
-import re
 import subprocess
 import threading
 import time
@@ -33,6 +32,7 @@ from qemu.qmp import QMPError
 
 from nova_dcmigrate.lab import exception
 from nova_dcmigrate.lab.image import GuestImage
+from nova_dcmigrate.lab.serial_console import SerialLog
 from nova_dcmigrate.lab.topology import Lab
 
 LOG = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ QEMU_BINARY = "qemu-system-x86_64"
 QMP_TIMEOUT = 30.0
 #: Migration states after which QEMU does nothing more on its own.
 _FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
-_BOOT_MARK = "BOOT_DONE"
-_DIRTY_MARKS = ("DIRTY_STARTED", "DIRTY_RUNNING")
-_DIRTY_FAILED = "DIRTY_FAILED"
-_ALIVE_RE = re.compile(r"^alive ([0-9.]+)\s*$", re.MULTILINE)
 _names = itertools.count(1)
 
 _T = TypeVar("_T")
@@ -175,6 +171,7 @@ class QemuGuest:
         self.argv = argv
         self.proc = proc
         self.serial_log = serial_log
+        self.console = SerialLog(serial_log, name)
         self.qmp_socket = qmp_socket
         self.started_at = time.monotonic()
         self._qmp: _QmpSession | None = None
@@ -372,14 +369,11 @@ class QemuGuest:
     # -- serial console ------------------------------------------------------
 
     def serial_output(self) -> str:
-        try:
-            return self.serial_log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self.console.output()
 
     def alive_count(self) -> int:
         """Number of ``alive`` lines the guest has printed so far."""
-        return len(_ALIVE_RE.findall(self.serial_output()))
+        return self.console.alive_count()
 
     def wait_booted(self, timeout: float = 120.0) -> float:
         """Wait for ``BOOT_DONE`` (and the dirtier running, if asked for).
@@ -388,25 +382,11 @@ class QemuGuest:
         :raises GuestTimeout: if the marks do not appear in time.
         :raises GuestExited: if QEMU exits meanwhile.
         """
-        marks = [_BOOT_MARK] + (list(_DIRTY_MARKS) if self.dirty_mib else [])
-        deadline = time.monotonic() + timeout
-        while True:
-            output = self.serial_output()
-            if _DIRTY_FAILED in output:
-                raise exception.GuestError(
-                    name=self.name, reason="memory dirtier failed: "
-                                           f"{self._tail(self.serial_log)}")
-            if all(mark in output for mark in marks):
-                elapsed = time.monotonic() - self.started_at
-                LOG.info("Guest %s booted in %.1f s", self.name, elapsed)
-                return elapsed
-            self._check_running("booting")
-            if time.monotonic() > deadline:
-                missing = [m for m in marks if m not in output]
-                raise exception.GuestTimeout(
-                    name=self.name, waiting_for=" and ".join(missing),
-                    timeout=timeout, serial_log=self.serial_log)
-            time.sleep(0.2)
+        self.console.wait_booted(bool(self.dirty_mib), self._check_running,
+                                 timeout)
+        elapsed = time.monotonic() - self.started_at
+        LOG.info("Guest %s booted in %.1f s", self.name, elapsed)
+        return elapsed
 
     def wait_alive(self, after_lines: int = 0, timeout: float = 30.0) -> float:
         """Wait until the guest prints an ``alive`` line beyond the first
@@ -414,18 +394,8 @@ class QemuGuest:
 
         :returns: the guest uptime in the newest ``alive`` line.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            found = _ALIVE_RE.findall(self.serial_output())
-            if len(found) > after_lines:
-                return float(found[-1])
-            self._check_running("waiting for the guest to print 'alive'")
-            if time.monotonic() > deadline:
-                raise exception.GuestTimeout(
-                    name=self.name,
-                    waiting_for=f"'alive' line after the first {after_lines}",
-                    timeout=timeout, serial_log=self.serial_log)
-            time.sleep(0.2)
+        return self.console.wait_alive(after_lines, self._check_running,
+                                       timeout)
 
     # -- migration ---------------------------------------------------------
 

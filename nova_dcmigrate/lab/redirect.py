@@ -9,7 +9,11 @@ switchover is held back with a ``downtime-limit`` of 1 ms, then restored,
 so the relay backlog never lands in the downtime.  (Not 0: QEMU 10 treats
 a zero limit as "no limit" at the end of a pass and switches over at once
 -- measured: 2 dirty syncs and 3.1 s downtime with 0, 20 syncs and 143 ms
-with 1 ms.)
+with 1 ms.)  The gate needs a true bandwidth figure too: the source drops
+held pages at local speed, so QEMU's own estimate is far too high and
+even 1 ms would let a busy guest switch over early (measured: 6-8 s of
+downtime with a 100 Mbit holder).  Redirected attempts therefore set
+``avail-switchover-bandwidth`` to the rate the source link really moved.
 
 The libvirt-level controller (virt/libvirt) follows the same steps.
 """
@@ -32,6 +36,7 @@ from nova_dcmigrate.lab import exception as lab_exc
 from nova_dcmigrate.lab.qemu import MigrationResult
 from nova_dcmigrate.lab.qemu import QemuGuest
 from nova_dcmigrate.lab.topology import Lab
+from nova_dcmigrate.virt import attempts
 
 LOG = logging.getLogger(__name__)
 
@@ -80,6 +85,8 @@ class RedirectableMigration:
         self.started_at: float | None = None
         self.result: MigrationResult | None = None
         self.dead_holders: set[str] = set()
+        # Bytes/s the source's link really moves (0: not known yet).
+        self.source_link_rate = 0.0
         self._gate_thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -95,43 +102,45 @@ class RedirectableMigration:
     def holders_for(self, dst_host: str) -> list[str]:
         """Every earlier destination still alive, newest first (the new
         host's own store is reused by its agent without being listed)."""
-        seen: list[str] = []
-        for a in reversed(self.attempts):
-            h = a.dst_host
-            if h != dst_host and h not in seen and \
-                    h not in self.dead_holders:
-                seen.append(h)
-        return seen
+        return attempts.holders_for((a.dst_host for a in self.attempts),
+                                    dst_host, self.dead_holders)
 
     # -- attempts ----------------------------------------------------------
     def start(self, dst_host: str) -> Attempt:
         if self.started_at is None:
             self.started_at = time.monotonic()
-            self.src.set_migration_caps()
+            # As libvirt 11 does: the new destination's agent holds the
+            # switchover ack until its relays are in.
+            self.src.set_migration_caps(switchover_ack=True)
             self.src.set_migration_params(**{
                 "max-bandwidth": UNLIMITED_BANDWIDTH,
                 "downtime-limit": self.downtime_ms})
         number = len(self.attempts)
         holders = self.holders_for(dst_host)
         if self.attempts:
-            # Back to QEMU's own estimate until this attempt measured one.
+            # The source drops held pages at local speed, which makes
+            # QEMU's own bandwidth estimate far too high: even the 1 ms
+            # gate would let it switch over with relays still running.
+            # Use the rate the source link really moved (0: QEMU's own).
             self.src.set_migration_params(**{
-                "avail-switchover-bandwidth": 0})
+                "avail-switchover-bandwidth": int(self.source_link_rate)})
         port = self.lab.free_port(dst_host)
         dst = QemuGuest.start(
             self.lab, dst_host, self.src.image,
             memory_mib=self.src.memory_mib, dirty_mib=self.src.dirty_mib,
             dirty_rate=self.src.dirty_rate, incoming="defer")
         try:
-            dst.set_migration_caps()
+            dst.set_migration_caps(switchover_ack=True)
             dst.migrate_incoming("tcp:127.0.0.1:%d" % port)
-            holder_specs = [{"host": h,
-                             "address": self.lab.hosts[h].address,
-                             "port": self.agents.peer_port}
+            holder_specs = [dict({"host": h,
+                                  "address": self.lab.hosts[h].address,
+                                  "port": self.agents.peer_port},
+                                 **self._rate_hint(h))
                             for h in holders]
-            self.api.prepare_destination(dst_host, self.migration_id,
-                                         self.secret, port, number,
-                                         holder_specs, self.split)
+            self.api.prepare_destination(
+                dst_host, self.migration_id, self.secret, port, number,
+                holder_specs, self.split,
+                self._rate_hint(self.src.host).get("rate"))
             self.api.prepare_source(self.src.host, self.migration_id,
                                     self.secret, port,
                                     self.lab.hosts[dst_host].address,
@@ -155,26 +164,19 @@ class RedirectableMigration:
             self._gate_thread.start()
         return attempt
 
+    def _rate_hint(self, host: str) -> dict[str, float]:
+        """The host's configured upload rate (bytes/s), if shaped: the
+        agents' first frontier uses it before anything is measured."""
+        up = self.lab.rates(host)[0]
+        return {} if up is None else {"rate": up / 8.0}
+
     def _ungate_when_relayed(self, attempt: Attempt) -> None:
         """Restore the downtime budget once every relayed page is in."""
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and attempt.outcome == "running":
-            try:
-                st = self.api.get_status(attempt.dst_host, self.migration_id)
-            except Exception:  # noqa: BLE001 - keep polling
-                time.sleep(0.2)
-                continue
-            for a in st["attempts"]:
-                if a["attempt"] != attempt.number:
-                    continue
-                red = a.get("redirect", {})
-                if red.get("source_rate"):
-                    attempt.source_rate = red["source_rate"]
-                if red.get("relay_done") or \
-                        a["state"] in ("failed", "aborted", "completed"):
-                    self._set_downtime(attempt)
-                    return
-            time.sleep(0.05)
+        done = attempts.wait_relayed(
+            self.api, attempt.dst_host, self.migration_id, attempt.number,
+            lambda: attempt.outcome == "running", timeout=600)
+        if done.source_rate:
+            attempt.source_rate = done.source_rate
         self._set_downtime(attempt)
 
     def _set_downtime(self, attempt: Attempt) -> None:
@@ -232,6 +234,13 @@ class RedirectableMigration:
                     reason="capability %s is on; the agents cannot "
                            "redirect such a stream" % cap)
         old = self.current
+        if not old.holders:
+            # Nothing was dropped: QEMU's throughput is the link's.
+            mbps = float(info.get("ram", {}).get("mbps", 0.0))
+            if mbps > 0:
+                self.source_link_rate = mbps * 1e6 / 8
+        elif old.source_rate > 0:
+            self.source_link_rate = old.source_rate
         self.redirected_at = time.monotonic()
         with self._lock:
             old.outcome = "redirected"
@@ -311,22 +320,9 @@ class RedirectableMigration:
                 self.start(att.dst_host)
 
     def _failed_holders(self, attempt: Attempt) -> set[str]:
-        try:
-            st = self.api.get_status(attempt.dst_host, self.migration_id)
-        except Exception:  # noqa: BLE001
-            return set()
-        dead = set()
-        for a in st["attempts"]:
-            if a["attempt"] != attempt.number:
-                continue
-            for host, h in a.get("redirect", {}).get("holders", {}).items():
-                if h.get("failed"):
-                    dead.add(host)
-            err = a.get("error") or ""
-            for host in attempt.holders:
-                if "holder %s" % host in err:
-                    dead.add(host)
-        return dead
+        return attempts.failed_holders(self.api, attempt.dst_host,
+                                       self.migration_id, attempt.number,
+                                       attempt.holders)
 
     def status(self) -> dict[str, Any]:
         """Agents' view of every attempt (counters per attempt)."""

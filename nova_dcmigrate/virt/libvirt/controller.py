@@ -35,6 +35,7 @@ from oslo_log import log as logging
 
 from nova_dcmigrate.exception import DcmigrateError
 from nova_dcmigrate.exception import MigrationStateError
+from nova_dcmigrate.virt import attempts
 
 LOG = logging.getLogger(__name__)
 
@@ -186,12 +187,9 @@ class RedirectableMigration:
                 required="/".join(s.value for s in states))
 
     def holders_for(self, host: str) -> list[str]:
-        seen: list[str] = []
-        for a in reversed(self.attempts):
-            h = a.host.name
-            if h != host and h not in seen and h not in self.dead_holders:
-                seen.append(h)
-        return seen
+        """Earlier destinations still alive, newest first (not ``host``)."""
+        return attempts.holders_for((a.host.name for a in self.attempts),
+                                    host, self.dead_holders)
 
     def _pick_port(self, used: set[int]) -> int:
         lo, hi = self.port_range
@@ -277,24 +275,10 @@ class RedirectableMigration:
             self._done.set()
 
     def _ungate_when_relayed(self, attempt: Attempt) -> None:
-        deadline = time.monotonic() + 3600
-        while attempt.outcome == "running" and \
-                time.monotonic() < deadline:
-            try:
-                st = self.agents.get_status(attempt.host.name,
-                                            self.migration_id)
-            except Exception:  # noqa: BLE001 - keep polling
-                time.sleep(0.2)
-                continue
-            for a in st.get("attempts", []):
-                if a["attempt"] != attempt.number:
-                    continue
-                red = a.get("redirect", {})
-                if red.get("relay_done") or a["state"] in (
-                        "failed", "aborted", "completed"):
-                    self._restore_downtime(attempt)
-                    return
-            time.sleep(0.05)
+        done = attempts.wait_relayed(
+            self.agents, attempt.host.name, self.migration_id,
+            attempt.number, lambda: attempt.outcome == "running")
+        attempt.source_rate = done.source_rate
         self._restore_downtime(attempt)
 
     def _restore_downtime(self, attempt: Attempt) -> None:
@@ -358,8 +342,19 @@ class RedirectableMigration:
             raise RedirectRefused(migration_id=self.migration_id,
                                   reason="the current attempt ended")
 
+    def _current_failed(self) -> bool:
+        """The current attempt ended without completing (e.g. the old
+        destination's QEMU died); the guest still runs on the source."""
+        a = self.current
+        return (a.thread is not None and not a.thread.is_alive() and
+                a.outcome == "failed")
+
     def redirect(self, host: str) -> Attempt:
-        """Change the destination of the running migration to ``host``.
+        """Change the destination of the migration to ``host``.
+
+        Also after the current attempt failed (its destination QEMU died,
+        say): the agents of earlier destinations still hold their pages,
+        so the new attempt reuses them as for any redirect.
 
         :raises RedirectRefused: nothing changed (switchover already
             started, migration completed, bad target).
@@ -373,15 +368,25 @@ class RedirectableMigration:
                 raise RedirectRefused(
                     migration_id=self.migration_id,
                     reason="%s is already the destination" % info.name)
-            self._check_redirectable()
-            self.state = State.REDIRECTING
-            try:
-                self._cancel_current("redirected")
-            except RedirectRefused:
-                raise
-            except Exception:
-                self.state = State.FAILED
-                raise
+            if self.state in (State.RUNNING, State.FAILED) and \
+                    self._current_failed():
+                if not self.dom.isActive():
+                    raise RedirectRefused(
+                        migration_id=self.migration_id,
+                        reason="the guest no longer runs on the source")
+                self.state = State.REDIRECTING
+                self._abort_agents([self.source.name,
+                                    self.current.host.name])
+            else:
+                self._check_redirectable()
+                self.state = State.REDIRECTING
+                try:
+                    self._cancel_current("redirected")
+                except RedirectRefused:
+                    raise
+                except Exception:
+                    self.state = State.FAILED
+                    raise
         LOG.info("migration %(mid)s: redirected to %(h)s",
                  {"mid": self.migration_id, "h": info.name})
         return self.start(info.name)
@@ -465,21 +470,21 @@ class RedirectableMigration:
             self.start(attempt.host.name)
 
     def _failed_holders(self, attempt: Attempt) -> set[str]:
-        try:
-            st = self.agents.get_status(attempt.host.name,
-                                        self.migration_id)
-        except Exception:  # noqa: BLE001
-            return set()
-        dead: set[str] = set()
-        for a in st.get("attempts", []):
-            if a["attempt"] != attempt.number:
-                continue
-            for host, h in a.get("redirect", {}).get("holders", {}).items():
-                if h.get("failed"):
-                    dead.add(host)
-            err = a.get("error") or ""
-            dead |= {h for h in attempt.holders if "holder %s" % h in err}
-        return dead
+        return attempts.failed_holders(self.agents, attempt.host.name,
+                                       self.migration_id, attempt.number,
+                                       attempt.holders)
+
+    def agent_status(self) -> dict[str, Any]:
+        """Every involved agent's ``get_status`` of this migration, by
+        host (an unreachable agent: ``{"error": ...}``)."""
+        out: dict[str, Any] = {}
+        for host in [self.source.name] + sorted(
+                {a.host.name for a in self.attempts}):
+            try:
+                out[host] = self.agents.get_status(host, self.migration_id)
+            except Exception as err:  # noqa: BLE001 - reported
+                out[host] = {"error": str(err)}
+        return out
 
     def status(self) -> MigrationStatus:
         job: dict[str, Any] = {}

@@ -10,53 +10,25 @@ nova_dcmigrate.lab.libvirt_migration) before the destination resumes.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import needs_root
+from tests.functional.libvirt.conftest import LIBVIRT_LAB
 
-pytestmark = [
-    pytest.mark.lab,
-    needs_root,
-    pytest.mark.skipif(shutil.which("libvirtd") is None,
-                       reason="libvirtd is not installed"),
-]
+pytestmark = LIBVIRT_LAB
 
 libvirt = pytest.importorskip("libvirt",
                               reason="libvirt-python is not installed")
 
-from nova_dcmigrate.lab.agents import LabAgents  # noqa: E402
 from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
-from nova_dcmigrate.lab import libvirt_host  # noqa: E402
-from nova_dcmigrate.lab.ramcheck import compare_files  # noqa: E402
-from nova_dcmigrate.lab.topology import Lab  # noqa: E402
+from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
 from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
-HOSTS = ("src", "a", "b")
-
-
-@pytest.fixture(scope="module")
-def lab(rabbit_broker):
-    with Lab({h: "300mbit" for h in HOSTS}) as lab:
-        yield lab
-
-
-@pytest.fixture(scope="module")
-def hosts(lab):
-    hosts = libvirt_host.start_libvirt_hosts(lab)
-    yield hosts
-    for host in hosts.values():
-        host.stop()
-
-
-@pytest.fixture(scope="module")
-def agents(lab, hosts):
-    with LabAgents(lab) as agents:
-        yield agents
+#: The module's lab (fixtures ``lab``, ``hosts``, ``agents`` in conftest).
+LAB_HOSTS = ("src", "a", "b")
+LAB_LINK = "300mbit"
 
 
 class Run:
@@ -94,18 +66,8 @@ class Run:
         dst = self.hosts[attempt.host.name]
         # The source QEMU is gone (libvirt killed it after the switchover);
         # its RAM block is still readable through our descriptor.
-        deadline = time.monotonic() + 15
-        while self.hosts["src"].qemu_pid(self.guest.name) is not None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert self.guest.state(dst)[0] == libvirt.VIR_DOMAIN_PAUSED
-        dst_fd = self.guest.open_ram(dst)
-        try:
-            cmp = compare_files(Path("/proc/self/fd/%d" % self.src_ram),
-                                Path("/proc/self/fd/%d" % dst_fd),
-                                self.guest.memory_bytes)
-        finally:
-            os.close(dst_fd)
+        cmp = lm.compare_moved_ram(self.guest, self.hosts["src"],
+                                   self.src_ram, dst)
         assert cmp.identical, "RAM differs in %d pages" % \
             cmp.differing_pages
         self.guest.moved_to(dst)
@@ -173,6 +135,33 @@ def test_redirect_and_old_destination_cleaned(run, hosts, lab):
     assert st.pages_deduplicated > 0
     assert r.guest.name not in [d.name() for d in
                                 hosts["a"].conn.listAllDomains()]
+
+
+@pytest.mark.timeout(300)
+def test_redirect_after_old_destination_qemu_killed(run, hosts, agents):
+    r = run()
+    r.m.start("a")
+    r.wait_progress(40e6)
+    # A's libvirtd kills the incoming QEMU (as when A's compute host gives
+    # up on the domain); A's agent keeps the pages it stored.
+    r.guest.domain(hosts["a"]).destroy()
+    assert hosts["a"].qemu_pid(r.guest.name) is None
+    old = r.m.current
+    assert old.thread is not None
+    old.thread.join(60)
+    assert old.outcome == "failed", old.outcome
+    assert r.guest.state(hosts["src"])[0] == libvirt.VIR_DOMAIN_RUNNING
+    held = agents.api.get_status("a", r.m.migration_id)["store"]["pages"]
+    assert held > 1000, held
+    new = r.m.redirect("b")
+    assert new.holders == ["a"]
+    assert r.finish_and_check() == "b"
+    st = r.m.status()
+    assert st.bytes_relayed.get("a", 0) > 0
+    assert st.pages_deduplicated > 0
+    for h in ("a", "src"):
+        assert r.guest.name not in [d.name() for d in
+                                    hosts[h].conn.listAllDomains()]
 
 
 @pytest.mark.timeout(400)

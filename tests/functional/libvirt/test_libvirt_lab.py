@@ -20,65 +20,32 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 
 import pytest
 
-from tests.functional.conftest import needs_root
+from tests.functional.libvirt.conftest import LIBVIRT_LAB
 
-pytestmark = [
-    pytest.mark.lab,
-    needs_root,
-    pytest.mark.skipif(shutil.which("libvirtd") is None or
-                       shutil.which("virtlogd") is None,
-                       reason="libvirtd/virtlogd are not installed (run "
-                              "tools/install-system-deps.sh)"),
-]
+pytestmark = LIBVIRT_LAB
 
 libvirt = pytest.importorskip(
     "libvirt", reason="libvirt-python is not installed (pip install "
                       "libvirt-python -c constraints.txt)")
 
-from nova_dcmigrate.lab.agents import LabAgents  # noqa: E402
 from nova_dcmigrate.lab import exception as lab_exc  # noqa: E402
 from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
-from nova_dcmigrate.lab import libvirt_host  # noqa: E402
 from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
-from nova_dcmigrate.lab.topology import Lab  # noqa: E402
 
-HOSTS = ("h1", "h2", "h3")
-
-
-@pytest.fixture(scope="module")
-def lab():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with Lab({name: "1gbit" for name in HOSTS}) as lab:
-        yield lab
-
-
-@pytest.fixture(scope="module")
-def hosts(lab):
-    hosts = libvirt_host.start_libvirt_hosts(lab)
-    yield hosts
-    for host in hosts.values():
-        host.stop()
-    # libvirtd, virtlogd and every QEMU of the hosts are gone.
-    assert not [pid for host in hosts.values() for pid in host.pids()]
-
-
-@pytest.fixture(scope="module")
-def agents(lab, hosts, rabbit_broker):
-    with LabAgents(lab) as agents:
-        yield agents
+#: The module's lab (fixtures ``lab``, ``hosts``, ``agents`` in conftest).
+LAB_HOSTS = ("h1", "h2", "h3")
+LAB_LINK = "1gbit"
 
 
 @pytest.fixture
 def unshaped(lab):
     yield
-    for name in HOSTS:
-        lab.set_rate(name, "1gbit")
+    for name in LAB_HOSTS:
+        lab.set_rate(name, LAB_LINK)
 
 
 def _domains(host) -> list[str]:

@@ -19,7 +19,8 @@ def test_defaults_are_the_demo():
     assert cfg.methods == ("dcmigrate", "restart")
     assert cfg.links == options.DEFAULT_LINKS
     assert cfg.hosts == ("src", "old", "new")
-    assert cfg.via == "qmp"
+    assert cfg.via == "libvirt"
+    assert parse("--via", "qmp").via == "qmp"
 
 
 def test_links_per_host_and_asymmetric():

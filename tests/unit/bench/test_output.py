@@ -59,10 +59,11 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_via_libvirt_is_not_yet_available(capsys):
+def test_via_libvirt_without_libvirt_says_so(capsys, monkeypatch):
     from nova_dcmigrate.cmd import bench
+    monkeypatch.setattr(bench, "_have_libvirt", lambda: False)
     assert bench.main(["--via", "libvirt"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert "needs libvirt-python" in capsys.readouterr().err
 
 
 def test_from_json_replays_table_and_plot(tmp_path, capsys):

@@ -1,0 +1,82 @@
+"""Attempt bookkeeping shared by the two redirect controllers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nova_dcmigrate.virt import attempts
+
+
+class StatusSource:
+    """Answers ``get_status`` like an ``AgentAPI``: one reply per call
+    from a script (the last one repeats); an exception is raised."""
+
+    def __init__(self, *replies: Any) -> None:
+        self.replies = list(replies)
+        self.calls: list[tuple[str, str]] = []
+
+    def get_status(self, host: str, migration_id: str) -> Any:
+        self.calls.append((host, migration_id))
+        reply = self.replies.pop(0) if len(self.replies) > 1 else \
+            self.replies[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def _dst(number: int, state: str = "streaming", **redirect: Any) -> dict:
+    return {"attempts": [{"attempt": number - 1, "state": "failed"},
+                         {"attempt": number, "state": state,
+                          "redirect": redirect}]}
+
+
+def test_holders_newest_first_without_target_repeats_or_dead():
+    route = ["a", "b", "a", "c"]
+    assert attempts.holders_for(route, "d") == ["c", "a", "b"]
+    assert attempts.holders_for(route, "a") == ["c", "b"]
+    assert attempts.holders_for(route, "d", dead={"a"}) == ["c", "b"]
+    assert attempts.holders_for([], "a") == []
+
+
+def test_failed_holders_from_relay_flags_and_error_text():
+    status = {"attempts": [
+        {"attempt": 0, "state": "failed",
+         "redirect": {"holders": {"x": {"failed": True}}}},
+        {"attempt": 1, "state": "failed", "error": "lost holder b: reset",
+         "redirect": {"holders": {"a": {"failed": True},
+                                  "b": {"failed": False}}}}]}
+    agents = StatusSource(status)
+    assert attempts.failed_holders(agents, "new", "mid", 1,
+                                   ["a", "b", "c"]) == {"a", "b"}
+    assert agents.calls == [("new", "mid")]
+
+
+def test_failed_holders_unknown_when_the_agent_is_unreachable():
+    agents = StatusSource(RuntimeError("timeout"))
+    assert attempts.failed_holders(agents, "new", "mid", 1, ["a"]) == set()
+
+
+def test_wait_relayed_returns_when_relays_are_in_with_the_rate():
+    agents = StatusSource(RuntimeError("busy"), _dst(1),
+                          _dst(1, source_rate=1.5e6),
+                          _dst(1, relay_done=True))
+    done = attempts.wait_relayed(agents, "new", "mid", 1, lambda: True,
+                                 timeout=30)
+    assert done == attempts.RelayWait(True, False, 1.5e6)
+
+
+def test_wait_relayed_stops_when_the_attempt_ends():
+    agents = StatusSource(_dst(1), _dst(1, state="failed"))
+    done = attempts.wait_relayed(agents, "new", "mid", 1, lambda: True,
+                                 timeout=30)
+    assert done.ended and not done.relayed
+    # ... or when the controller says the attempt no longer runs.
+    done = attempts.wait_relayed(StatusSource(_dst(1)), "new", "mid", 1,
+                                 lambda: False, timeout=30)
+    assert done == attempts.RelayWait(False, True, 0.0)
+
+
+def test_wait_relayed_gives_up_at_the_deadline():
+    done = attempts.wait_relayed(StatusSource(_dst(1)), "new", "mid", 1,
+                                 lambda: True, timeout=0.2)
+    assert not done.relayed and not done.ended
