@@ -41,6 +41,7 @@ LOG = logging.getLogger(__name__)
 
 #: Maximum downtime (ms) that holds switchover back while relays run.
 GATE_DOWNTIME_MS = 1
+MIB = 1024 * 1024
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER |
               libvirt.VIR_MIGRATE_PERSIST_DEST |
@@ -91,6 +92,9 @@ class HostInfo:
     libvirt_uri: str        # e.g. qemu+tcp://10.0.0.2/system
     agent_address: str      # address of the agent's peer listener
     agent_port: int
+    #: Expected upload rate in bytes/s, if known (a hint for the first
+    #: split between the source and the holders).
+    upload_rate: float | None = None
 
 
 @dataclasses.dataclass
@@ -170,6 +174,8 @@ class RedirectableMigration:
         self.state = State.NEW
         self.attempts: list[Attempt] = []
         self.dead_holders: set[str] = set()
+        # Bytes/s the source's link really moved (0: not measured yet).
+        self.source_link_rate = 0.0
         self.error: str | None = None
         self._lock = threading.RLock()
         self._done = threading.Event()
@@ -211,8 +217,12 @@ class RedirectableMigration:
             specs = []
             for h in holders:
                 hi = self.resolve(h)
-                specs.append({"host": hi.name, "address": hi.agent_address,
-                              "port": hi.agent_port})
+                spec: dict[str, Any] = {"host": hi.name,
+                                        "address": hi.agent_address,
+                                        "port": hi.agent_port}
+                if hi.upload_rate:
+                    spec["rate"] = float(hi.upload_rate)
+                specs.append(spec)
             used: set[int] = {a.port for a in self.attempts}
             for _try in range(5):
                 port = self._pick_port(used)
@@ -231,7 +241,8 @@ class RedirectableMigration:
             try:
                 self.agents.prepare_destination(
                     info.name, self.migration_id, self.secret, port, number,
-                    specs, self.split)
+                    specs, self.split,
+                    self.source_link_rate or self.source.upload_rate)
             except Exception:
                 self._abort_agents([self.source.name])
                 raise
@@ -244,6 +255,11 @@ class RedirectableMigration:
             params = dict(self.params)
             params[libvirt.VIR_MIGRATE_PARAM_URI] = "tcp://127.0.0.1:%d" % port
             params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+            if gate and self.source_link_rate > 0:
+                # The source drops held pages at local speed: QEMU's own
+                # estimate would see a far faster link than the real one.
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER] \
+                    = max(1, int(self.source_link_rate / MIB))
             attempt.thread = threading.Thread(
                 target=self._run_attempt, args=(attempt, params),
                 name="migrate-%s-%d" % (self.migration_id[:8], number),
@@ -299,6 +315,7 @@ class RedirectableMigration:
         :raises RedirectRefused: the attempt completed first.
         """
         attempt = self.current
+        self._note_link_rate(attempt)
         attempt.outcome = why
         try:
             self.dom.abortJob()
@@ -318,6 +335,20 @@ class RedirectableMigration:
                 reason="the migration completed before it could be "
                        "cancelled")
         self._abort_agents([self.source.name, attempt.host.name])
+
+    def _note_link_rate(self, attempt: Attempt) -> None:
+        """Remember the rate the source link really moved (bytes/s)."""
+        if attempt.holders:
+            if attempt.source_rate > 0:
+                self.source_link_rate = attempt.source_rate
+            return
+        try:
+            bps = self.dom.jobStats().get("memory_bps", 0)
+        except libvirt.libvirtError:
+            return
+        if bps:
+            # Nothing was dropped: libvirt's rate is the link's.
+            self.source_link_rate = float(bps)
 
     def _abort_agents(self, hosts: list[str]) -> None:
         for host in hosts:
