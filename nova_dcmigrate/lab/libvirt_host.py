@@ -45,6 +45,7 @@ from pathlib import Path
 import shlex
 import shutil
 import signal
+import sys
 import subprocess
 import threading
 import time
@@ -209,6 +210,9 @@ class LibvirtHost:
                 % {"host": self.host, "addr": self.address})
         script = self.dir / "start.sh"
         q = shlex.quote
+        status = self.run_dir / "daemons.status"
+        daemons = (f"virtlogd -d -p {q(str(self.virtlogd_pidfile))} && "
+                   f"libvirtd -d --listen -p {q(str(self.libvirtd_pidfile))}")
         mounts = "".join(
             f"mount --bind {q(str(self.dir / name))} {q(str(path))}\n"
             for name, path in LIBVIRT_DIRS.items())
@@ -220,8 +224,13 @@ class LibvirtHost:
             "mount -t tmpfs -o mode=0755 dcm-lab-run /run\n"
             "mkdir -p /run/libvirt /run/lock\n"
             f"{mounts}"
-            f"virtlogd -d -p {q(str(self.virtlogd_pidfile))}\n"
-            f"libvirtd -d --listen -p {q(str(self.libvirtd_pidfile))}\n")
+            # The daemons run under a subreaper (see lab/reaper.py), as
+            # under an init that reaps their QEMUs at once.
+            f"rm -f {q(str(status))}\n"
+            f"{q(sys.executable)} -m nova_dcmigrate.lab.reaper "
+            f"{q(str(status))} sh -c {q(daemons)} &\n"
+            f"while [ ! -s {q(str(status))} ]; do sleep 0.05; done\n"
+            f"exit \"$(cat {q(str(status))})\"\n")
         script.chmod(0o755)
 
     def _launch(self) -> None:
