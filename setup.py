@@ -1,3 +1,43 @@
-import setuptools
+"""pbr setup, plus the ``nova.virt.dcmigrate`` shim package.
 
-setuptools.setup(setup_requires=['pbr>=6.0.0'], pbr=True)
+nova-compute only loads drivers named under ``nova.virt``
+(``nova.virt.driver.load_compute_driver``), so the wheel also ships
+``nova/virt/dcmigrate/__init__.py``, built from
+``nova_dcmigrate/virt/nova_virt_shim/``. pbr keeps only ``[files] packages``
+that are directories of the source tree, hence this ``build_py`` (named in
+``setup.cfg [global] commands``) that adds the package with its own source
+directory. Only nova's ``nova/virt/`` directory is extended: no
+``nova/__init__.py`` or ``nova/virt/__init__.py`` is shipped, and pip's
+RECORD removes the shim on uninstall. Editable installs skip it, because
+an editable finder for a package inside ``nova`` could shadow nova itself;
+use a wheel (``tox -e nova-functional`` does) to run nova-compute.
+"""
+
+import os
+import sys
+
+import setuptools
+from setuptools.command import build_py
+
+SHIM_PACKAGE = 'nova.virt.dcmigrate'
+SHIM_SOURCE = os.path.join('nova_dcmigrate', 'virt', 'nova_virt_shim')
+
+
+class BuildPy(build_py.build_py):
+    """build_py that adds the nova.virt.dcmigrate shim to wheels."""
+
+    command_name = 'build_py'
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, 'editable_mode', False):
+            return
+        self.packages = list(self.packages or []) + [SHIM_PACKAGE]
+        self.package_dir = dict(self.package_dir or {})
+        self.package_dir[SHIM_PACKAGE] = SHIM_SOURCE
+
+
+if __name__ == '__main__':
+    # setup.cfg names setup.BuildPy: make this file importable as "setup".
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    setuptools.setup(setup_requires=['pbr>=6.0.0'], pbr=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from oslo_config import cfg
 
 from nova_dcmigrate.conf import agent
+from nova_dcmigrate.conf import compute
 from nova_dcmigrate.conf import scheduler
 
-_MODULES = (agent, scheduler)
+_MODULES = (agent, compute, scheduler)
 
 
 def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:

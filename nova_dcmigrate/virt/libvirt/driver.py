@@ -14,90 +14,160 @@ Loading
 
 nova-compute imports ``'nova.virt.' + [DEFAULT] compute_driver``
 (``nova.virt.driver.load_compute_driver``), so an out-of-tree driver must
-be reachable under ``nova.virt``. A one-line shim package
-``nova.virt.dcmigrate``, installed into nova's ``nova/virt/`` directory
-(the nova-lxd and compute-hyperv pattern), re-exports this class.
-Operators set::
+be reachable under ``nova.virt``. nova-dcmigrate's wheel therefore ships a
+one-line package ``nova.virt.dcmigrate`` (installed into nova's
+``nova/virt/`` directory, the nova-lxd and compute-hyperv pattern; built
+by ``setup.py`` from ``nova_dcmigrate/virt/nova_virt_shim``) that
+re-exports this class. Install nova-dcmigrate from a wheel (not
+editable) into nova-compute's environment and set::
 
     [DEFAULT]
     compute_driver = dcmigrate.DCMigrateLibvirtDriver
 
 All ``[libvirt]`` options keep their meaning.
 
-What it adds today
-------------------
+What it adds
+------------
 
 * The placement trait ``CUSTOM_DCMIGRATE_AGENT`` on the compute node
   resource provider, so that a redirect can ask the scheduler for hosts
   that run a dcmigrate agent (``required=CUSTOM_DCMIGRATE_AGENT``).
+* The ``dcmigrate_compute`` RPC endpoint
+  (:class:`nova_dcmigrate.compute.manager.RedirectEndpoint`), added to the
+  compute manager's ``additional_endpoints`` when nova-compute loads the
+  driver.
+* Redirectable live migrations. A live migration runs as attempts, one
+  per destination, each through Nova's own ``_live_migration`` (thread
+  running the libvirt job, monitor loop, ``post_method`` or
+  ``recover_method``). The monitor's job poll is the redirect point: when
+  a redirect was requested, the monitor thread prepares the new host
+  (:mod:`nova_dcmigrate.compute.redirect`) while the job to the old
+  destination goes on, then stops that job, moves Nova's state over and
+  ends the attempt without calling ``recover_method``; the next attempt
+  goes to the new host, and only the last one calls Nova's
+  ``post_method`` (with the new host) or ``recover_method``. A redirect
+  that fails while preparing leaves the migration going to the old
+  destination; one that fails after stopping it rolls the migration back
+  to the source. The instance never goes to ERROR for a redirect.
 
-How live migrations will be routed (later work)
------------------------------------------------
-
-Stock Nova makes the source libvirt connect straight to the destination
-QEMU: ``Guest.migrate`` calls ``migrateToURI3(qemu+tcp://DEST/system,
-{migrate_uri: tcp://DEST, ...})`` and never sets a listen address. For a
-dcmigrate migration this driver will override ``_live_migration_operation``
-and hand the libvirt job to the libvirt-level controller
-(``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration``), which
-per attempt:
-
-1. prepares the destination agent (oslo.messaging RPC, topic
-   ``dcmigrate-agent``) on a free local port P, and the source agent to
-   listen on 127.0.0.1:P and relay to the destination agent over the
-   authenticated agent-to-agent link;
-2. calls ``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P``
-   and ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``, so that the source
-   QEMU sends to its local agent and the destination QEMU listens only for
-   its local agent. ``PARALLEL``, ``POSTCOPY``, ``COMPRESSED``,
-   ``TUNNELLED`` and ``TLS`` are refused for such migrations: the agents
-   parse the single precopy stream.
-
-Nova's monitor (job stats, completion timeout, force-complete, abort) and
-its ``post_method``/``recover_method`` stay in charge. A redirect aborts
-only the libvirt job to the old destination (``abortJob``), keeps the pages
-that destination received (its agent forwards them to the new one), moves
-the Nova-side state (placement, port bindings, volume attachments) and
-starts the next attempt; only the final attempt calls Nova's
-``post_method``. Migrations that dcmigrate does not handle keep the stock
-path unchanged.
+The libvirt job of an attempt is run and stopped by a
+:class:`nova_dcmigrate.virt.libvirt.transport.MigrationTransport`; today
+the stock direct job (``migrateToURI3`` to the destination, ``abortJob``),
+which resends memory after a redirect. The agent transport, through the
+libvirt-level controller
+(``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration``), sends
+each attempt through the dcmigrate agents so that the pages the old
+destination received are relayed instead of resent: per attempt it
+prepares the agents (oslo.messaging RPC, topic ``dcmigrate-agent``) and
+calls ``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P``
+and ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``. ``PARALLEL``,
+``POSTCOPY``, ``COMPRESSED``, ``TUNNELLED`` and ``TLS`` are refused for
+such migrations: the agents parse the single precopy stream. Without a
+redirect the driver behaves as the stock one.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 from typing import TYPE_CHECKING
 from typing import Any
 
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import guest as libvirt_guest
+from nova.virt.libvirt import migration as libvirt_migrate
 from oslo_log import log as logging
+
+from nova_dcmigrate.compute import exception as redirect_exception
+from nova_dcmigrate.compute import manager as redirect_manager
+from nova_dcmigrate.compute import redirect
+import nova_dcmigrate.conf
+from nova_dcmigrate.scheduler import constants as scheduler_constants
+from nova_dcmigrate.virt.libvirt import transport
 
 if TYPE_CHECKING:
     from nova.compute import provider_tree as nova_provider_tree
 
 LOG = logging.getLogger(__name__)
+CONF = nova_dcmigrate.conf.CONF
 
 #: Placement trait on each compute node provider whose host runs a
-#: dcmigrate agent and this driver.
-AGENT_TRAIT = "CUSTOM_DCMIGRATE_AGENT"
+#: dcmigrate agent and this driver (defined with the scheduler hook).
+AGENT_TRAIT = scheduler_constants.AGENT_TRAIT
 
 #: The ``[DEFAULT] compute_driver`` value that loads this driver through
 #: the ``nova.virt.dcmigrate`` shim package.
 COMPUTE_DRIVER = "dcmigrate.DCMigrateLibvirtDriver"
 
 
+def _libvirt() -> Any:
+    # The libvirt module Nova's driver uses (fakelibvirt under Nova's
+    # functional tests), looked up when needed, as Nova does.
+    return libvirt_driver.libvirt
+
+
+class _RedirectPoint:
+    """The guest as Nova's monitor sees it: every job poll may redirect."""
+
+    def __init__(self, guest: Any, on_poll: Any) -> None:
+        self._guest = guest
+        self._on_poll = on_poll
+
+    def get_job_info(self) -> Any:
+        return self._on_poll(self._guest.get_job_info())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._guest, name)
+
+
 class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
     """The stock libvirt driver plus the dcmigrate compute-side hooks."""
 
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
-        """Create the driver exactly as ``LibvirtDriver`` does.
+        """Create the driver as ``LibvirtDriver`` does, plus our endpoint.
 
         :param virtapi: the ``nova.virt.virtapi.VirtAPI`` given by the
-            compute manager.
+            compute manager; with nova-compute's ``ComputeVirtAPI`` the
+            redirect endpoint is added to the manager's
+            ``additional_endpoints`` (served once the service starts).
         :param read_only: open a read-only libvirt connection.
         """
         super().__init__(virtapi, read_only=read_only)
+        #: Live migrations this host runs as the source.
+        self.dcmigrate_runs = redirect.Registry(
+            CONF.dcmigrate_compute.finished_status_entries)
+        #: Runs and stops the libvirt job of each attempt.
+        self.dcmigrate_transport: transport.MigrationTransport = (
+            transport.DirectLibvirtTransport())
+        self._dcmigrate_redirector: redirect.Redirector | None = None
+        manager = self._compute_manager()
+        if manager is not None:
+            manager.additional_endpoints.append(
+                redirect_manager.RedirectEndpoint(self))
         LOG.info("dcmigrate libvirt driver loaded; reporting trait "
                  "%(trait)s", {"trait": AGENT_TRAIT})
+
+    def _compute_manager(self) -> Any:
+        # ComputeVirtAPI keeps the manager that loaded the driver.
+        return getattr(self.virtapi, "_compute", None)
+
+    @property
+    def dcmigrate_host(self) -> str:
+        """This compute service's host name."""
+        manager = self._compute_manager()
+        if manager is not None:
+            return str(manager.host)
+        return str(libvirt_driver.CONF.host)
+
+    def dcmigrate_redirector(self) -> redirect.Redirector:
+        """Return the redirect orchestrator bound to the compute manager."""
+        if self._dcmigrate_redirector is None:
+            manager = self._compute_manager()
+            if manager is None:
+                raise redirect_exception.RedirectError(
+                    reason="the driver runs outside nova-compute")
+            self._dcmigrate_redirector = redirect.Redirector(manager)
+        return self._dcmigrate_redirector
 
     def dcmigrate_traits(self) -> dict[str, bool]:
         """Return the dcmigrate traits this driver owns.
@@ -133,3 +203,238 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             nodename, *(t for t, supported in traits.items() if not supported))
         super().update_provider_tree(
             provider_tree, nodename, allocations=allocations)
+
+    # -- live migration as redirectable attempts -----------------------------
+
+    def _live_migration(self, context: Any, instance: Any, dest: str,
+                        post_method: Any, recover_method: Any,
+                        block_migration: Any, migrate_data: Any) -> None:
+        """Run the live migration as attempts, one per destination.
+
+        Each attempt is Nova's own ``_live_migration``; an attempt stopped
+        for a redirect ends without calling ``recover_method``, and the
+        next one starts with the new destination and its migrate data.
+        Nova's ``post_method``/``recover_method`` run exactly once.
+        """
+        if "migration" not in migrate_data:
+            # Not called by nova-compute's _do_live_migration: nothing to
+            # redirect (and nothing to validate requests against).
+            super()._live_migration(context, instance, dest, post_method,
+                                    recover_method, block_migration,
+                                    migrate_data)
+            return
+        # The manager's post_method is a partial holding the BDMs as they
+        # were before the destination's pre_live_migration.
+        source_bdms = getattr(post_method, "keywords", {}).get("source_bdms")
+        run = redirect.LiveMigrationRun(
+            instance.uuid, migrate_data.migration, self.dcmigrate_host, dest,
+            migrate_data, source_bdms if source_bdms is not None else [])
+        self.dcmigrate_runs.add(run)
+        outcome = [redirect.ROLLED_BACK]
+
+        def post(ctxt: Any, inst: Any, dst: str, block: Any,
+                 md: Any) -> None:
+            with run.lock:
+                run.phase = redirect.COMPLETING
+            outcome[0] = redirect.COMPLETED
+            post_method(ctxt, inst, dst, block, md)
+
+        def recover(ctxt: Any, inst: Any, dst: str, md: Any,
+                    migration_status: str = "failed") -> None:
+            if run.switch is not None:
+                LOG.info("Attempt to %(dest)s stopped for the redirect to "
+                         "%(new)s", {"dest": dst, "new": run.switch[0]},
+                         instance=inst)
+                return
+            recover_method(ctxt, inst, dst, md,
+                           migration_status=migration_status)
+
+        try:
+            attempt_dest, attempt_md = dest, migrate_data
+            while True:
+                super()._live_migration(
+                    context, instance, attempt_dest, post, recover,
+                    block_migration, attempt_md)
+                switch = run.take_switch()
+                if switch is None:
+                    return
+                attempt_dest, attempt_md = switch
+                if run.abort_requested:
+                    LOG.info("Live migration aborted during its redirect to "
+                             "%(dest)s; rolling back", {"dest": attempt_dest},
+                             instance=instance)
+                    recover_method(context, instance, attempt_dest,
+                                   attempt_md, migration_status="cancelled")
+                    return
+                LOG.info("Live migration continues to %(dest)s",
+                         {"dest": attempt_dest}, instance=instance)
+        finally:
+            self.dcmigrate_runs.finish(run, outcome[0])
+
+    def _live_migration_monitor(self, context: Any, instance: Any,
+                                guest: Any, dest: str, post_method: Any,
+                                recover_method: Any, block_migration: Any,
+                                migrate_data: Any, future: Any,
+                                disk_paths: Any) -> None:
+        """Nova's monitor, with our redirect point in its job polls."""
+        run = self.dcmigrate_runs.get(instance.uuid)
+        if run is not None:
+            guest = _RedirectPoint(guest, functools.partial(
+                self._dcmigrate_poll, context, instance, run, guest, future,
+                block_migration))
+        super()._live_migration_monitor(
+            context, instance, guest, dest, post_method, recover_method,
+            block_migration, migrate_data, future, disk_paths)
+
+    def _live_migration_operation(self, context: Any, instance: Any,
+                                  dest: str, block_migration: Any,
+                                  migrate_data: Any, guest: Any,
+                                  device_names: Any) -> None:
+        """Run the attempt's job; a job stopped for a redirect is no error.
+
+        Nova's ``_live_migration`` collects this thread's exception and
+        would put the instance in ERROR.
+        """
+        run = self.dcmigrate_runs.get(instance.uuid)
+        try:
+            self.dcmigrate_transport.run_attempt(
+                self, context, instance, dest, block_migration,
+                migrate_data, guest, device_names)
+        except Exception as err:
+            if run is not None and run.stopping:
+                LOG.info("Migration job to %(dest)s ended for a redirect: "
+                         "%(err)s", {"dest": dest, "err": err},
+                         instance=instance)
+                return
+            raise
+
+    def live_migration_abort(self, instance: Any) -> None:
+        """Abort, also while a redirect is being prepared or switched.
+
+        During a redirect the abort is recorded and acted on as soon as
+        the redirect reaches a point where the migration can be rolled
+        back to the source cleanly.
+        """
+        run = self.dcmigrate_runs.get(instance.uuid)
+        if run is not None:
+            with run.lock:
+                if run.phase == redirect.REQUESTED:
+                    # Not started: drop the request, abort as usual.
+                    run.request_pending = False
+                    run.phase = redirect.RUNNING
+                    run.last_error = {
+                        "type": "Aborted", "data": {},
+                        "message": "live migration aborted before the "
+                                   "redirect started"}
+                elif (run.phase in (redirect.PREPARING, redirect.SWITCHING)
+                        or run.switch is not None):
+                    run.abort_requested = True
+                    LOG.info("Abort requested while redirecting; deferred "
+                             "until the redirect step ends",
+                             instance=instance)
+                    return
+        super().live_migration_abort(instance)
+
+    def _dcmigrate_poll(self, context: Any, instance: Any,
+                        run: redirect.LiveMigrationRun, guest: Any,
+                        future: Any, block_migration: Any, info: Any) -> Any:
+        # Runs in the monitor thread at every job poll; returns the job
+        # info the monitor acts on.
+        lv = _libvirt()
+        if (info.type not in (lv.VIR_DOMAIN_JOB_NONE,
+                              lv.VIR_DOMAIN_JOB_UNBOUNDED) or
+                future.done()):
+            return info
+        pending, host = run.take_request()
+        if not pending:
+            return info
+        redirector = self.dcmigrate_redirector()
+        try:
+            prep = redirector.prepare(context, instance, run, host,
+                                      block_migration)
+        except Exception as err:
+            LOG.warning("Redirect failed; the live migration continues to "
+                        "%(dest)s: %(err)s", {"dest": run.dest, "err": err},
+                        instance=instance)
+            run.failed(err)
+            if run.abort_requested:
+                return self._dcmigrate_cancel(guest, future, instance, run)
+            return info
+        if run.abort_requested:
+            # The user's abort, deferred while the new host was prepared:
+            # release it, stop the job and let Nova roll back to the source
+            # as for a cancelled job.
+            redirector.undo(context, instance, prep)
+            run.failed(redirect_exception.RedirectError(
+                reason="the live migration was aborted"))
+            return self._dcmigrate_cancel(guest, future, instance, run)
+
+        with run.lock:
+            run.phase = redirect.SWITCHING
+            run.stopping = True
+        stopped = self._dcmigrate_stop_attempt(guest, future, instance)
+        if stopped is not True:
+            # The guest reached the old destination first ("completed"),
+            # or the job did not end in time ("timeout"): the monitor goes
+            # on with the job as libvirt reports it.
+            redirector.undo(context, instance, prep)
+            with run.lock:
+                run.stopping = False
+            run.failed(redirect_exception.RedirectError(
+                reason="the migration job to %s could not be stopped (%s)"
+                       % (run.dest, stopped)))
+            return guest.get_job_info()
+        try:
+            redirector.commit(context, instance, run, prep)
+        except Exception as err:
+            LOG.exception("Redirect to %(host)s failed after the job to "
+                          "%(dest)s stopped; rolling back to the source",
+                          {"host": prep.host, "dest": run.dest},
+                          instance=instance)
+            redirector.undo(context, instance, prep)
+            run.failed(err)
+            return libvirt_guest.JobInfo(type=lv.VIR_DOMAIN_JOB_FAILED)
+        run.redirected(str(prep.host), prep.migrate_data)
+        # Ends this attempt; our recover wrapper skips Nova's rollback.
+        return libvirt_guest.JobInfo(type=lv.VIR_DOMAIN_JOB_CANCELLED)
+
+    def _dcmigrate_cancel(self, guest: Any, future: Any, instance: Any,
+                          run: redirect.LiveMigrationRun) -> Any:
+        # Nova's rollback then runs with migration status "cancelled".
+        lv = _libvirt()
+        with run.lock:
+            run.stopping = True
+        if self._dcmigrate_stop_attempt(guest, future, instance) is True:
+            return libvirt_guest.JobInfo(type=lv.VIR_DOMAIN_JOB_CANCELLED)
+        with run.lock:
+            run.stopping = False
+        return guest.get_job_info()
+
+    def _dcmigrate_stop_attempt(self, guest: Any, future: Any,
+                                instance: Any) -> bool | str:
+        """Stop the attempt's job; True once it ended without completing.
+
+        :returns: True, or why not ("completed" when the guest switched
+            over to the old destination first, "timeout").
+        """
+        lv = _libvirt()
+        try:
+            self.dcmigrate_transport.stop_attempt(guest)
+        except lv.libvirtError as err:
+            # E.g. no job any more: find out below how it ended.
+            LOG.warning("Stopping the migration job failed: %(err)s",
+                        {"err": err}, instance=instance)
+        try:
+            future.result(
+                timeout=CONF.dcmigrate_compute.attempt_stop_timeout)
+        except concurrent.futures.TimeoutError:
+            return "timeout"
+        except Exception:
+            LOG.debug("Stopped attempt ended with an error", exc_info=True,
+                      instance=instance)
+        job = guest.get_job_info().type
+        if job == lv.VIR_DOMAIN_JOB_NONE:
+            job = libvirt_migrate.find_job_type(guest, instance)
+        if job == lv.VIR_DOMAIN_JOB_COMPLETED:
+            return "completed"
+        return True

@@ -30,7 +30,6 @@ CONF = nova_conf.CONF
 COMPUTE_DRIVER = dcm_driver.COMPUTE_DRIVER
 STOCK_DRIVER = "libvirt.LibvirtDriver"
 SHIM_MODULE = "nova.virt.dcmigrate"
-SHIM_DIR = os.path.join(os.path.dirname(__file__), "shim")
 
 
 def _installed_api_paste() -> str:
@@ -47,23 +46,19 @@ def _installed_api_paste() -> str:
 
 
 class NovaVirtShim(fixtures.Fixture):
-    """Make ``nova.virt.dcmigrate`` importable, as an install provides it.
+    """Require the installed ``nova.virt.dcmigrate`` shim package.
 
-    If the shim package is installed (in nova's ``nova/virt/``), nothing is
-    changed. Otherwise the same file, kept in ``shim/dcmigrate/``, is put
-    on ``nova.virt.__path__`` so that the ordinary import machinery finds
-    it; it is removed again afterwards.
+    The tests load the driver exactly as a deployment does, so the shim must
+    come from nova-dcmigrate's wheel (``tox -e nova-functional`` installs
+    one; an editable install has no shim, see ``setup.py``). Nothing is
+    patched into ``nova.virt``.
     """
 
     def _setUp(self) -> None:
-        import nova.virt
-
-        self.installed = importlib.util.find_spec(SHIM_MODULE) is not None
-        if self.installed:
-            return
-        nova.virt.__path__.append(SHIM_DIR)
-        self.addCleanup(nova.virt.__path__.remove, SHIM_DIR)
-        self.addCleanup(sys.modules.pop, SHIM_MODULE, None)
+        if importlib.util.find_spec(SHIM_MODULE) is None:
+            raise AssertionError(
+                "%s is not installed: install nova-dcmigrate from a wheel "
+                "(tox -e nova-functional)" % SHIM_MODULE)
 
 
 class DCMigrateDriverMixin:

@@ -10,6 +10,7 @@ services through the same ``Service.create`` call.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 
 import fixtures
@@ -18,12 +19,16 @@ from nova.tests.functional.libvirt import base as libvirt_base
 from nova import utils as nova_utils
 from nova.virt import driver as virt_driver
 from nova.virt import virtapi
+import nova
 import nova.virt
 from oslo_config import cfg
 from oslo_utils import importutils
 
 from nova_dcmigrate.virt.libvirt import driver as dcm_driver
 from tests.functional.nova import base
+
+#: Our distribution name, as pip records it.
+DIST = "nova-dcmigrate"
 
 NOVA_CONF = """\
 [DEFAULT]
@@ -42,15 +47,37 @@ class DriverLoadingTest(base.DCMigrateDriverMixin,
             dcm_driver.DCMigrateLibvirtDriver,
             importutils.import_class("nova.virt." + base.COMPUTE_DRIVER))
 
-    def test_shim_package(self) -> None:
-        # Found by the ordinary import system on nova.virt's search path
-        # (installed in nova/virt/, or the tests' copy), not a sys.modules
-        # alias.
+    def test_shim_package_is_installed_inside_nova_virt(self) -> None:
+        # Found by the ordinary import system in nova's own nova/virt/
+        # directory (as pip installed it), not through a sys.modules alias
+        # or an extra search path.
         shim = importlib.import_module(base.SHIM_MODULE)
         self.assertIs(dcm_driver.DCMigrateLibvirtDriver,
                       shim.DCMigrateLibvirtDriver)
-        self.assertIn(os.path.dirname(os.path.dirname(shim.__file__)),
-                      list(nova.virt.__path__))
+        self.assertEqual(list(nova.virt.__path__),
+                         [os.path.dirname(nova.virt.__file__)])
+        self.assertEqual(
+            os.path.join(os.path.dirname(nova.virt.__file__), "dcmigrate",
+                         "__init__.py"),
+            shim.__file__)
+
+    def test_shim_is_owned_by_our_distribution_only(self) -> None:
+        # pip uninstalls what a distribution's RECORD lists: ours lists the
+        # shim and no file of nova's, and nova's does not list the shim.
+        # Look next to nova only: the source tree's egg-info may be on
+        # sys.path too.
+        site = [os.path.dirname(os.path.dirname(nova.__file__))]
+        ours, novas = (
+            {str(f) for f in next(iter(importlib.metadata.distributions(
+                name=name, path=site))).files or ()}
+            for name in (DIST, "nova"))
+        shim = "nova/virt/dcmigrate/__init__.py"
+        self.assertIn(shim, ours)
+        self.assertNotIn(shim, novas)
+        ours_in_nova = {f for f in ours if f.startswith("nova/")
+                        and not f.endswith(".pyc")}
+        self.assertEqual({shim}, ours_in_nova)
+        self.assertIn("nova/virt/__init__.py", novas)
 
     def test_native_threading_mode(self) -> None:
         if os.environ.get("OS_NOVA_DISABLE_EVENTLET_PATCHING") != "True":
