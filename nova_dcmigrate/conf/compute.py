@@ -44,6 +44,71 @@ OPTS: list[cfg.Opt] = [
              "first.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: none."),
+    cfg.StrOpt(
+        "transport",
+        default="agents",
+        choices=[
+            ("agents", "the migration stream goes through the dcmigrate "
+                       "agents of the source and destination hosts; a "
+                       "redirect reuses the pages earlier destinations "
+                       "received"),
+            ("direct", "Nova's stock job, straight from QEMU to QEMU; a "
+                       "redirect resends the whole memory"),
+        ],
+        help="What carries the memory of a live migration this host runs "
+             "as the source. With 'agents', every host needs a running "
+             "dcmigrate-agent (RPC server name = the compute's host name) "
+             "and live migrations that would use post-copy, parallel "
+             "connections, native TLS or tunnelling are refused at the "
+             "source pre-check.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: agent_transport_url, agent_addresses, "
+             "[libvirt] live_migration_permit_post_copy, "
+             "live_migration_parallel_connections, "
+             "live_migration_with_native_tls, live_migration_tunnelled."),
+    cfg.StrOpt(
+        "agent_transport_url",
+        secret=True,
+        help="oslo.messaging URL of the bus the dcmigrate agents serve "
+             "RPC on. Unset: [DEFAULT] transport_url, the bus nova-compute "
+             "uses (the agent reads it from its own configuration file).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: transport."),
+    cfg.IntOpt(
+        "agent_rpc_timeout",
+        default=60,
+        min=1,
+        help="Seconds to wait for a dcmigrate agent's answer (prepare, "
+             "abort, cleanup, status).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: transport."),
+    cfg.DictOpt(
+        "agent_addresses",
+        default={},
+        help="IP address of each host's dcmigrate agent peer listener, as "
+             "host:address pairs, e.g. 'cmp1:10.1.0.11,cmp2:10.1.0.12'. A "
+             "host not listed is reached at its [libvirt] "
+             "live_migration_inbound_addr (sent with the live migration "
+             "data), else at its host name resolved by DNS. The port is "
+             "the one the agent reports (its [dcmigrate_agent] "
+             "peer_port).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: transport."),
+    cfg.PortOpt(
+        "agent_port_min",
+        default=49152,
+        help="Lowest loopback port used between QEMU and the dcmigrate "
+             "agents (the port must be free on both hosts; a new one is "
+             "picked for each attempt).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: agent_port_max."),
+    cfg.PortOpt(
+        "agent_port_max",
+        default=49215,
+        help="Highest loopback port used between QEMU and the dcmigrate "
+             "agents.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: agent_port_min."),
 ]
 
 

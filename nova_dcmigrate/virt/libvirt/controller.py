@@ -36,6 +36,7 @@ from oslo_log import log as logging
 from nova_dcmigrate.exception import DcmigrateError
 from nova_dcmigrate.exception import MigrationStateError
 from nova_dcmigrate.virt import attempts
+from nova_dcmigrate.virt.libvirt import flags as migration_flags
 
 LOG = logging.getLogger(__name__)
 
@@ -48,15 +49,7 @@ BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER |
               libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
 #: Flags whose stream the agents cannot carry, with the reason.
-UNSUPPORTED_FLAGS = {
-    "VIR_MIGRATE_PARALLEL": "multifd opens extra connections the agents "
-                            "cannot see",
-    "VIR_MIGRATE_POSTCOPY": "post-copy pages cannot be redirected",
-    "VIR_MIGRATE_COMPRESSED": "compressed (XBZRLE) pages are deltas "
-                              "against the destination's memory",
-    "VIR_MIGRATE_TUNNELLED": "a tunnelled stream does not reach the agents",
-    "VIR_MIGRATE_TLS": "a TLS stream cannot be parsed by the agents",
-}
+UNSUPPORTED_FLAGS = migration_flags.UNSUPPORTED_FLAGS
 
 
 class ControllerError(DcmigrateError):
@@ -129,12 +122,9 @@ class MigrationStatus:
 
 def check_flags(flags: int) -> None:
     """:raises UnsupportedMigrationFlags: for flags the agents can't carry."""
-    bad = [name for name, _why in UNSUPPORTED_FLAGS.items()
-           if flags & getattr(libvirt, name, 0)]
+    bad = migration_flags.unsupported(flags, libvirt)
     if bad:
-        raise UnsupportedMigrationFlags(
-            flags=", ".join("%s (%s)" % (n, UNSUPPORTED_FLAGS[n])
-                            for n in bad))
+        raise UnsupportedMigrationFlags(flags=migration_flags.describe(bad))
 
 
 class RedirectableMigration:

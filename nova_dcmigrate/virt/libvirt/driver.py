@@ -51,19 +51,39 @@ What it adds
   to the source. The instance never goes to ERROR for a redirect.
 
 The libvirt job of an attempt is run and stopped by a
-:class:`nova_dcmigrate.virt.libvirt.transport.MigrationTransport`; today
-the stock direct job (``migrateToURI3`` to the destination, ``abortJob``),
-which resends memory after a redirect. The agent transport, through the
-libvirt-level controller
-(``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration``), sends
-each attempt through the dcmigrate agents so that the pages the old
-destination received are relayed instead of resent: per attempt it
-prepares the agents (oslo.messaging RPC, topic ``dcmigrate-agent``) and
-calls ``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P``
-and ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``. ``PARALLEL``,
-``POSTCOPY``, ``COMPRESSED``, ``TUNNELLED`` and ``TLS`` are refused for
-such migrations: the agents parse the single precopy stream. Without a
-redirect the driver behaves as the stock one.
+:class:`nova_dcmigrate.virt.libvirt.transport.MigrationTransport`, chosen
+by ``[dcmigrate_compute] transport``:
+
+* ``agents`` (default): :class:`~.transport.AgentTransport` sends each
+  attempt through the dcmigrate agents so that the pages an old
+  destination received are relayed instead of resent. Per attempt it
+  prepares the local source agent and the destination's agent (RPC topic
+  ``dcmigrate-agent``, server = host name; one migration id -- the Nova
+  migration's uuid -- and one secret for all attempts; earlier
+  destinations listed as holders), then runs Nova's own
+  ``_live_migration_operation`` (flags, destination/persistent XML, disks,
+  bandwidth unchanged) on a guest whose ``migrateToURI3`` gets
+  ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P`` and
+  ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``. While holders relay,
+  the switchover is held back (1 ms maximum downtime; Nova's downtime
+  steps are applied once the relays are in). A stopped attempt's agent
+  sessions are aborted, its destination keeps its pages; when the
+  migration ends every agent involved drops it. ``PARALLEL``,
+  ``POSTCOPY``, ``COMPRESSED``, ``TUNNELLED`` and ``TLS`` are refused in
+  ``check_can_live_migrate_source`` (``MigrationPreCheckError``, before
+  anything is claimed): the agents parse the single precopy stream, and
+  falling back to the direct job would silently lose the memory reuse.
+  How agents are addressed and which message bus is used: see
+  :mod:`.transport`. The per-attempt logic mirrors the Nova-free
+  controller (``nova_dcmigrate.virt.libvirt.controller``) and shares its
+  helpers (:mod:`nova_dcmigrate.virt.attempts`, :mod:`.flags`).
+* ``direct``: :class:`~.transport.DirectLibvirtTransport`, Nova's stock
+  job (``migrateToURI3`` to the destination, ``abortJob``); a redirect
+  resends memory. Nova's functional harness uses it (no agents run there)
+  except where a test injects in-process agents.
+
+Without a redirect the driver behaves as the stock one, apart from the
+path the stream takes.
 """
 
 from __future__ import annotations
@@ -73,6 +93,7 @@ import functools
 from typing import TYPE_CHECKING
 from typing import Any
 
+from nova import exception as nova_exception
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import guest as libvirt_guest
 from nova.virt.libvirt import migration as libvirt_migrate
@@ -83,6 +104,7 @@ from nova_dcmigrate.compute import manager as redirect_manager
 from nova_dcmigrate.compute import redirect
 import nova_dcmigrate.conf
 from nova_dcmigrate.scheduler import constants as scheduler_constants
+from nova_dcmigrate.virt.libvirt import flags as migration_flags
 from nova_dcmigrate.virt.libvirt import transport
 
 if TYPE_CHECKING:
@@ -107,14 +129,21 @@ def _libvirt() -> Any:
 
 
 class _RedirectPoint:
-    """The guest as Nova's monitor sees it: every job poll may redirect."""
+    """The guest as Nova's monitor sees it: every job poll may redirect,
+    and its downtime steps go through the transport (which may hold them
+    back while holders relay)."""
 
-    def __init__(self, guest: Any, on_poll: Any) -> None:
+    def __init__(self, guest: Any, on_poll: Any,
+                 migration_transport: transport.MigrationTransport) -> None:
         self._guest = guest
         self._on_poll = on_poll
+        self._transport = migration_transport
 
     def get_job_info(self) -> Any:
         return self._on_poll(self._guest.get_job_info())
+
+    def migrate_configure_max_downtime(self, mstime: int) -> None:
+        self._transport.configure_downtime(self._guest, mstime)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._guest, name)
@@ -136,9 +165,13 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         #: Live migrations this host runs as the source.
         self.dcmigrate_runs = redirect.Registry(
             CONF.dcmigrate_compute.finished_status_entries)
-        #: Runs and stops the libvirt job of each attempt.
-        self.dcmigrate_transport: transport.MigrationTransport = (
-            transport.DirectLibvirtTransport())
+        #: Runs and stops the libvirt job of each attempt
+        #: (``[dcmigrate_compute] transport``).
+        self.dcmigrate_transport: transport.MigrationTransport
+        if CONF.dcmigrate_compute.transport == "direct":
+            self.dcmigrate_transport = transport.DirectLibvirtTransport()
+        else:
+            self.dcmigrate_transport = transport.AgentTransport()
         self._dcmigrate_redirector: redirect.Redirector | None = None
         manager = self._compute_manager()
         if manager is not None:
@@ -216,6 +249,18 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         next one starts with the new destination and its migrate data.
         Nova's ``post_method``/``recover_method`` run exactly once.
         """
+        try:
+            self._dcmigrate_live_migration(
+                context, instance, dest, post_method, recover_method,
+                block_migration, migrate_data)
+        finally:
+            # Completed or rolled back: nothing of it is left in the agents.
+            self.dcmigrate_transport.end_migration(instance.uuid)
+
+    def _dcmigrate_live_migration(self, context: Any, instance: Any,
+                                  dest: str, post_method: Any,
+                                  recover_method: Any, block_migration: Any,
+                                  migrate_data: Any) -> None:
         if "migration" not in migrate_data:
             # Not called by nova-compute's _do_live_migration: nothing to
             # redirect (and nothing to validate requests against).
@@ -281,10 +326,35 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         if run is not None:
             guest = _RedirectPoint(guest, functools.partial(
                 self._dcmigrate_poll, context, instance, run, guest, future,
-                block_migration))
+                block_migration), self.dcmigrate_transport)
         super()._live_migration_monitor(
             context, instance, guest, dest, post_method, recover_method,
             block_migration, migrate_data, future, disk_paths)
+
+    def check_can_live_migrate_source(self, context: Any, instance: Any,
+                                      dest_check_data: Any,
+                                      block_device_info: Any = None) -> Any:
+        """The stock checks, then refuse flags the transport can't carry.
+
+        Here, on the source before anything is claimed, so that Nova fails
+        the request cleanly (migration ``error``, instance ACTIVE on the
+        source) instead of rolling back a started migration.
+
+        :raises MigrationPreCheckError: e.g. post-copy or parallel
+            connections enabled while the agents carry the stream.
+        """
+        data = super().check_can_live_migrate_source(
+            context, instance, dest_check_data,
+            block_device_info=block_device_info)
+        lv = _libvirt()
+        flags = transport.migration_flags_for(
+            self, instance, bool(data.block_migration), lv)
+        bad = self.dcmigrate_transport.unsupported_flags(flags, lv)
+        if bad:
+            raise nova_exception.MigrationPreCheckError(
+                reason=str(transport.UnsupportedByAgents(
+                    flags=migration_flags.describe(bad))))
+        return data
 
     def _live_migration_operation(self, context: Any, instance: Any,
                                   dest: str, block_migration: Any,

@@ -13,19 +13,98 @@ The libvirt calls that differ sit behind :class:`MigrationTransport`:
   there fakelibvirt replaces libvirt, its ``migrateToURI3`` is a test stub
   and its ``abortJob`` does nothing unless the test patches it, so no
   memory moves and no page is kept -- only Nova's side is real.
-* The agent transport (next step) will run each attempt through
-  ``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration``: the
-  job goes to the local dcmigrate agents, and a stopped attempt's
-  destination agent keeps its pages for the next one. The controller has
-  its own real-libvirt tests (``tests/functional/libvirt``).
+* :class:`AgentTransport` -- the same Nova job, but QEMU's stream goes
+  through the dcmigrate agents of the source and destination hosts
+  (``migrate_uri = tcp://127.0.0.1:P``, ``listen_address = 127.0.0.1``),
+  and a stopped attempt's destination agent keeps its pages: the next
+  attempt lists every earlier destination as a holder, which relays what
+  it holds instead of the source resending it. Per attempt it does what
+  ``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration.start``
+  does (that controller keeps its own real-libvirt tests in
+  ``tests/functional/libvirt``), but the libvirt call is Nova's.
+
+Choices made for the agent transport
+------------------------------------
+
+* One dcmigrate migration per Nova live migration: the agents' migration
+  id is the Nova migration's uuid and one random secret is kept for all
+  attempts; the state is keyed by instance uuid (Nova runs one live
+  migration per instance at a time) and dropped, after ``cleanup`` on
+  every agent involved, when the driver ends the migration.
+* Agent addresses: ``[dcmigrate_compute] agent_addresses`` if it names the
+  host, else the destination's ``[libvirt] live_migration_inbound_addr``
+  (``migrate_data.target_connect_addr``, the address Nova itself uses to
+  reach that host for migrations), else the host name resolved by DNS. The
+  port is the one the agent reports (``ping`` -> ``peer_port``), recorded
+  per destination so that it can later be listed as a holder.
+* Agent RPC: a separate oslo.messaging transport
+  (``nova_dcmigrate.rpc.get_transport``, URL ``[dcmigrate_compute]
+  agent_transport_url`` or ``[DEFAULT] transport_url``), not Nova's
+  ``nova.rpc.TRANSPORT``: the agents' exceptions must come back as
+  ``nova_dcmigrate`` exceptions (Nova's transport only rebuilds Nova's),
+  e.g. to retry another loopback port when one is taken. It is created on
+  first use, so a driver that never migrates opens no connection.
+* Flags the agents cannot carry (:mod:`.flags`) are refused, not run
+  directly: the driver refuses them at ``check_can_live_migrate_source``
+  (nothing claimed yet, the instance stays ACTIVE on the source) and this
+  transport again before any agent is prepared. Falling back to the
+  direct job would silently make redirects resend everything.
+* Seam for tests: ``AgentTransport(agents=...)`` takes any object with
+  ``AgentAPI``'s methods; Nova's functional tests pass in-process
+  ``AgentManager`` instances through a small adapter.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
+import dataclasses
+import random
+import secrets
+import socket
+import threading
+import uuid
 from typing import Any
 
-from nova.virt.libvirt import driver as libvirt_driver
+from oslo_log import log as logging
+from oslo_utils import netutils
+
+import nova_dcmigrate.conf
+from nova_dcmigrate.exception import DcmigrateError
+from nova_dcmigrate.virt import attempts
+from nova_dcmigrate.virt.libvirt import flags as migration_flags
+
+LOG = logging.getLogger(__name__)
+CONF = nova_dcmigrate.conf.CONF
+
+#: Maximum downtime (ms) that holds switchover back while holders relay.
+GATE_DOWNTIME_MS = 1
+MIB = 1024 * 1024
+LOOPBACK = "127.0.0.1"
+#: libvirt's VIR_MIGRATE_PARAM_* values (fakelibvirt lacks some of them).
+PARAM_URI = "migrate_uri"
+PARAM_LISTEN_ADDRESS = "listen_address"
+PARAM_BANDWIDTH_AVAIL_SWITCHOVER = "bandwidth.avail.switchover"
+
+
+def _nova_libvirt_driver() -> Any:
+    # Imported when used: the agent transport's own logic is testable
+    # where nova is not installed.
+    from nova.virt.libvirt import driver as libvirt_driver
+    return libvirt_driver
+
+
+class AgentTransportError(DcmigrateError):
+    msg_fmt = "Live migration through the dcmigrate agents: %(reason)s"
+
+
+class UnsupportedByAgents(AgentTransportError):
+    msg_fmt = ("Migration flags not supported by the dcmigrate agents: "
+               "%(flags)s. Disable them ([libvirt] "
+               "live_migration_permit_post_copy, "
+               "live_migration_parallel_connections, "
+               "live_migration_with_native_tls, live_migration_tunnelled) or "
+               "set [dcmigrate_compute] transport = direct.")
 
 
 class MigrationTransport(metaclass=abc.ABCMeta):
@@ -53,6 +132,17 @@ class MigrationTransport(metaclass=abc.ABCMeta):
             already ended).
         """
 
+    def unsupported_flags(self, flags: int, lv: Any) -> list[str]:
+        """Names of the migration flags this transport cannot carry."""
+        return []
+
+    def configure_downtime(self, guest: Any, downtime_ms: int) -> None:
+        """Nova's monitor raising the allowed downtime (a step)."""
+        guest.migrate_configure_max_downtime(downtime_ms)
+
+    def end_migration(self, instance_uuid: str) -> None:
+        """The live migration ended (completed or rolled back)."""
+
 
 class DirectLibvirtTransport(MigrationTransport):
     """Nova's stock libvirt job, straight to the destination."""
@@ -62,9 +152,367 @@ class DirectLibvirtTransport(MigrationTransport):
                     guest: Any, device_names: list[str]) -> None:
         # The stock implementation, not the driver's override (which
         # delegates here).
-        libvirt_driver.LibvirtDriver._live_migration_operation(
+        _nova_libvirt_driver().LibvirtDriver._live_migration_operation(
             driver, context, instance, dest, block_migration, migrate_data,
             guest, device_names)
 
     def stop_attempt(self, guest: Any) -> None:
         guest.abort_job()
+
+
+def migration_flags_for(driver: Any, instance: Any, block_migration: bool,
+                        lv: Any) -> int:
+    """The flags Nova's ``_live_migration_operation`` will pass.
+
+    Same choice as the stock code: block or live flags, minus POSTCOPY for
+    a paused guest (Nova unsets it there).
+    """
+    flags = int(driver._block_migration_flags if block_migration
+                else driver._live_migration_flags)
+    postcopy = getattr(lv, "VIR_MIGRATE_POSTCOPY", 0)
+    if getattr(instance, "vm_state", None) == "paused" and flags & postcopy:
+        flags &= ~postcopy
+    return flags
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentEndpoint:
+    """Where one host's agent accepts agent-to-agent connections."""
+
+    host: str
+    address: str
+    port: int
+
+
+@dataclasses.dataclass
+class AgentAttempt:
+    """One attempt as the agents see it."""
+
+    number: int
+    dest: AgentEndpoint
+    port: int
+    holders: list[str]
+    running: bool = True
+    #: Bytes/s the source link moved, measured by the destination agent.
+    source_rate: float = 0.0
+
+
+@dataclasses.dataclass
+class AgentMigration:
+    """The agents' side of one Nova live migration (all its attempts)."""
+
+    migration_id: str
+    secret: str
+    source: str
+    attempts: list[AgentAttempt] = dataclasses.field(default_factory=list)
+    endpoints: dict[str, AgentEndpoint] = dataclasses.field(
+        default_factory=dict)
+    #: Holding the switchover back (1 ms) while holders relay.
+    gated: bool = False
+    #: The downtime Nova's monitor last asked for (applied when ungated).
+    wanted_downtime: int | None = None
+    #: Bytes/s the source's link really moved (0: not measured yet).
+    link_rate: float = 0.0
+    lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
+
+    @property
+    def hosts(self) -> set[str]:
+        """Every host whose agent took part."""
+        return {self.source} | set(self.endpoints)
+
+
+class _AgentDomain:
+    """The guest's domain, with ``migrateToURI3`` aimed at the agents.
+
+    Nova's ``Guest.migrate`` builds the parameters (destination XML,
+    persistent XML, disks, bandwidth); only the stream's URI and the
+    destination's listen address change, plus the switchover bandwidth
+    hint while relays run. Everything else is the real domain.
+    """
+
+    def __init__(self, domain: Any, transport: AgentTransport,
+                 migration: AgentMigration, attempt: AgentAttempt,
+                 lv: Any) -> None:
+        self._dcm_domain = domain
+        self._dcm_transport = transport
+        self._dcm_migration = migration
+        self._dcm_attempt = attempt
+        self._dcm_lv = lv
+
+    def migrateToURI3(self, dconnuri: str, params: dict[str, Any],
+                      flags: int) -> Any:
+        bad = migration_flags.unsupported(flags, self._dcm_lv)
+        if bad:
+            raise UnsupportedByAgents(flags=migration_flags.describe(bad))
+        params = dict(params)
+        params[PARAM_URI] = "tcp://%s:%d" % (LOOPBACK, self._dcm_attempt.port)
+        params[PARAM_LISTEN_ADDRESS] = LOOPBACK
+        mig = self._dcm_migration
+        if self._dcm_attempt.holders and mig.link_rate > 0:
+            # The source drops held pages at local speed: QEMU's own
+            # estimate would see a far faster link than the real one.
+            params[PARAM_BANDWIDTH_AVAIL_SWITCHOVER] = max(
+                1, int(mig.link_rate / MIB))
+        return self._dcm_domain.migrateToURI3(dconnuri, params=params,
+                                              flags=flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dcm_domain, name)
+
+
+class AgentTransport(MigrationTransport):
+    """Each attempt's stream goes through the dcmigrate agents.
+
+    :param agents: an ``AgentAPI`` or any object with its methods (the test
+        seam); None: an ``AgentAPI`` on its own oslo.messaging transport,
+        created on first use.
+    """
+
+    def __init__(self, agents: Any = None) -> None:
+        self._agents = agents
+        self._lock = threading.Lock()
+        #: Running migrations by instance uuid.
+        self.migrations: dict[str, AgentMigration] = {}
+
+    @property
+    def agents(self) -> Any:
+        with self._lock:
+            if self._agents is None:
+                from nova_dcmigrate.agent import rpcapi
+                from nova_dcmigrate import rpc
+                group = CONF.dcmigrate_compute
+                self._agents = rpcapi.AgentAPI(
+                    rpc.get_transport(CONF, url=group.agent_transport_url),
+                    timeout=group.agent_rpc_timeout)
+            return self._agents
+
+    @agents.setter
+    def agents(self, agents: Any) -> None:
+        with self._lock:
+            self._agents = agents
+
+    def unsupported_flags(self, flags: int, lv: Any) -> list[str]:
+        return migration_flags.unsupported(flags, lv)
+
+    # -- attempts ------------------------------------------------------------
+
+    def run_attempt(self, driver: Any, context: Any, instance: Any,
+                    dest: str, block_migration: Any, migrate_data: Any,
+                    guest: Any, device_names: list[str]) -> None:
+        nova_driver = _nova_libvirt_driver()
+        lv = nova_driver.libvirt
+        flags = migration_flags_for(
+            driver, instance, bool(migrate_data.block_migration), lv)
+        bad = self.unsupported_flags(flags, lv)
+        if bad:
+            # Before any agent is prepared: Nova rolls back as for any
+            # failed job.
+            raise UnsupportedByAgents(flags=migration_flags.describe(bad))
+        mig = self._migration(instance, migrate_data,
+                              str(driver.dcmigrate_host))
+        attempt = self._prepare(mig, dest, migrate_data)
+        agent_guest = copy.copy(guest)
+        agent_guest._domain = _AgentDomain(guest._domain, self, mig,
+                                           attempt, lv)
+        if attempt.holders:
+            self._gate(mig, attempt, guest)
+        try:
+            nova_driver.LibvirtDriver._live_migration_operation(
+                driver, context, instance, dest, block_migration,
+                migrate_data, agent_guest, device_names)
+        except Exception:
+            # The job ended without completing (stopped for a redirect, or
+            # failed): the sessions end, the destination keeps its pages.
+            attempt.running = False
+            self._abort_agents(mig, [mig.source, attempt.dest.host])
+            raise
+        finally:
+            attempt.running = False
+
+    def stop_attempt(self, guest: Any) -> None:
+        mig = self.migrations.get(guest.uuid)
+        if mig is not None and mig.attempts:
+            self._note_link_rate(mig, mig.attempts[-1], guest)
+        guest.abort_job()
+
+    def configure_downtime(self, guest: Any, downtime_ms: int) -> None:
+        mig = self.migrations.get(guest.uuid)
+        if mig is not None:
+            with mig.lock:
+                mig.wanted_downtime = downtime_ms
+                if mig.gated:
+                    LOG.debug("Downtime %(ms)d ms deferred while holders "
+                              "relay", {"ms": downtime_ms})
+                    return
+        guest.migrate_configure_max_downtime(downtime_ms)
+
+    def end_migration(self, instance_uuid: str) -> None:
+        """Drop the migration's sessions and page stores on every host."""
+        with self._lock:
+            mig = self.migrations.pop(instance_uuid, None)
+        if mig is None:
+            return
+        for attempt in mig.attempts:
+            attempt.running = False
+        for host in sorted(mig.hosts):
+            try:
+                self.agents.cleanup(host, mig.migration_id)
+            except Exception as err:  # noqa: BLE001 - the agent may be gone
+                LOG.warning("migration %(mid)s: agent cleanup on %(h)s: "
+                            "%(err)s", {"mid": mig.migration_id, "h": host,
+                                        "err": err})
+
+    # -- helpers -------------------------------------------------------------
+
+    def _migration(self, instance: Any, migrate_data: Any,
+                   source: str) -> AgentMigration:
+        with self._lock:
+            mig = self.migrations.get(instance.uuid)
+            if mig is None:
+                migration = _field(migrate_data, "migration")
+                mid = str(getattr(migration, "uuid", None) or uuid.uuid4())
+                mig = AgentMigration(mid, secrets.token_hex(32), source)
+                self.migrations[instance.uuid] = mig
+            return mig
+
+    def endpoint(self, host: str, migrate_data: Any) -> AgentEndpoint:
+        """Where ``host``'s agent listens for other agents."""
+        address = CONF.dcmigrate_compute.agent_addresses.get(host)
+        if not address:
+            address = _field(migrate_data, "target_connect_addr") or host
+        address = str(address)
+        if not netutils.is_valid_ip(address):
+            try:
+                address = str(socket.getaddrinfo(
+                    address, None, type=socket.SOCK_STREAM)[0][4][0])
+            except (OSError, IndexError) as err:
+                raise AgentTransportError(
+                    reason="cannot resolve the agent address of host %s "
+                           "(%s); set [dcmigrate_compute] agent_addresses "
+                           "or [libvirt] live_migration_inbound_addr"
+                           % (host, err)) from err
+        try:
+            port = int(self.agents.ping(host)["peer_port"])
+        except Exception as err:
+            raise AgentTransportError(
+                reason="no dcmigrate agent answers for host %s: %s"
+                       % (host, err)) from err
+        return AgentEndpoint(host, address, port)
+
+    def _prepare(self, mig: AgentMigration, dest: str,
+                 migrate_data: Any) -> AgentAttempt:
+        """Prepare the source and destination agents for a new attempt."""
+        with mig.lock:
+            if mig.source == dest:
+                raise AgentTransportError(
+                    reason="the destination is the source")
+            endpoint = self.endpoint(dest, migrate_data)
+            mig.endpoints[dest] = endpoint
+            number = len(mig.attempts)
+            holders = attempts.holders_for(
+                (a.dest.host for a in mig.attempts), dest)
+            specs = [dataclasses.asdict(mig.endpoints[h]) for h in holders]
+            lo = CONF.dcmigrate_compute.agent_port_min
+            hi = max(lo, CONF.dcmigrate_compute.agent_port_max)
+            used = {a.port for a in mig.attempts}
+            for _try in range(5):
+                free = [p for p in range(lo, hi + 1) if p not in used]
+                if not free:
+                    break
+                port = random.choice(free)
+                used.add(port)
+                try:
+                    self.agents.prepare_source(
+                        mig.source, mig.migration_id, mig.secret, port,
+                        endpoint.address, endpoint.port, number)
+                    break
+                except DcmigrateError as err:
+                    if "cannot listen" not in str(err):
+                        raise
+            else:
+                free = []
+            if not free:
+                raise AgentTransportError(reason="no free loopback port in "
+                                                 "%d-%d" % (lo, hi))
+            try:
+                self.agents.prepare_destination(
+                    dest, mig.migration_id, mig.secret, port, number,
+                    specs, True, mig.link_rate or None)
+            except Exception:
+                self._abort_agents(mig, [mig.source])
+                raise
+            attempt = AgentAttempt(number, endpoint, port, holders)
+            mig.attempts.append(attempt)
+        LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
+                 "through the agents (port %(port)d, holders %(holders)s)",
+                 {"mid": mig.migration_id, "n": number, "src": mig.source,
+                  "dst": dest, "port": port, "holders": holders or "none"})
+        return attempt
+
+    def _gate(self, mig: AgentMigration, attempt: AgentAttempt,
+              guest: Any) -> None:
+        """Hold switchover back until the new destination has every
+        relayed page, so the relay backlog never lands in the downtime."""
+        with mig.lock:
+            mig.gated = True
+        guest.migrate_configure_max_downtime(GATE_DOWNTIME_MS)
+        threading.Thread(target=self._ungate_when_relayed,
+                         args=(mig, attempt, guest), daemon=True,
+                         name="dcmigrate-gate-%s" % mig.migration_id[:8]
+                         ).start()
+
+    def _ungate_when_relayed(self, mig: AgentMigration,
+                             attempt: AgentAttempt, guest: Any) -> None:
+        done = attempts.wait_relayed(
+            self.agents, attempt.dest.host, mig.migration_id,
+            attempt.number, lambda: attempt.running)
+        attempt.source_rate = done.source_rate
+        with mig.lock:
+            if mig.attempts[-1] is not attempt:
+                return
+            mig.gated = False
+            downtime = mig.wanted_downtime
+            if not attempt.running:
+                return
+        if downtime is None:
+            downtime = int(_nova_libvirt_driver().CONF.libvirt
+                           .live_migration_downtime)
+        try:
+            guest.migrate_configure_max_downtime(downtime)
+        except Exception as err:  # noqa: BLE001 - e.g. the job just ended
+            LOG.warning("migration %(mid)s: cannot restore max downtime: "
+                        "%(err)s", {"mid": mig.migration_id, "err": err})
+
+    def _note_link_rate(self, mig: AgentMigration, attempt: AgentAttempt,
+                        guest: Any) -> None:
+        """Remember the rate the source link really moved (bytes/s)."""
+        if attempt.holders:
+            if attempt.source_rate > 0:
+                mig.link_rate = attempt.source_rate
+            return
+        try:
+            bps = guest._domain.jobStats().get("memory_bps", 0)
+        except Exception:  # noqa: BLE001 - no job, no measure
+            return
+        if bps:
+            # Nothing was dropped: libvirt's rate is the link's.
+            mig.link_rate = float(bps)
+
+    def _abort_agents(self, mig: AgentMigration, hosts: list[str]) -> None:
+        for host in hosts:
+            try:
+                self.agents.abort(host, mig.migration_id, "attempt ended")
+            except Exception as err:  # noqa: BLE001 - the agent may be gone
+                LOG.warning("migration %(mid)s: abort on %(h)s: %(err)s",
+                            {"mid": mig.migration_id, "h": host,
+                             "err": err})
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A Nova object's field, or None when unset (no lazy-load)."""
+    try:
+        if name not in obj:
+            return None
+    except TypeError:
+        pass
+    return getattr(obj, name, None)

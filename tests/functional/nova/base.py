@@ -71,12 +71,20 @@ class DCMigrateDriverMixin:
     fails the test. Nothing else in the Nova test changes.
     """
 
+    #: ``[dcmigrate_compute] transport`` of the computes. Direct by
+    #: default: fakelibvirt moves no stream and the harness runs no agent
+    #: (tests/functional/nova/test_agent_transport.py runs the agent
+    #: transport with in-process agents).
+    DCMIGRATE_TRANSPORT = "direct"
+
     # The attributes below come from nova.test.TestCase.
     _testMethodName: str
     useFixture: Any
 
     def setUp(self) -> None:
         self.useFixture(NovaVirtShim())
+        CONF.set_override("transport", self.DCMIGRATE_TRANSPORT,
+                          group="dcmigrate_compute")
         # An override set before ConfFixture exists survives its defaults
         # and is cleared by its reset() at the end of the test.
         CONF.set_override("api_paste_config", _installed_api_paste(),

@@ -25,3 +25,16 @@ def test_defaults_and_bounds():
             group.finished_status_entries) == (None, 60, 100)
     with pytest.raises(ValueError):
         conf.set_override("attempt_stop_timeout", 0, "dcmigrate_compute")
+
+
+def test_transport_defaults_to_agents():
+    conf = cfg.ConfigOpts()
+    compute.register_opts(conf)
+    conf([])
+    group = conf.dcmigrate_compute
+    assert (group.transport, group.agent_transport_url,
+            group.agent_rpc_timeout, group.agent_addresses,
+            group.agent_port_min, group.agent_port_max) == (
+        "agents", None, 60, {}, 49152, 49215)
+    with pytest.raises(ValueError):
+        conf.set_override("transport", "tunnel", "dcmigrate_compute")

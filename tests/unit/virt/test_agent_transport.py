@@ -1,0 +1,187 @@
+"""AgentTransport's agent bookkeeping, without Nova or libvirt.
+
+Real in-process AgentManagers answer (called directly, no RPC); the Nova
+side (the libvirt job) is covered on Nova's harness in
+tests/functional/nova/test_agent_transport.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import types
+import uuid
+
+import pytest
+
+from nova_dcmigrate.agent.manager import AgentManager
+import nova_dcmigrate.conf
+from nova_dcmigrate.virt.libvirt import flags
+from nova_dcmigrate.virt.libvirt import transport
+from tests.unit.agent.harness import make_conf
+
+CONF = nova_dcmigrate.conf.CONF
+
+
+class Agents:
+    """AgentAPI's calls mapped onto AgentManager methods."""
+
+    def __init__(self, managers):
+        self.managers = managers
+        self.calls = []
+
+    def __getattr__(self, method):
+        def call(host, *args, **kwargs):
+            self.calls.append((host, method))
+            fn = getattr(self.managers[host], method)
+            if method == "prepare_destination":
+                names = ("migration_id", "secret", "qemu_port", "attempt",
+                         "holders", "split", "source_rate")
+            elif method == "prepare_source":
+                names = ("migration_id", "secret", "listen_port",
+                         "dest_address", "dest_port", "attempt")
+            else:
+                names = ("migration_id", "reason")
+            kwargs.update(zip(names, args))
+            return fn({}, **kwargs)
+        return call
+
+
+@pytest.fixture
+def cluster():
+    managers = {}
+    for host in ("src", "a", "b"):
+        m = AgentManager(make_conf(session_timeout=60.0).dcmigrate_agent,
+                         host)
+        m.start()
+        managers[host] = m
+    CONF.set_override("agent_addresses",
+                      {h: "127.0.0.1" for h in managers},
+                      group="dcmigrate_compute")
+    yield managers
+    CONF.clear_override("agent_addresses", group="dcmigrate_compute")
+    for m in managers.values():
+        m.stop()
+
+
+def _md(migration_uuid=None, target=None):
+    return types.SimpleNamespace(
+        migration=types.SimpleNamespace(uuid=migration_uuid),
+        target_connect_addr=target)
+
+
+def test_unsupported_flags_use_the_callers_module():
+    lv = types.SimpleNamespace(VIR_MIGRATE_PARALLEL=4, VIR_MIGRATE_TLS=8)
+    assert flags.unsupported(1 | 4 | 8, lv) == [
+        "VIR_MIGRATE_PARALLEL", "VIR_MIGRATE_TLS"]
+    # A flag the module does not define is never set.
+    assert flags.unsupported(0xffff, types.SimpleNamespace()) == []
+    assert "multifd" in flags.describe(["VIR_MIGRATE_PARALLEL"])
+
+
+def test_paused_guest_drops_postcopy_as_nova_does():
+    lv = types.SimpleNamespace(VIR_MIGRATE_POSTCOPY=32768)
+    drv = types.SimpleNamespace(_live_migration_flags=1 | 32768,
+                                _block_migration_flags=3)
+    paused = types.SimpleNamespace(vm_state="paused")
+    active = types.SimpleNamespace(vm_state="active")
+    assert transport.migration_flags_for(drv, paused, False, lv) == 1
+    assert transport.migration_flags_for(drv, active, False, lv) == 32769
+    assert transport.migration_flags_for(drv, active, True, lv) == 3
+
+
+def test_endpoint_address_order(cluster):
+    t = transport.AgentTransport(Agents(cluster))
+    CONF.set_override("agent_addresses", {"a": "10.0.0.9"},
+                      group="dcmigrate_compute")
+    port = cluster["a"].listener.port
+    assert t.endpoint("a", _md(target="10.1.1.1")) == \
+        transport.AgentEndpoint("a", "10.0.0.9", port)
+    # Not listed: the destination's live_migration_inbound_addr.
+    assert t.endpoint("b", _md(target="10.1.1.1")).address == "10.1.1.1"
+    # Neither: the name, resolved.
+    assert t.endpoint("b", _md(target="localhost")).address in (
+        "127.0.0.1", "::1")
+
+
+def test_endpoint_errors_are_clear(cluster, monkeypatch):
+    t = transport.AgentTransport(Agents(cluster))
+
+    def fail(*_a, **_kw):
+        raise socket.gaierror("no such name")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    CONF.set_override("agent_addresses", {}, group="dcmigrate_compute")
+    with pytest.raises(transport.AgentTransportError,
+                       match="agent_addresses"):
+        t.endpoint("a", _md())
+    with pytest.raises(transport.AgentTransportError,
+                       match="no dcmigrate agent answers for host nowhere"):
+        t.endpoint("nowhere", _md(target="10.0.0.1"))
+
+
+def test_attempts_share_id_and_secret_and_list_holders(cluster):
+    agents = Agents(cluster)
+    t = transport.AgentTransport(agents)
+    inst = types.SimpleNamespace(uuid="inst-1")
+    mid = str(uuid.uuid4())
+    mig = t._migration(inst, _md(mid), "src")
+    assert t._migration(inst, _md(str(uuid.uuid4())), "src") is mig
+    assert mig.migration_id == mid
+
+    first = t._prepare(mig, "a", _md(mid))
+    assert first.holders == []
+    t._abort_agents(mig, ["src", "a"])      # the redirect stopped it
+    second = t._prepare(mig, "b", _md(mid))
+    assert second.holders == ["a"]
+    assert second.port != first.port
+    dst = cluster["b"].sessions[(mid, 1)]
+    assert dst.holders == [{"host": "a", "address": "127.0.0.1",
+                            "port": cluster["a"].listener.port}]
+    assert {cluster[h].secrets[mid] for h in ("src", "a", "b")} == \
+        {mig.secret}
+    assert mid in cluster["a"].stores      # kept for the relay
+
+    with pytest.raises(transport.AgentTransportError, match="the source"):
+        t._prepare(mig, "src", _md(mid))
+
+    t.end_migration("inst-1")
+    assert all(not m.list_migrations({}) for m in cluster.values())
+    assert t.migrations == {}
+
+
+def test_taken_loopback_port_is_refused_clearly(cluster):
+    t = transport.AgentTransport(Agents(cluster))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    CONF.set_override("agent_port_min", port, group="dcmigrate_compute")
+    CONF.set_override("agent_port_max", port, group="dcmigrate_compute")
+    mid = str(uuid.uuid4())
+    try:
+        mig = t._migration(types.SimpleNamespace(uuid="i"), _md(mid), "src")
+        with pytest.raises(transport.AgentTransportError,
+                           match="no free loopback port"):
+            t._prepare(mig, "a", _md())
+        # Nothing left prepared anywhere.
+        assert not cluster["a"].sessions and not cluster["src"].sessions
+    finally:
+        busy.close()
+        CONF.clear_override("agent_port_min", group="dcmigrate_compute")
+        CONF.clear_override("agent_port_max", group="dcmigrate_compute")
+        t.end_migration("i")
+
+
+def test_downtime_steps_wait_for_the_gate():
+    t = transport.AgentTransport(object())
+    applied = []
+    guest = types.SimpleNamespace(
+        uuid="i", migrate_configure_max_downtime=applied.append)
+    t.configure_downtime(guest, 50)          # no migration: straight on
+    mig = transport.AgentMigration("m", "s" * 64, "src", gated=True)
+    t.migrations["i"] = mig
+    t.configure_downtime(guest, 100)
+    assert applied == [50] and mig.wanted_downtime == 100
+    mig.gated = False
+    t.configure_downtime(guest, 150)
+    assert applied == [50, 150]
