@@ -35,12 +35,24 @@ class AgentAPI:
                                      timeout=timeout)
 
     def _call(self, host: str, method: str, version: str = "1.0",
-              **kwargs: Any) -> Any:
-        cctxt = self.client.prepare(server=host, version=version)
+              timeout: float | None = None, **kwargs: Any) -> Any:
+        options: dict[str, Any] = {"server": host, "version": version}
+        if timeout is not None:
+            # Only when given: prepare(timeout=None) would wait forever.
+            options["timeout"] = timeout
+        cctxt = self.client.prepare(**options)
         return cctxt.call({}, method, **kwargs)
 
-    def ping(self, host: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call(host, "ping"))
+    def ping(self, host: str,
+             timeout: float | None = None) -> dict[str, Any]:
+        """Ping ``host``'s agent.
+
+        :param timeout: seconds to wait for the answer, instead of the
+            client's timeout.
+        :raises oslo_messaging.MessagingTimeout: no agent answered.
+        """
+        return cast(dict[str, Any], self._call(host, "ping",
+                                               timeout=timeout))
 
     def prepare_destination(self, host: str, migration_id: str, secret: str,
                             qemu_port: int, attempt: int = 0,

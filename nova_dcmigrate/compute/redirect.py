@@ -10,8 +10,10 @@ destination keeps running:
 1. :meth:`Redirector.prepare` -- the new host is chosen (named, or
    re-picked by nova-scheduler), claimed in placement for the instance
    consumer *next to* the old destination's claim, checked
-   (``check_can_live_migrate_destination``), given INACTIVE port bindings,
-   volume attachments and ``pre_live_migration``. Any failure undoes what
+   (its dcmigrate agent must answer a ping when the agents carry the
+   stream, then ``check_can_live_migrate_destination``), given INACTIVE
+   port bindings, volume attachments and ``pre_live_migration``. Any
+   failure (all before the running attempt is stopped) undoes what
    was done for the new host (:meth:`Redirector.undo`) and raises
    :class:`~nova_dcmigrate.compute.exception.RedirectError`; the migration
    goes on to the old destination untouched.
@@ -56,11 +58,17 @@ from nova import servicegroup
 from oslo_log import log as logging
 
 from nova_dcmigrate.compute import exception
-from nova_dcmigrate import exception as dcm_exception
+import nova_dcmigrate.conf
+from nova_dcmigrate.scheduler import exception as scheduler_exception
 from nova_dcmigrate.scheduler import repick
 
 LOG = logging.getLogger(__name__)
 NOVA_CONF = nova.conf.CONF
+CONF = nova_dcmigrate.conf.CONF
+
+#: Errors of prepare() that already say what failed: raised unchanged.
+_OWN_ERRORS = (exception.RedirectError,
+               scheduler_exception.NoValidRedirectTarget)
 
 # Phases of a LiveMigrationRun, as get_redirect_status reports them.
 RUNNING = "running"
@@ -385,6 +393,11 @@ class Redirector:
                 context, instance, run, host, prep)
             new_host = str(prep.host)
 
+            # Before anything else is set up there, and long before the
+            # running attempt is stopped (point of no return).
+            step = "checking the dcmigrate agent on %s" % prep.host
+            self._check_agent(new_host)
+
             step = "running the live-migration checks on %s" % prep.host
             md = self.compute_rpcapi.check_can_live_migrate_destination(
                 context, instance, prep.host, block_migration, None,
@@ -412,7 +425,7 @@ class Redirector:
                          "host": prep.host or "(scheduler)", "step": step,
                          "err": err, "dest": run.dest}, instance=instance)
             self.undo(context, instance, prep)
-            if isinstance(err, dcm_exception.DcmigrateError):
+            if isinstance(err, _OWN_ERRORS):
                 raise
             raise exception.RedirectPreparationFailed(
                 migration=migration.uuid, host=prep.host or "(scheduler)",
@@ -422,6 +435,14 @@ class Redirector:
                  "ready", {"migration": migration.uuid, "host": prep.host},
                  instance=instance)
         return prep
+
+    def _check_agent(self, host: str) -> None:
+        # The source's transport knows whether the new host needs an agent
+        # (agents: its agent must answer a ping; direct: nothing).
+        migration_transport = getattr(self.manager.driver,
+                                      "dcmigrate_transport", None)
+        if migration_transport is not None:
+            migration_transport.check_destination(host)
 
     def _claim(self, context: Any, instance: Any, run: LiveMigrationRun,
                host: str | None, prep: Preparation) -> tuple[Any, Any]:
@@ -435,7 +456,10 @@ class Redirector:
                 context, instance, spec, migration,
                 exclude_hosts=set(run.destinations), keep_claim=True,
                 holders=list(run.destinations),
-                report_client=self.reportclient)
+                report_client=self.reportclient,
+                # Only the agents need one on the new host.
+                require_agent=(
+                    CONF.dcmigrate_compute.transport == "agents"))
             prep.host, prep.node = target.host, target.nodename
             prep.claimed = target.claimed
             prep.compute_node = objects.ComputeNode.get_by_host_and_nodename(

@@ -82,6 +82,30 @@ OPTS: list[cfg.Opt] = [
              "abort, cleanup, status).\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: transport."),
+    cfg.IntOpt(
+        "agent_ping_timeout",
+        default=5,
+        min=1,
+        help="Seconds to wait for a dcmigrate agent's answer to a ping: "
+             "the local agent's, checked for the placement trait "
+             "CUSTOM_DCMIGRATE_AGENT from the resource tracker's updates "
+             "(which it must not hold up long), and a redirect's new "
+             "destination's, checked before the running attempt is "
+             "stopped.\n\n"
+             "Services that use this: nova-compute.\n\n"
+             "Related options: transport, agent_check_interval."),
+    cfg.IntOpt(
+        "agent_check_interval",
+        default=60,
+        min=0,
+        help="Seconds the answer (or silence) of the local dcmigrate "
+             "agent to a ping is trusted before it is pinged again to "
+             "decide whether the compute node reports the placement trait "
+             "CUSTOM_DCMIGRATE_AGENT. The trait is reported only with "
+             "transport = agents and while the agent answers; 0 pings at "
+             "every provider tree update.\n\n"
+             "Services that use this: nova-compute.\n\n"
+             "Related options: transport, agent_ping_timeout."),
     cfg.DictOpt(
         "agent_addresses",
         default={},

@@ -9,7 +9,10 @@ RequestSpec, prepared by the same conductor code, sent to
 * ``ignore_hosts`` holds the source, the current destination and every
   host the caller excludes (earlier destinations, hosts that failed);
 * the root provider must have :data:`~.constants.AGENT_TRAIT`
-  (``root_required``), so only hosts with a dcmigrate agent qualify;
+  (``root_required``), so only hosts with a dcmigrate agent qualify
+  (``require_agent=False`` drops this for a source whose ``[dcmigrate_compute]
+  transport`` is ``direct``: no agent carries its stream, and hosts report
+  the trait only with the agent transport);
 * the ``dcmigrate_holders`` / ``dcmigrate_link_rates`` hints feed
   ``DCMigrateWeigher`` when nova-scheduler has it enabled.
 
@@ -110,7 +113,8 @@ def ignored_hosts(instance: Any, migration: Any,
 def _request_spec_for_redirect(
         context: Any, instance: Any, request_spec: Any, migration: Any,
         ignore: list[str], holders: Iterable[str],
-        link_rates: Mapping[str, float] | None) -> Any:
+        link_rates: Mapping[str, float] | None,
+        require_agent: bool = True) -> Any:
     spec = request_spec.obj_clone()
     # Were the running migration targeted (API "host" without force), the
     # spec would name the current destination; the clone must not.
@@ -124,9 +128,10 @@ def _request_spec_for_redirect(
         None, request_spec=spec)
     spec = task._get_request_spec_for_select_destinations(ignore)
     spec.ignore_hosts = ignore
-    params = spec.request_level_params
-    params.root_required = set(params.root_required) | {
-        constants.AGENT_TRAIT}
+    if require_agent:
+        params = spec.request_level_params
+        params.root_required = set(params.root_required) | {
+            constants.AGENT_TRAIT}
 
     scheduler_hints = {}
     if spec.obj_attr_is_set("scheduler_hints") and spec.scheduler_hints:
@@ -150,6 +155,7 @@ def schedule_redirect(
         holders: Iterable[str] = (),
         link_rates: Mapping[str, float] | None = None,
         query_client: Any = None, report_client: Any = None,
+        require_agent: bool = True,
 ) -> RedirectTarget:
     """Choose a new destination for a running live migration.
 
@@ -170,6 +176,9 @@ def schedule_redirect(
         None.
     :param report_client: placement client; the process's report client
         singleton if None.
+    :param require_agent: only hosts reporting
+        :data:`~.constants.AGENT_TRAIT` qualify (False for a source that
+        does not send the stream through the agents).
     :raises NoValidRedirectTarget: when the scheduler finds no host. No
         claim is left behind.
     :raises ValueError: for a malformed holder name or link rate.
@@ -182,7 +191,7 @@ def schedule_redirect(
     ignore = ignored_hosts(instance, migration, exclude_hosts)
     spec = _request_spec_for_redirect(
         context, instance, request_spec, migration, ignore, holders,
-        link_rates)
+        link_rates, require_agent)
     if query_client is None:
         query_client = scheduler_query.SchedulerQueryClient()
     LOG.info("Asking the scheduler for a new destination of live "
@@ -198,7 +207,8 @@ def schedule_redirect(
             instance=instance.uuid, migration=migration.uuid,
             reason=err.format_message() or "no valid host was found",
             ignored_hosts=", ".join(ignore),
-            trait=constants.AGENT_TRAIT) from err
+            trait=constants.AGENT_TRAIT if require_agent else "none"
+        ) from err
 
     claimed = True
     try:

@@ -31,7 +31,11 @@ What it adds
 
 * The placement trait ``CUSTOM_DCMIGRATE_AGENT`` on the compute node
   resource provider, so that a redirect can ask the scheduler for hosts
-  that run a dcmigrate agent (``required=CUSTOM_DCMIGRATE_AGENT``).
+  that run a dcmigrate agent (``required=CUSTOM_DCMIGRATE_AGENT``). It is
+  reported only with ``[dcmigrate_compute] transport = agents`` and while
+  the local agent answers its RPC ``ping`` (short timeout
+  ``agent_ping_timeout``, the answer kept ``agent_check_interval``
+  seconds; one WARNING when it stops answering); otherwise it is removed.
 * The ``dcmigrate_compute`` RPC endpoint
   (:class:`nova_dcmigrate.compute.manager.RedirectEndpoint`), added to the
   compute manager's ``additional_endpoints`` when nova-compute loads the
@@ -79,8 +83,9 @@ by ``[dcmigrate_compute] transport``:
   helpers (:mod:`nova_dcmigrate.virt.attempts`, :mod:`.flags`).
 * ``direct``: :class:`~.transport.DirectLibvirtTransport`, Nova's stock
   job (``migrateToURI3`` to the destination, ``abortJob``); a redirect
-  resends memory. Nova's functional harness uses it (no agents run there)
-  except where a test injects in-process agents.
+  resends memory, needs no agent on the new host, and a re-pick does not
+  require the trait. Nova's functional harness uses it by default; tests
+  that need agents (the trait, the agent transport) run in-process ones.
 
 Without a redirect the driver behaves as the stock one, apart from the
 path the stream takes.
@@ -90,6 +95,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import threading
+import time
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -173,12 +180,18 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         else:
             self.dcmigrate_transport = transport.AgentTransport()
         self._dcmigrate_redirector: redirect.Redirector | None = None
+        self._dcmigrate_agent_lock = threading.Lock()
+        #: (time.monotonic() of the last ping, whether the agent answered).
+        self._dcmigrate_agent_seen: tuple[float, bool] | None = None
         manager = self._compute_manager()
         if manager is not None:
             manager.additional_endpoints.append(
                 redirect_manager.RedirectEndpoint(self))
-        LOG.info("dcmigrate libvirt driver loaded; reporting trait "
-                 "%(trait)s", {"trait": AGENT_TRAIT})
+        LOG.info("dcmigrate libvirt driver loaded (transport %(transport)s)"
+                 "; trait %(trait)s reported while the local dcmigrate "
+                 "agent answers", {"trait": AGENT_TRAIT,
+                                   "transport": CONF.dcmigrate_compute
+                                   .transport})
 
     def _compute_manager(self) -> Any:
         # ComputeVirtAPI keeps the manager that loaded the driver.
@@ -209,11 +222,56 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         True is reported, one mapped to False is removed from the compute
         node provider.
 
-        :returns: ``{trait name: supported}``.
+        :returns: ``{trait name: supported}``: :data:`AGENT_TRAIT` is
+            supported only when the agent transport is used and the local
+            agent answers (:meth:`dcmigrate_agent_answers`).
         """
-        # The agent's presence is not probed yet: installing this driver
-        # means the host is set up for dcmigrate.
-        return {AGENT_TRAIT: True}
+        if not isinstance(self.dcmigrate_transport,
+                          transport.AgentTransport):
+            return {AGENT_TRAIT: False}
+        return {AGENT_TRAIT: self.dcmigrate_agent_answers()}
+
+    def dcmigrate_agent_answers(self) -> bool:
+        """Whether this host's dcmigrate agent answers its RPC ``ping``.
+
+        The answer is kept ``[dcmigrate_compute] agent_check_interval``
+        seconds (the resource tracker updates the provider tree often), and
+        a ping waits at most ``agent_ping_timeout`` seconds. A WARNING is
+        logged when the agent is found unreachable, not again until it
+        answered in between.
+        """
+        group = CONF.dcmigrate_compute
+        agent_transport = self.dcmigrate_transport
+        if not isinstance(agent_transport, transport.AgentTransport):
+            return False
+        with self._dcmigrate_agent_lock:
+            seen = self._dcmigrate_agent_seen
+            if (seen is not None and
+                    time.monotonic() - seen[0] < group.agent_check_interval):
+                return seen[1]
+            host = self.dcmigrate_host
+            try:
+                agent_transport.ping(host, timeout=group.agent_ping_timeout)
+                answers = True
+            except Exception as err:
+                answers = False
+                if seen is None or seen[1]:
+                    LOG.warning("The dcmigrate agent of host %(host)s does "
+                                "not answer; trait %(trait)s removed until "
+                                "it does: %(err)s",
+                                {"host": host, "trait": AGENT_TRAIT,
+                                 "err": err})
+                else:
+                    LOG.debug("The dcmigrate agent of host %(host)s still "
+                              "does not answer: %(err)s",
+                              {"host": host, "err": err})
+            else:
+                if seen is not None and not seen[1]:
+                    LOG.info("The dcmigrate agent of host %(host)s answers "
+                             "again; reporting trait %(trait)s",
+                             {"host": host, "trait": AGENT_TRAIT})
+            self._dcmigrate_agent_seen = (time.monotonic(), answers)
+            return answers
 
     def update_provider_tree(
             self, provider_tree: nova_provider_tree.ProviderTree,

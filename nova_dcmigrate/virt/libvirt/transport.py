@@ -49,9 +49,15 @@ Choices made for the agent transport
   (nothing claimed yet, the instance stays ACTIVE on the source) and this
   transport again before any agent is prepared. Falling back to the
   direct job would silently make redirects resend everything.
-* Seam for tests: ``AgentTransport(agents=...)`` takes any object with
+* Seam for tests: ``AgentTransport(agents=...)`` (or the ``agents``
+  attribute, or :func:`default_agents`) takes any object with
   ``AgentAPI``'s methods; Nova's functional tests pass in-process
   ``AgentManager`` instances through a small adapter.
+* Agent presence: :meth:`AgentTransport.ping` with a short timeout
+  (``agent_ping_timeout``) decides whether the driver reports the placement
+  trait ``CUSTOM_DCMIGRATE_AGENT`` for its own host, and
+  :meth:`AgentTransport.check_destination` refuses a redirect to a host
+  whose agent does not answer, before the running attempt is stopped.
 """
 
 from __future__ import annotations
@@ -96,6 +102,11 @@ def _nova_libvirt_driver() -> Any:
 
 class AgentTransportError(DcmigrateError):
     msg_fmt = "Live migration through the dcmigrate agents: %(reason)s"
+
+
+class AgentUnreachable(AgentTransportError):
+    msg_fmt = ("Live migration through the dcmigrate agents: no dcmigrate "
+               "agent answers for host %(host)s: %(reason)s")
 
 
 class UnsupportedByAgents(AgentTransportError):
@@ -143,6 +154,13 @@ class MigrationTransport(metaclass=abc.ABCMeta):
     def end_migration(self, instance_uuid: str) -> None:
         """The live migration ended (completed or rolled back)."""
 
+    def check_destination(self, host: str) -> None:
+        """Check that ``host`` can take an attempt, before a redirect
+        stops the running one (nothing to check by default).
+
+        :raises Exception: ``host`` cannot take it.
+        """
+
 
 class DirectLibvirtTransport(MigrationTransport):
     """Nova's stock libvirt job, straight to the destination."""
@@ -158,6 +176,21 @@ class DirectLibvirtTransport(MigrationTransport):
 
     def stop_attempt(self, guest: Any) -> None:
         guest.abort_job()
+
+
+def default_agents() -> Any:
+    """The agents' RPC client of an ``AgentTransport`` given none.
+
+    An ``AgentAPI`` on its own oslo.messaging transport (``[dcmigrate_compute]
+    agent_transport_url``, ``agent_rpc_timeout``). Nova's functional tests
+    replace this function to hand in-process agents to every driver.
+    """
+    from nova_dcmigrate.agent import rpcapi
+    from nova_dcmigrate import rpc
+    group = CONF.dcmigrate_compute
+    return rpcapi.AgentAPI(
+        rpc.get_transport(CONF, url=group.agent_transport_url),
+        timeout=group.agent_rpc_timeout)
 
 
 def migration_flags_for(driver: Any, instance: Any, block_migration: bool,
@@ -278,12 +311,7 @@ class AgentTransport(MigrationTransport):
     def agents(self) -> Any:
         with self._lock:
             if self._agents is None:
-                from nova_dcmigrate.agent import rpcapi
-                from nova_dcmigrate import rpc
-                group = CONF.dcmigrate_compute
-                self._agents = rpcapi.AgentAPI(
-                    rpc.get_transport(CONF, url=group.agent_transport_url),
-                    timeout=group.agent_rpc_timeout)
+                self._agents = default_agents()
             return self._agents
 
     @agents.setter
@@ -293,6 +321,29 @@ class AgentTransport(MigrationTransport):
 
     def unsupported_flags(self, flags: int, lv: Any) -> list[str]:
         return migration_flags.unsupported(flags, lv)
+
+    def ping(self, host: str, timeout: float | None = None
+             ) -> dict[str, Any]:
+        """Ping ``host``'s agent.
+
+        :param timeout: seconds to wait, instead of ``agent_rpc_timeout``.
+        :raises AgentUnreachable: it did not answer (any error, e.g.
+            ``MessagingTimeout``).
+        :returns: the agent's answer (``host``, ``version``,
+            ``peer_port``).
+        """
+        try:
+            return dict(self.agents.ping(host, timeout=timeout))
+        except Exception as err:
+            raise AgentUnreachable(
+                host=host, reason=str(err) or type(err).__name__) from err
+
+    def check_destination(self, host: str) -> None:
+        """The new destination's agent must answer (``agent_ping_timeout``).
+
+        :raises AgentUnreachable: it did not.
+        """
+        self.ping(host, timeout=CONF.dcmigrate_compute.agent_ping_timeout)
 
     # -- attempts ------------------------------------------------------------
 

@@ -22,7 +22,9 @@ import fixtures
 from nova import conf as nova_conf
 from nova.virt.libvirt import driver as libvirt_driver
 
+from nova_dcmigrate.agent.manager import AgentManager
 from nova_dcmigrate.virt.libvirt import driver as dcm_driver
+from tests.unit.agent.harness import make_conf
 
 CONF = nova_conf.CONF
 
@@ -61,6 +63,61 @@ class NovaVirtShim(fixtures.Fixture):
                 "(tox -e nova-functional)" % SHIM_MODULE)
 
 
+class InProcessAgents:
+    """``AgentAPI`` look-alike calling each host's AgentManager directly.
+
+    A host missing from ``managers`` has no agent that answers: every call
+    to it raises, as an RPC call to an absent agent times out.
+    """
+
+    def __init__(self, managers: dict[str, AgentManager]) -> None:
+        self.managers = managers
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _call(self, host: str, method: str, **kwargs: Any) -> Any:
+        self.calls.append((host, method, kwargs))
+        if host not in self.managers:
+            raise RuntimeError("no agent on host %s" % host)
+        return getattr(self.managers[host], method)({}, **kwargs)
+
+    def ping(self, host: str,
+             timeout: float | None = None) -> dict[str, Any]:
+        return self._call(host, "ping")
+
+    def prepare_destination(self, host: str, migration_id: str, secret: str,
+                            qemu_port: int, attempt: int = 0,
+                            holders: list[dict[str, Any]] | None = None,
+                            split: bool = True,
+                            source_rate: float | None = None
+                            ) -> dict[str, Any]:
+        return self._call(host, "prepare_destination",
+                          migration_id=migration_id, secret=secret,
+                          qemu_port=qemu_port, attempt=attempt,
+                          holders=holders, split=split,
+                          source_rate=source_rate)
+
+    def prepare_source(self, host: str, migration_id: str, secret: str,
+                       listen_port: int, dest_address: str, dest_port: int,
+                       attempt: int = 0) -> dict[str, Any]:
+        return self._call(host, "prepare_source", migration_id=migration_id,
+                          secret=secret, listen_port=listen_port,
+                          dest_address=dest_address, dest_port=dest_port,
+                          attempt=attempt)
+
+    def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
+        return self._call(host, "get_status", migration_id=migration_id)
+
+    def abort(self, host: str, migration_id: str,
+              reason: str = "aborted by request") -> None:
+        self._call(host, "abort", migration_id=migration_id, reason=reason)
+
+    def cleanup(self, host: str, migration_id: str) -> None:
+        self._call(host, "cleanup", migration_id=migration_id)
+
+    def methods(self, name: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(h, kw) for h, m, kw in self.calls if m == name]
+
+
 class DCMigrateDriverMixin:
     """Put first in the bases of a Nova libvirt functional test class.
 
@@ -72,19 +129,28 @@ class DCMigrateDriverMixin:
     """
 
     #: ``[dcmigrate_compute] transport`` of the computes. Direct by
-    #: default: fakelibvirt moves no stream and the harness runs no agent
-    #: (tests/functional/nova/test_agent_transport.py runs the agent
-    #: transport with in-process agents).
+    #: default: fakelibvirt moves no stream. With "agents", every compute
+    #: started with our driver gets a real, started in-process
+    #: ``AgentManager`` (``self.agents.managers[host]``, peer listener on
+    #: 127.0.0.1), reached through :class:`InProcessAgents` instead of the
+    #: message bus; ``stop_agent`` makes one stop answering.
     DCMIGRATE_TRANSPORT = "direct"
 
     # The attributes below come from nova.test.TestCase.
     _testMethodName: str
     useFixture: Any
+    addCleanup: Any
 
     def setUp(self) -> None:
         self.useFixture(NovaVirtShim())
         CONF.set_override("transport", self.DCMIGRATE_TRANSPORT,
                           group="dcmigrate_compute")
+        #: The agents every AgentTransport of this test talks to (no
+        #: message bus; transport.default_agents is replaced).
+        self.agents = InProcessAgents({})
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova_dcmigrate.virt.libvirt.transport.default_agents",
+            lambda: self.agents))
         # An override set before ConfFixture exists survives its defaults
         # and is cleared by its reset() at the end of the test.
         CONF.set_override("api_paste_config", _installed_api_paste(),
@@ -101,9 +167,34 @@ class DCMigrateDriverMixin:
         finally:
             self._dcmigrate_swap = True
 
+    def start_agent(self, host: str) -> AgentManager:
+        """Start ``host``'s in-process dcmigrate agent (if not running)."""
+        manager = self.agents.managers.get(host)
+        if manager is None:
+            manager = AgentManager(
+                make_conf(session_timeout=120.0).dcmigrate_agent, host)
+            manager.start()
+            self.addCleanup(manager.stop)
+            self.agents.managers[host] = manager
+            # The harness's host names do not resolve.
+            addresses = dict(CONF.dcmigrate_compute.agent_addresses)
+            addresses[host] = "127.0.0.1"
+            CONF.set_override("agent_addresses", addresses,
+                              group="dcmigrate_compute")
+        return manager
+
+    def stop_agent(self, host: str) -> None:
+        """``host``'s agent stops answering (as if it were down)."""
+        self.agents.managers.pop(host).stop()
+
     def start_service(self, name: str, host: str | None = None,
                       **kwargs: Any) -> Any:
         libvirt_compute = name == "compute"
+        if (libvirt_compute and self._dcmigrate_swap and host is not None
+                and self.DCMIGRATE_TRANSPORT == "agents"):
+            # Before the service starts: its first provider tree update
+            # pings the agent.
+            self.start_agent(host)
         if libvirt_compute:
             if CONF.compute_driver not in (STOCK_DRIVER, COMPUTE_DRIVER):
                 raise AssertionError(

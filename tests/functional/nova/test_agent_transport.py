@@ -11,8 +11,10 @@ What is replaced, on top of fakelibvirt's migration job:
   127.0.0.1, real prepare/validation/abort/cleanup, real source sessions
   listening on the loopback port P), called in-process through
   :class:`InProcessAgents` -- a small adapter with ``AgentAPI``'s method
-  signatures injected through ``AgentTransport.agents`` (the transport's
-  test seam) instead of an oslo.messaging client;
+  signatures that the harness mixin (``base.py``) hands to every
+  ``AgentTransport`` through ``transport.default_agents`` (the transport's
+  test seam) instead of an oslo.messaging client; each agent starts with
+  its compute, so the computes report the CUSTOM_DCMIGRATE_AGENT trait;
 * the agents' addresses: ``[dcmigrate_compute] agent_addresses`` maps every
   host to 127.0.0.1 (the harness's host names do not resolve).
 
@@ -31,63 +33,16 @@ from nova import exception as nova_exception
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.api import client
 
-from nova_dcmigrate.agent.manager import AgentManager
 from nova_dcmigrate.agent import session as sess
 from nova_dcmigrate.virt.libvirt import transport
+from tests.functional.nova import base
 from tests.functional.nova import test_redirect
-from tests.unit.agent.harness import make_conf
 
 HOSTS = test_redirect.HOSTS
 
 
-class InProcessAgents:
-    """``AgentAPI`` look-alike calling each host's AgentManager directly."""
-
-    def __init__(self, managers: dict[str, AgentManager]) -> None:
-        self.managers = managers
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def _call(self, host: str, method: str, **kwargs: Any) -> Any:
-        self.calls.append((host, method, kwargs))
-        if host not in self.managers:
-            raise RuntimeError("no agent on host %s" % host)
-        return getattr(self.managers[host], method)({}, **kwargs)
-
-    def ping(self, host: str) -> dict[str, Any]:
-        return self._call(host, "ping")
-
-    def prepare_destination(self, host: str, migration_id: str, secret: str,
-                            qemu_port: int, attempt: int = 0,
-                            holders: list[dict[str, Any]] | None = None,
-                            split: bool = True,
-                            source_rate: float | None = None
-                            ) -> dict[str, Any]:
-        return self._call(host, "prepare_destination",
-                          migration_id=migration_id, secret=secret,
-                          qemu_port=qemu_port, attempt=attempt,
-                          holders=holders, split=split,
-                          source_rate=source_rate)
-
-    def prepare_source(self, host: str, migration_id: str, secret: str,
-                       listen_port: int, dest_address: str, dest_port: int,
-                       attempt: int = 0) -> dict[str, Any]:
-        return self._call(host, "prepare_source", migration_id=migration_id,
-                          secret=secret, listen_port=listen_port,
-                          dest_address=dest_address, dest_port=dest_port,
-                          attempt=attempt)
-
-    def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
-        return self._call(host, "get_status", migration_id=migration_id)
-
-    def abort(self, host: str, migration_id: str,
-              reason: str = "aborted by request") -> None:
-        self._call(host, "abort", migration_id=migration_id, reason=reason)
-
-    def cleanup(self, host: str, migration_id: str) -> None:
-        self._call(host, "cleanup", migration_id=migration_id)
-
-    def methods(self, name: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(h, kw) for h, m, kw in self.calls if m == name]
+#: Kept importable from here; the adapter lives with the harness mixin.
+InProcessAgents = base.InProcessAgents
 
 
 class AgentTransportTest(test_redirect.RedirectTestBase):
@@ -96,22 +51,21 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
 
     def setUp(self) -> None:
         self.params: list[dict[str, Any]] = []
+        # The harness mixin starts each host's agent with its compute.
         super().setUp()
-        self.flags(agent_addresses={h: "127.0.0.1" for h in HOSTS},
-                   group="dcmigrate_compute")
-        self.managers = {}
-        for host in HOSTS:
-            manager = AgentManager(
-                make_conf(session_timeout=120.0).dcmigrate_agent, host)
-            manager.start()
-            self.addCleanup(manager.stop)
-            self.managers[host] = manager
-        self.agents = InProcessAgents(self.managers)
+        self.managers = self.agents.managers
+        self.assertEqual(set(HOSTS), set(self.managers))
+        self.assertEqual({h: "127.0.0.1" for h in HOSTS},
+                         dict(base.CONF.dcmigrate_compute.agent_addresses))
         for host in HOSTS:
             drv = self.computes[host].driver
             self.assertIsInstance(drv.dcmigrate_transport,
                                   transport.AgentTransport)
-            drv.dcmigrate_transport.agents = self.agents
+            self.assertIs(self.agents, drv.dcmigrate_transport.agents)
+
+    def _agent_calls(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Calls to the agents other than pings (the trait checks)."""
+        return [c for c in self.agents.calls if c[1] != "ping"]
 
     def _migrate_stub(self, domain: Any, destination: str,
                       params: dict[str, Any], flags: int) -> None:
@@ -240,9 +194,86 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
         server = self._wait_server("ACTIVE")
         self.assertEqual("src", server["OS-EXT-SRV-ATTR:host"])
         self.assertEqual([], self.attempts)
-        self.assertEqual([], self.agents.calls)
+        # No agent was prepared (the trait checks only pinged).
+        self.assertEqual([], self._agent_calls())
         self.assertTrue(errors)
         for err in errors:
             self.assertIsInstance(err, nova_exception.MigrationPreCheckError)
             self.assertIn("VIR_MIGRATE_PARALLEL", str(err))
             self.assertIn("not supported by the dcmigrate agents", str(err))
+
+    def test_redirect_refused_when_the_new_hosts_agent_does_not_answer(
+            self) -> None:
+        self._boot()
+        self._start_migration("dest1")
+        self.stop_agent("dest2")
+        calls_before = len(self.agents.calls)
+
+        self._redirect("dest2")
+        status = self._wait_state("running")
+        error = status["last_error"]
+        self.assertEqual("RedirectPreparationFailed", error["type"])
+        self.assertEqual(
+            ("dest2", "checking the dcmigrate agent on dest2", "dest1"),
+            (error["data"]["host"], error["data"]["step"],
+             error["data"]["destination"]))
+        self.assertIn("no dcmigrate agent answers for host dest2",
+                      error["data"]["reason"])
+        self.assertIn("The migration continues to dest1", error["message"])
+        # Refused before the old attempt was touched: still the first one,
+        # never aborted, its agent sessions untouched; dest2 was only
+        # pinged, and its placement claim released.
+        self.assertEqual((1, False), (len(self.attempts),
+                                      self.attempts[0].aborted))
+        for host in ("src", "dest1"):
+            self.assertNotEqual(sess.SessionState.ABORTED,
+                                self._session(host, 0).state, host)
+        self.assertEqual([("dest2", "ping")],
+                         [(h, m) for h, m, _kw in
+                          self.agents.calls[calls_before:]
+                          if h == "dest2"])
+        self.assertEqual([], [c for c in self.agents.calls[calls_before:]
+                              if c[1] != "ping"])
+        self._assert_running_to("dest1", ("dest2",), redirected=False)
+
+        # Another host with an answering agent still can take it.
+        self._redirect("dest3")
+        attempt = self._wait_attempt(2)
+        self._wait_state("running")
+        self._check_attempt(1, "dest3", ["dest1"])
+        self._finish(attempt, "dest3")
+        self._assert_finished_on("dest3", ("src", "dest1", "dest2"))
+
+    def test_repick_leaves_out_hosts_whose_agent_does_not_answer(
+            self) -> None:
+        self.flags(agent_check_interval=0, group="dcmigrate_compute")
+        self._boot(volume=False)
+        self._start_migration("dest1")
+        for host in ("dest2", "dest3"):
+            self.stop_agent(host)
+        self._run_periodics()
+        for host in HOSTS:
+            traits = self._get_provider_traits(self.rp[host])
+            self.assertEqual(host in ("src", "dest1"),
+                             "CUSTOM_DCMIGRATE_AGENT" in traits, host)
+
+        self._redirect()
+        status = self._wait_state("running")
+        error = status["last_error"]
+        self.assertEqual("NoValidRedirectTarget", error["type"])
+        self.assertEqual("CUSTOM_DCMIGRATE_AGENT", error["data"]["trait"])
+        self.assertEqual((1, False), (len(self.attempts),
+                                      self.attempts[0].aborted))
+        self._assert_running_to("dest1", ("dest2", "dest3"),
+                                redirected=False, volume=False)
+
+        # dest3's agent is back: the next re-pick finds it.
+        self.start_agent("dest3")
+        self._run_periodics()
+        self._redirect()
+        attempt = self._wait_attempt(2)
+        self.assertEqual("dest3", attempt.host)
+        self._wait_state("running")
+        self._finish(attempt, "dest3")
+        self._assert_finished_on("dest3", ("src", "dest1", "dest2"),
+                                 volume=False)

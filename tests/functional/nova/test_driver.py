@@ -18,11 +18,10 @@ from tests.functional.nova import base
 TRAIT = dcm_driver.AGENT_TRAIT
 
 
-class DCMigrateDriverTest(base.DCMigrateDriverMixin,
-                          libvirt_base.LibvirtMigrationMixin,
-                          libvirt_base.ServersTestBase,
-                          integrated_helpers.InstanceHelperMixin):
-    """Boot, report traits and live-migrate with our driver."""
+class _DriverTestBase(base.DCMigrateDriverMixin,
+                      libvirt_base.LibvirtMigrationMixin,
+                      libvirt_base.ServersTestBase,
+                      integrated_helpers.InstanceHelperMixin):
 
     ADMIN_API = True
     microversion = "2.74"
@@ -47,27 +46,21 @@ class DCMigrateDriverTest(base.DCMigrateDriverMixin,
     def _traits(self, host: str) -> set[str]:
         return set(self._get_provider_traits(self.compute_rp_uuids[host]))
 
-    def test_trait_on_every_compute_node_provider(self) -> None:
+
+class DCMigrateDriverTest(_DriverTestBase):
+    """Boot and live-migrate with our driver (transport = direct)."""
+
+    def test_no_trait_with_the_direct_transport(self) -> None:
+        # No agent carries the stream: the trait is not reported, before
+        # and after the periodic updates, and no agent is ever pinged.
         for host in ("src", "dest", "other"):
-            traits = self._traits(host)
-            self.assertIn(TRAIT, traits)
-            self.assertIn("COMPUTE_NODE", traits)
-            self.assertIn("COMPUTE_NET_VIF_MODEL_VIRTIO", traits)
-
-    def test_only_difference_to_stock_driver_is_the_trait(self) -> None:
-        with self.stock_driver():
-            self.start_compute("stock")
-        stock_rp = self.compute_rp_uuids["stock"]
-        ours_rp = self.compute_rp_uuids["src"]
-
-        self.assertNotIn(TRAIT, self._traits("stock"))
-        self.assertEqual(self._traits("stock") | {TRAIT},
-                         self._traits("src"))
-        self.assertEqual(self._get_provider_inventory(stock_rp),
-                         self._get_provider_inventory(ours_rp))
-        # Periodic resource updates keep the trait.
+            self.assertNotIn(TRAIT, self._traits(host))
+            self.assertFalse(
+                self.computes[host].driver.dcmigrate_traits()[TRAIT])
         self._run_periodics()
-        self.assertIn(TRAIT, self._traits("src"))
+        for host in ("src", "dest", "other"):
+            self.assertNotIn(TRAIT, self._traits(host))
+        self.assertEqual([], self.agents.calls)
 
     def test_boot_and_live_migrate(self) -> None:
         self.server = self._create_server(host="src", networks="none")
@@ -99,6 +92,35 @@ class DCMigrateDriverTest(base.DCMigrateDriverMixin,
             {}, self._get_allocations_by_server_uuid(
                 migrations[0]["uuid"]))
 
+
+class AgentTraitTest(_DriverTestBase):
+    """The trait with the agent transport: reported while the host's
+    (in-process, real) dcmigrate agent answers its ping."""
+
+    DCMIGRATE_TRANSPORT = "agents"
+
+    def test_trait_on_every_compute_node_provider(self) -> None:
+        for host in ("src", "dest", "other"):
+            traits = self._traits(host)
+            self.assertIn(TRAIT, traits)
+            self.assertIn("COMPUTE_NODE", traits)
+            self.assertIn("COMPUTE_NET_VIF_MODEL_VIRTIO", traits)
+
+    def test_only_difference_to_stock_driver_is_the_trait(self) -> None:
+        with self.stock_driver():
+            self.start_compute("stock")
+        stock_rp = self.compute_rp_uuids["stock"]
+        ours_rp = self.compute_rp_uuids["src"]
+
+        self.assertNotIn(TRAIT, self._traits("stock"))
+        self.assertEqual(self._traits("stock") | {TRAIT},
+                         self._traits("src"))
+        self.assertEqual(self._get_provider_inventory(stock_rp),
+                         self._get_provider_inventory(ours_rp))
+        # Periodic resource updates keep the trait.
+        self._run_periodics()
+        self.assertIn(TRAIT, self._traits("src"))
+
     def test_scheduler_can_require_the_trait(self) -> None:
         with self.stock_driver():
             self.start_compute("stock")
@@ -126,9 +148,42 @@ class DCMigrateDriverTest(base.DCMigrateDriverMixin,
 
         # Control: without the trait requirement the stock-driver host is a
         # valid destination, so the refusal above came from the trait (and
-        # our driver live-migrates to a stock-driver host).
+        # our driver live-migrates to a stock-driver host -- through the
+        # agents, so it needs one there; the stock driver still does not
+        # report the trait).
+        self.start_agent("stock")
+        self._run_periodics()
+        self.assertNotIn(TRAIT, self._traits("stock"))
         plain = self._create_flavor()
         self.server = self._create_server(
             host="src", flavor_id=plain, networks="none")
         server = self._live_migrate(self.server, host="stock")
         self.assertEqual("stock", server["OS-EXT-SRV-ATTR:host"])
+
+    def test_trait_removed_while_the_agent_does_not_answer(self) -> None:
+        drv = self.computes["dest"].driver
+        self.assertIn(TRAIT, self._traits("dest"))
+        self.stop_agent("dest")
+        # The last answer is trusted for agent_check_interval (60 s).
+        self._run_periodics()
+        self.assertIn(TRAIT, self._traits("dest"))
+
+        self.flags(agent_check_interval=0, group="dcmigrate_compute")
+        self._run_periodics()
+        self._run_periodics()
+        self.assertNotIn(TRAIT, self._traits("dest"))
+        self.assertFalse(drv.dcmigrate_traits()[TRAIT])
+        for host in ("src", "other"):
+            self.assertIn(TRAIT, self._traits(host))
+        # One WARNING however often it is found silent.
+        log = self.stdlog.logger.output
+        self.assertEqual(1, log.count(
+            "The dcmigrate agent of host dest does not answer"), log)
+        self.assertIn("no agent on host dest", log)
+
+        # Back: reported again at the next update.
+        self.start_agent("dest")
+        self._run_periodics()
+        self.assertIn(TRAIT, self._traits("dest"))
+        self.assertIn("The dcmigrate agent of host dest answers again",
+                      self.stdlog.logger.output)

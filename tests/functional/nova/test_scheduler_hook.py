@@ -2,8 +2,9 @@
 
 Real nova-api, conductor, scheduler (with DCMigrateWeigher in
 ``[filter_scheduler] weight_classes``) and placement; four computes on
-fakelibvirt running DCMigrateLibvirtDriver and one with the stock driver,
-which therefore lacks the CUSTOM_DCMIGRATE_AGENT trait. A live migration
+fakelibvirt running DCMigrateLibvirtDriver with the agent transport and
+an in-process dcmigrate agent each, and one with the stock driver, which
+therefore lacks the CUSTOM_DCMIGRATE_AGENT trait. A live migration
 src -> dest1 is held running while the test, standing in for the redirect
 orchestration, asks :mod:`nova_dcmigrate.scheduler.repick` for a new
 destination; afterwards the migration is let go and must complete to dest1
@@ -38,6 +39,9 @@ class RepickTest(base.DCMigrateDriverMixin,
 
     ADMIN_API = True
     microversion = "2.74"
+    # Our computes report the trait only with the agent transport and an
+    # answering agent: each gets a real in-process one (base.py).
+    DCMIGRATE_TRANSPORT = "agents"
 
     def _setup_scheduler_service(self) -> Any:
         # Before the scheduler starts: HostManager loads weighers once.

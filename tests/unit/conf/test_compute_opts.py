@@ -38,3 +38,14 @@ def test_transport_defaults_to_agents():
         "agents", None, 60, {}, 49152, 49215)
     with pytest.raises(ValueError):
         conf.set_override("transport", "tunnel", "dcmigrate_compute")
+
+
+def test_agent_ping_options():
+    conf = cfg.ConfigOpts()
+    compute.register_opts(conf)
+    conf([])
+    group = conf.dcmigrate_compute
+    assert (group.agent_ping_timeout, group.agent_check_interval) == (5, 60)
+    conf.set_override("agent_check_interval", 0, "dcmigrate_compute")
+    with pytest.raises(ValueError):
+        conf.set_override("agent_ping_timeout", 0, "dcmigrate_compute")

@@ -28,10 +28,13 @@ class Agents:
     def __init__(self, managers):
         self.managers = managers
         self.calls = []
+        self.ping_timeouts = []
 
     def __getattr__(self, method):
         def call(host, *args, **kwargs):
             self.calls.append((host, method))
+            if method == "ping":
+                self.ping_timeouts.append(kwargs.pop("timeout", None))
             fn = getattr(self.managers[host], method)
             if method == "prepare_destination":
                 names = ("migration_id", "secret", "qemu_port", "attempt",
@@ -117,6 +120,48 @@ def test_endpoint_errors_are_clear(cluster, monkeypatch):
     with pytest.raises(transport.AgentTransportError,
                        match="no dcmigrate agent answers for host nowhere"):
         t.endpoint("nowhere", _md(target="10.0.0.1"))
+
+
+def test_ping_and_destination_check(cluster):
+    agents = Agents(cluster)
+    t = transport.AgentTransport(agents)
+    assert t.ping("a")["peer_port"] == cluster["a"].listener.port
+    # A redirect's check waits agent_ping_timeout, not agent_rpc_timeout.
+    CONF.set_override("agent_ping_timeout", 3, group="dcmigrate_compute")
+    try:
+        t.check_destination("b")
+        with pytest.raises(transport.AgentUnreachable,
+                           match="no dcmigrate agent answers for host "
+                                 "nowhere: 'nowhere'"):
+            t.check_destination("nowhere")
+    finally:
+        CONF.clear_override("agent_ping_timeout", group="dcmigrate_compute")
+    assert agents.ping_timeouts == [None, 3, 3]
+    assert isinstance(transport.AgentUnreachable(host="h", reason="r"),
+                      transport.AgentTransportError)
+    # Nova's stock job needs nothing on the new host.
+    assert transport.DirectLibvirtTransport().check_destination(
+        "nowhere") is None
+
+
+def test_agent_api_ping_timeout_only_when_given():
+    from nova_dcmigrate.agent import rpcapi
+
+    prepared = []
+
+    class Client:
+        def prepare(self, **kwargs):
+            prepared.append(kwargs)
+            return types.SimpleNamespace(
+                call=lambda ctxt, method, **kw: {"method": method})
+
+    api = rpcapi.AgentAPI.__new__(rpcapi.AgentAPI)
+    api.client = Client()
+    assert api.ping("h", timeout=2.5) == {"method": "ping"}
+    api.ping("h")
+    # prepare(timeout=None) would wait forever: not passed at all.
+    assert prepared == [{"server": "h", "version": "1.0", "timeout": 2.5},
+                        {"server": "h", "version": "1.0"}]
 
 
 def test_attempts_share_id_and_secret_and_list_holders(cluster):
