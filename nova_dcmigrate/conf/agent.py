@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from nova_dcmigrate.conf import groups
+
 GROUP = cfg.OptGroup(
     "dcmigrate_agent",
     title="dcmigrate-agent options",
@@ -74,11 +76,8 @@ OPTS = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    # A fresh OptGroup per ConfigOpts: oslo.config keeps overrides on the
-    # group object, so sharing one would leak them between configs.
-    group = cfg.OptGroup(GROUP.name, title=GROUP.title, help=GROUP.help)
-    conf.register_group(group)
-    conf.register_opts(OPTS, group=group)
+    """Register ``[dcmigrate_agent]`` on ``conf``."""
+    groups.register(conf, GROUP, OPTS)
 
 
 def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:

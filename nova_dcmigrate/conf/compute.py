@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from nova_dcmigrate.conf import groups
+
 GROUP = cfg.OptGroup(
     "dcmigrate_compute",
     title="dcmigrate compute options",
@@ -138,8 +140,7 @@ OPTS: list[cfg.Opt] = [
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register ``[dcmigrate_compute]`` on ``conf``."""
-    conf.register_group(GROUP)
-    conf.register_opts(OPTS, group=GROUP)
+    groups.register(conf, GROUP, OPTS)
 
 
 def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:

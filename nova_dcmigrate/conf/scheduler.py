@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from nova_dcmigrate.conf import groups
+
 GROUP = cfg.OptGroup(
     "dcmigrate_scheduler",
     title="dcmigrate scheduler options",
@@ -69,12 +71,8 @@ OPTS: list[cfg.Opt] = [
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    """Register the ``[dcmigrate_scheduler]`` options on ``conf``."""
-    # A fresh OptGroup per ConfigOpts, as in conf/agent.py: oslo.config
-    # keeps overrides on the group object.
-    group = cfg.OptGroup(GROUP.name, title=GROUP.title, help=GROUP.help)
-    conf.register_group(group)
-    conf.register_opts(OPTS, group=group)
+    """Register ``[dcmigrate_scheduler]`` on ``conf``."""
+    groups.register(conf, GROUP, OPTS)
 
 
 def list_opts() -> dict[cfg.OptGroup, list[cfg.Opt]]:
