@@ -234,13 +234,13 @@ class RedirectableMigration:
                     reason="capability %s is on; the agents cannot "
                            "redirect such a stream" % cap)
         old = self.current
-        if not old.holders:
-            # Nothing was dropped: QEMU's throughput is the link's.
-            mbps = float(info.get("ram", {}).get("mbps", 0.0))
-            if mbps > 0:
-                self.source_link_rate = mbps * 1e6 / 8
-        elif old.source_rate > 0:
-            self.source_link_rate = old.source_rate
+        # QEMU's throughput (Mbit/s) as libvirt's job stats would give it.
+        qemu_bps = float(info.get("ram", {}).get("mbps", 0.0)) * 1e6 / 8
+        rate = attempts.measured_link_rate(
+            bool(old.holders), old.source_rate,
+            lambda: {"memory_bps": qemu_bps})
+        if rate:
+            self.source_link_rate = rate
         self.redirected_at = time.monotonic()
         with self._lock:
             old.outcome = "redirected"

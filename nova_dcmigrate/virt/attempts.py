@@ -14,6 +14,11 @@ once, with no libvirt or QEMU import:
 * which holders failed an attempt, so it can be retried without them
   (:func:`failed_holders`).
 
+The libvirt controller and the Nova driver's agent transport also share
+the per-attempt agent calls: :func:`prepare_agents`, :func:`abort_agents`,
+and the link-rate bookkeeping (:func:`measured_link_rate`,
+:func:`avail_switchover_mib`).
+
 ``agents`` is an :class:`nova_dcmigrate.agent.rpcapi.AgentAPI` (or anything
 with its ``get_status(host, migration_id)``).
 """
@@ -21,9 +26,19 @@ with its ``get_status(host, migration_id)``).
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from oslo_log import log as logging
+
+from nova_dcmigrate.exception import DcmigrateError
+
+LOG = logging.getLogger(__name__)
+MIB = 1024 * 1024
+#: Ports tried before an attempt gives up finding a free loopback port.
+PORT_TRIES = 5
 
 #: Attempt states after which an agent does nothing more for an attempt.
 FINAL_STATES = frozenset({"failed", "aborted", "completed"})
@@ -119,3 +134,80 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                 return RelayWait(False, True, rate)
         time.sleep(POLL_S)
     return RelayWait(False, not running(), rate)
+
+
+def prepare_agents(agents: Any, migration_id: str, secret: str,
+                   number: int, source: str, dest: str, dest_address: str,
+                   dest_port: int, holders: Sequence[Mapping[str, Any]],
+                   split: bool, source_rate: float | None,
+                   ports: Iterable[int], used: Iterable[int]) -> int | None:
+    """Prepare the source and destination agents of attempt ``number``.
+
+    The source agent listens on a loopback port P picked at random from
+    ``ports`` (not in ``used``); a port it cannot listen on is skipped.
+    If the destination refuses, the source session is aborted again.
+
+    :returns: P, or None when no free port was found.
+    :raises: whatever the destination's ``prepare_destination`` raised.
+    """
+    free = set(ports) - set(used)
+    for _try in range(PORT_TRIES):
+        if not free:
+            return None
+        port = random.choice(sorted(free))
+        free.discard(port)
+        try:
+            agents.prepare_source(source, migration_id, secret, port,
+                                  dest_address, dest_port, number)
+            break
+        except DcmigrateError as err:
+            if "cannot listen" not in str(err):
+                raise
+    else:
+        return None
+    try:
+        agents.prepare_destination(dest, migration_id, secret, port, number,
+                                   list(holders), split, source_rate)
+    except Exception:
+        abort_agents(agents, migration_id, [source])
+        raise
+    return port
+
+
+def abort_agents(agents: Any, migration_id: str,
+                 hosts: Iterable[str]) -> None:
+    """End the migration's sessions on ``hosts``; page stores stay.
+
+    An agent that cannot be reached is logged and skipped: it may be the
+    reason the attempt ended.
+    """
+    for host in hosts:
+        try:
+            agents.abort(host, migration_id, "attempt ended")
+        except Exception as err:  # noqa: BLE001 - the agent may be gone
+            LOG.warning("migration %(mid)s: abort on %(h)s: %(err)s",
+                        {"mid": migration_id, "h": host, "err": err})
+
+
+def measured_link_rate(had_holders: bool, relay_source_rate: float,
+                       job_stats: Callable[[], Mapping[str, Any]]
+                       ) -> float | None:
+    """Bytes/s the source link really moved in an attempt, if known.
+
+    With holders the source dropped pages at local speed, so only the
+    rate the new destination measured counts; without, libvirt's
+    ``memory_bps`` is the link's.  ``job_stats`` errors mean no measure.
+    """
+    if had_holders:
+        return relay_source_rate if relay_source_rate > 0 else None
+    try:
+        bps = job_stats().get("memory_bps", 0)
+    except Exception:  # noqa: BLE001 - no job, no measure
+        return None
+    return float(bps) if bps else None
+
+
+def avail_switchover_mib(rate: float) -> int:
+    """libvirt's ``bandwidth.avail.switchover`` (MiB/s) for ``rate``
+    bytes/s, at least 1."""
+    return max(1, int(rate / MIB))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import random
 import secrets
 import threading
 import time
@@ -42,7 +41,6 @@ LOG = logging.getLogger(__name__)
 
 #: Maximum downtime (ms) that holds switchover back while relays run.
 GATE_DOWNTIME_MS = 1
-MIB = 1024 * 1024
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER |
               libvirt.VIR_MIGRATE_PERSIST_DEST |
@@ -187,11 +185,6 @@ class RedirectableMigration:
         return attempts.holders_for((a.host.name for a in self.attempts),
                                     host, self.dead_holders)
 
-    def _pick_port(self, used: set[int]) -> int:
-        lo, hi = self.port_range
-        choices = [p for p in range(lo, hi + 1) if p not in used]
-        return random.choice(choices)
-
     # -- attempts ----------------------------------------------------------
     def start(self, host: str) -> Attempt:
         """Start migrating to ``host`` (returns once libvirt has the job)."""
@@ -213,29 +206,16 @@ class RedirectableMigration:
                 if hi.upload_rate:
                     spec["rate"] = float(hi.upload_rate)
                 specs.append(spec)
-            used: set[int] = {a.port for a in self.attempts}
-            for _try in range(5):
-                port = self._pick_port(used)
-                used.add(port)
-                try:
-                    self.agents.prepare_source(
-                        self.source.name, self.migration_id, self.secret,
-                        port, info.agent_address, info.agent_port, number)
-                    break
-                except DcmigrateError as err:
-                    if "cannot listen" not in str(err):
-                        raise
-            else:
+            port = attempts.prepare_agents(
+                self.agents, self.migration_id, self.secret, number,
+                self.source.name, info.name, info.agent_address,
+                info.agent_port, specs, self.split,
+                self.source_link_rate or self.source.upload_rate,
+                range(self.port_range[0], self.port_range[1] + 1),
+                (a.port for a in self.attempts))
+            if port is None:
                 raise ControllerError(migration_id=self.migration_id,
                                       reason="no free loopback port")
-            try:
-                self.agents.prepare_destination(
-                    info.name, self.migration_id, self.secret, port, number,
-                    specs, self.split,
-                    self.source_link_rate or self.source.upload_rate)
-            except Exception:
-                self._abort_agents([self.source.name])
-                raise
             gate = bool(holders)
             self.dom.migrateSetMaxDowntime(GATE_DOWNTIME_MS if gate else
                                            self.max_downtime_ms)
@@ -249,7 +229,7 @@ class RedirectableMigration:
                 # The source drops held pages at local speed: QEMU's own
                 # estimate would see a far faster link than the real one.
                 params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER] \
-                    = max(1, int(self.source_link_rate / MIB))
+                    = attempts.avail_switchover_mib(self.source_link_rate)
             attempt.thread = threading.Thread(
                 target=self._run_attempt, args=(attempt, params),
                 name="migrate-%s-%d" % (self.migration_id[:8], number),
@@ -328,26 +308,14 @@ class RedirectableMigration:
 
     def _note_link_rate(self, attempt: Attempt) -> None:
         """Remember the rate the source link really moved (bytes/s)."""
-        if attempt.holders:
-            if attempt.source_rate > 0:
-                self.source_link_rate = attempt.source_rate
-            return
-        try:
-            bps = self.dom.jobStats().get("memory_bps", 0)
-        except libvirt.libvirtError:
-            return
-        if bps:
-            # Nothing was dropped: libvirt's rate is the link's.
-            self.source_link_rate = float(bps)
+        rate = attempts.measured_link_rate(bool(attempt.holders),
+                                           attempt.source_rate,
+                                           self.dom.jobStats)
+        if rate:
+            self.source_link_rate = rate
 
     def _abort_agents(self, hosts: list[str]) -> None:
-        for host in hosts:
-            try:
-                self.agents.abort(host, self.migration_id, "attempt ended")
-            except Exception as err:  # noqa: BLE001 - the agent may be gone
-                LOG.warning("migration %(mid)s: abort on %(h)s: %(err)s",
-                            {"mid": self.migration_id, "h": host,
-                             "err": err})
+        attempts.abort_agents(self.agents, self.migration_id, hosts)
 
     def _check_redirectable(self) -> None:
         self._require(State.RUNNING, operation="redirect")

@@ -65,7 +65,6 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
-import random
 import secrets
 import socket
 import threading
@@ -85,7 +84,6 @@ CONF = nova_dcmigrate.conf.CONF
 
 #: Maximum downtime (ms) that holds switchover back while holders relay.
 GATE_DOWNTIME_MS = 1
-MIB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
 #: libvirt's VIR_MIGRATE_PARAM_* values (fakelibvirt lacks some of them).
 PARAM_URI = "migrate_uri"
@@ -284,8 +282,8 @@ class _AgentDomain:
         if self._dcm_attempt.holders and mig.link_rate > 0:
             # The source drops held pages at local speed: QEMU's own
             # estimate would see a far faster link than the real one.
-            params[PARAM_BANDWIDTH_AVAIL_SWITCHOVER] = max(
-                1, int(mig.link_rate / MIB))
+            params[PARAM_BANDWIDTH_AVAIL_SWITCHOVER] = \
+                attempts.avail_switchover_mib(mig.link_rate)
         return self._dcm_domain.migrateToURI3(dconnuri, params=params,
                                               flags=flags)
 
@@ -465,33 +463,14 @@ class AgentTransport(MigrationTransport):
             specs = [dataclasses.asdict(mig.endpoints[h]) for h in holders]
             lo = CONF.dcmigrate_compute.agent_port_min
             hi = max(lo, CONF.dcmigrate_compute.agent_port_max)
-            used = {a.port for a in mig.attempts}
-            for _try in range(5):
-                free = [p for p in range(lo, hi + 1) if p not in used]
-                if not free:
-                    break
-                port = random.choice(free)
-                used.add(port)
-                try:
-                    self.agents.prepare_source(
-                        mig.source, mig.migration_id, mig.secret, port,
-                        endpoint.address, endpoint.port, number)
-                    break
-                except DcmigrateError as err:
-                    if "cannot listen" not in str(err):
-                        raise
-            else:
-                free = []
-            if not free:
+            port = attempts.prepare_agents(
+                self.agents, mig.migration_id, mig.secret, number,
+                mig.source, dest, endpoint.address, endpoint.port, specs,
+                True, mig.link_rate or None, range(lo, hi + 1),
+                (a.port for a in mig.attempts))
+            if port is None:
                 raise AgentTransportError(reason="no free loopback port in "
                                                  "%d-%d" % (lo, hi))
-            try:
-                self.agents.prepare_destination(
-                    dest, mig.migration_id, mig.secret, port, number,
-                    specs, True, mig.link_rate or None)
-            except Exception:
-                self._abort_agents(mig, [mig.source])
-                raise
             attempt = AgentAttempt(number, endpoint, port, holders)
             mig.attempts.append(attempt)
         LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
@@ -537,26 +516,14 @@ class AgentTransport(MigrationTransport):
     def _note_link_rate(self, mig: AgentMigration, attempt: AgentAttempt,
                         guest: Any) -> None:
         """Remember the rate the source link really moved (bytes/s)."""
-        if attempt.holders:
-            if attempt.source_rate > 0:
-                mig.link_rate = attempt.source_rate
-            return
-        try:
-            bps = guest._domain.jobStats().get("memory_bps", 0)
-        except Exception:  # noqa: BLE001 - no job, no measure
-            return
-        if bps:
-            # Nothing was dropped: libvirt's rate is the link's.
-            mig.link_rate = float(bps)
+        rate = attempts.measured_link_rate(bool(attempt.holders),
+                                           attempt.source_rate,
+                                           guest._domain.jobStats)
+        if rate:
+            mig.link_rate = rate
 
     def _abort_agents(self, mig: AgentMigration, hosts: list[str]) -> None:
-        for host in hosts:
-            try:
-                self.agents.abort(host, mig.migration_id, "attempt ended")
-            except Exception as err:  # noqa: BLE001 - the agent may be gone
-                LOG.warning("migration %(mid)s: abort on %(h)s: %(err)s",
-                            {"mid": mig.migration_id, "h": host,
-                             "err": err})
+        attempts.abort_agents(self.agents, mig.migration_id, hosts)
 
 
 def _field(obj: Any, name: str) -> Any:
