@@ -5,7 +5,9 @@ has every page it received.  The new destination's agent connects here
 (RELAY channel, authenticated with the migration's secret), receives this
 store's inventory, tells us which pages are ours to send, and then pulls
 them: downward from the top, pausing at the frontier it sets, until it
-sends FINAL with any pages the source skipped below the frontier.
+sends FINAL with any pages the source skipped below the frontier.  Pages
+the source sent itself in the meantime arrive as SKIP lists and are not
+relayed (the destination would drop them).
 
 The store must be frozen (no attempt writing into it) while relaying.
 """
@@ -46,6 +48,8 @@ class HolderRelay:
         self.error: str | None = None
         self.pages_sent = 0
         self.bytes_sent = 0
+        self.pages_skipped = 0
+        self._assigned: list[bytearray] = []
         self.state = "inventory"
         self.done = threading.Event()
 
@@ -80,6 +84,7 @@ class HolderRelay:
         return {"peer": self.conn.peer, "attempt": self.attempt,
                 "state": self.state, "error": self.error,
                 "pages_sent": self.pages_sent,
+                "pages_skipped": self.pages_skipped,
                 "bytes_sent": self.bytes_sent}
 
     # -- protocol ----------------------------------------------------------
@@ -92,6 +97,7 @@ class HolderRelay:
                 idx, first, states, attempts, digests))
         conn.send(FrameType.INVENTORY_END)
         assigned = [bytearray(n) for n in self.layout.npages]
+        self._assigned = assigned
         while True:
             ftype, payload = conn.recv()
             if ftype == FrameType.ASSIGN:
@@ -121,6 +127,9 @@ class HolderRelay:
                         extra = wire.decode_g_list(payload[8:], self.layout,
                                                    self.conn.peer)
                         self._final = (stop, extra)
+                    elif ftype == FrameType.SKIP:
+                        self._skip(wire.decode_g_list(payload, self.layout,
+                                                      self.conn.peer))
                     elif ftype == FrameType.ABORT:
                         self._closed = True
                     else:
@@ -132,6 +141,16 @@ class HolderRelay:
             with self._cond:
                 self._closed = True
                 self._cond.notify_all()
+
+    def _skip(self, pages: list[int]) -> None:
+        """Unassign pages the destination got from the source (caller
+        holds ``_cond``); the relay loop reads the marks as it goes."""
+        assigned, locate = self._assigned, self.layout.locate
+        for g in pages:
+            idx, page = locate(g)
+            if assigned[idx][page]:
+                assigned[idx][page] = 0
+                self.pages_skipped += 1
 
     def _relay(self, assigned: list[bytearray]) -> None:
         batch = bytearray()
@@ -203,8 +222,10 @@ class HolderRelay:
         self._flush(batch)
         self.conn.send(FrameType.RELAY_DONE)
         LOG.info("migration %(mid)s: relayed %(n)d pages (%(b)d bytes) to "
-                 "%(peer)s", {"mid": self.migration_id, "n": self.pages_sent,
-                              "b": self.bytes_sent, "peer": self.conn.peer})
+                 "%(peer)s, skipped %(s)d the source sent",
+                 {"mid": self.migration_id, "n": self.pages_sent,
+                  "b": self.bytes_sent, "peer": self.conn.peer,
+                  "s": self.pages_skipped})
         # Wait for the peer to close (it owns the end of the relay).
         with self._cond:
             while not self._closed:

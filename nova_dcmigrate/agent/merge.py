@@ -108,6 +108,11 @@ class QemuFeed:
         self.start: RamStart | None = None
         self.sent_by_src = bytearray()
         self.relayed = bytearray()
+        # Pages a remote holder was assigned (1) and, of those, the ones
+        # the source has since sent before any relayed copy got in: the
+        # holder may skip them (drained by the session).
+        self.remote_owned: bytearray | None = None
+        self.superseded: list[int] = []
         self.relays_closed = False
         self.bytes_to_qemu = 0
         self.relay_pages_injected = 0
@@ -253,17 +258,26 @@ class MergeVisitor(StreamVisitor):
         self.w.begin_section(kind)
         self.ours_open = True
 
+    def _from_source(self, block: RamBlock, page: int) -> None:
+        f = self.feed
+        g = f.layout.bases[block.index] + page  # type: ignore
+        if not f.sent_by_src[g]:
+            f.sent_by_src[g] = 1
+            if f.remote_owned is not None and f.remote_owned[g] and \
+                    not f.relayed[g]:
+                f.superseded.append(g)
+
     def on_page(self, block: RamBlock, page: int, data: memoryview) -> None:
         self._ensure_open()
         f = self.feed
-        f.sent_by_src[f.layout.bases[block.index] + page] = 1  # type: ignore
+        self._from_source(block, page)
         f.store.put_page(block, page, data, f.attempt)
         self.w.page(block, page, data)
 
     def on_zero(self, block: RamBlock, page: int) -> None:
         self._ensure_open()
         f = self.feed
-        f.sent_by_src[f.layout.bases[block.index] + page] = 1  # type: ignore
+        self._from_source(block, page)
         f.store.put_zero(block, page, f.attempt)
         self.w.zero(block, page)
 

@@ -16,9 +16,20 @@ frontier is chosen so both finish together::
         == held_cost[X, a) / rate_holders
 
 and re-planned from measured rates as the transfer runs (DCmigrate's
-"optimise the amount each host sends").  The re-planned frontier only ever
-moves down, so every page the source skipped is at or above it and the
-holders' downward relay covers it.
+"optimise the amount each host sends").  A lower frontier is always safe;
+a raise only up to the lowest held page the source already skipped, so
+the first plan matters most.
+
+Nobody has seen the pages no one holds yet (the part of the first pass
+the earlier attempts never reached), but they are priced: as the share
+of zero pages among the held pages (a zero page costs 9 bytes on the
+wire, a data page 4 KiB).  Pricing them all as data pages would put the
+frontier at 0 whenever the unreached part is large, and a frontier at 0
+can never be raised.
+
+Held pages the source sends anyway (rewritten since they were held: the
+digests differ) are *superseded*: the holders are told to skip them, and
+the planner takes them off the holders' remaining work.
 """
 
 from __future__ import annotations
@@ -108,56 +119,120 @@ def assign(layout: Layout, inventories: Sequence[Inventory]) -> Assignment:
     return Assignment(layout, owner, state, digests)
 
 
+class _CostTree:
+    """Fenwick tree of page costs: add at a page, sum over a range."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.t = [0] * (n + 1)
+
+    def add(self, g: int, v: int) -> None:
+        i = g + 1
+        t, n = self.t, self.n
+        while i <= n:
+            t[i] += v
+            i += i & -i
+
+    def prefix(self, g: int) -> int:
+        """Sum over pages [0, g)."""
+        s, t = 0, self.t
+        i = g
+        while i > 0:
+            s += t[i]
+            i -= i & -i
+        return s
+
+
+def page_cost(state: int) -> int:
+    return DATA_COST if state == 2 else ZERO_COST
+
+
 class FrontierPlanner:
     """Balances the source's first pass against the holders' relays."""
 
     def __init__(self, assignment: Assignment, remote: set[int]) -> None:
         total = assignment.layout.total_pages
         self.total = total
+        self.owner = assignment.owner
+        self.state = assignment.state
+        self.remote = set(remote)
         held = [0] * (total + 1)       # remote-held cost below g
         unheld = [0] * (total + 1)     # count of pages nobody holds below g
-        h = u = 0
+        h = u = data = zero = 0
         owner, state = assignment.owner, assignment.state
         for g in range(total):
             held[g] = h
             unheld[g] = u
             o = owner[g]
             if o in remote:
-                h += DATA_COST if state[g] == 2 else ZERO_COST
+                h += page_cost(state[g])
             elif o == NONE:
                 u += 1
+            if o != NONE:
+                if state[g] == 2:
+                    data += 1
+                else:
+                    zero += 1
         held[total] = h
         unheld[total] = u
         self.held = held
         self.unheld = unheld
+        #: Expected wire bytes of a page nobody holds: priced like the
+        #: held pages (their zero share), see the module docstring.
+        self.unheld_page_cost = (
+            (data * DATA_COST + zero * ZERO_COST) / (data + zero)
+            if data + zero else float(DATA_COST))
+        self._superseded = _CostTree(total)
+        self._is_superseded = bytearray(total)
+        self.superseded_pages = 0
 
     def remote_cost(self, lo: int, hi: int) -> int:
         return self.held[hi] - self.held[lo]
 
+    def supersede(self, g: int) -> bool:
+        """The source sent page ``g`` itself: a holder need not relay it.
+
+        Returns True if ``g`` is a remote-held page not superseded before.
+        """
+        if self.owner[g] not in self.remote or self._is_superseded[g]:
+            return False
+        self._is_superseded[g] = 1
+        self._superseded.add(g, page_cost(self.state[g]))
+        self.superseded_pages += 1
+        return True
+
+    def holder_cost(self, lo: int, hi: int) -> int:
+        """What the holders still relay in [lo, hi): held minus superseded."""
+        sup = self._superseded
+        return self.held[hi] - self.held[lo] - (sup.prefix(hi) -
+                                                sup.prefix(lo))
+
     def plan(self, s_pos: int, a_pos: int, rate_source: float,
-             rate_holders: float, source_page_cost: float = DATA_COST
+             rate_holders: float, source_page_cost: float | None = None
              ) -> int:
         """Frontier X in [s_pos, a_pos] where both sides finish together.
 
         :param s_pos: next page of the source's first pass.
         :param a_pos: lowest page the holders have reached (exclusive
             upper end of their remaining work).
-        :param source_page_cost: bytes per page nobody holds (learned from
-            what the source sent: zero pages are cheap).
+        :param source_page_cost: bytes per page nobody holds (default:
+            :attr:`unheld_page_cost`).
         """
         s_pos = max(0, min(s_pos, self.total))
         a_pos = max(s_pos, min(a_pos, self.total))
         rs = max(rate_source, 1.0)
         rh = max(rate_holders, 1.0)
+        if source_page_cost is None:
+            source_page_cost = self.unheld_page_cost
         u_rem = (self.unheld[self.total] - self.unheld[s_pos]) * \
             source_page_cost
-        held = self.held
 
         def source_time(x: int) -> float:
-            return (held[x] - held[s_pos] + u_rem) / rs
+            # Superseded pages below x: the source has sent them already.
+            return (self.holder_cost(s_pos, x) + u_rem) / rs
 
         def holder_time(x: int) -> float:
-            return (held[a_pos] - held[x]) / rh
+            return self.holder_cost(x, a_pos) / rh
 
         lo, hi = s_pos, a_pos
         if source_time(lo) >= holder_time(lo):

@@ -34,7 +34,7 @@ from nova_dcmigrate.agent import exception
 
 MAGIC = b"DCMG"
 #: 2: the source confirms every FRONTIER (frontier raises).
-VERSION = 2
+VERSION = 3
 NONCE_LEN = 32
 MAC_LEN = 16
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -77,6 +77,9 @@ class FrameType(enum.IntEnum):
     STOP_AT = 17      # do not relay below this page (yet)
     FINAL = 18        # last stop + explicit pages still missing below it
     RELAY_DONE = 19   # holder has sent everything asked
+    # new destination -> holder: pages the source sent itself, do not
+    # relay them (protocol version 3).
+    SKIP = 20
 
 
 ACK = struct.Struct(">QQQ")   # stream offset, pages held, zero pages held

@@ -57,6 +57,8 @@ LOG = logging.getLogger(__name__)
 #: Smallest raise of the frontier worth a round trip to the source
 #: (pages; 1 MiB).
 RAISE_MIN_PAGES = 256
+#: Page numbers per SKIP frame (8 bytes each).
+SKIP_BATCH = 8192
 
 
 class SessionState(enum.Enum):
@@ -730,6 +732,8 @@ class DestinationSession(MigrationSession):
         self.relay_done = threading.Event()
         self.src_meter = merge.RateMeter()
         self.relay_meter = merge.RateMeter()
+        self.first_frontier = 0
+        self.timeline: dict[str, float] = {}
 
     def attach_peer(self, conn: protocol.FramedConnection) -> None:
         """Hand over the authenticated connection from the source agent."""
@@ -917,6 +921,7 @@ class DestinationSession(MigrationSession):
         rs, rh = self._expected_rates()
         self.frontier = self.planner.plan(0, layout.total_pages, rs, rh) \
             if remote and self.split else 0
+        self.first_frontier = self.frontier
         # Tell the source what we will hold, and who holds it.
         conn.send(FrameType.LAYOUT, layout.to_json())
         owner = assignment.owner
@@ -977,6 +982,9 @@ class DestinationSession(MigrationSession):
         store = self.store
         batch: list[tuple[int, int, Any]] = []
         owner = assignment.owner
+        if self.pullers:
+            feed.remote_owned = bytearray(1 if o > merge.LOCAL else 0
+                                          for o in owner)
         for idx, base in enumerate(layout.bases):
             for page in range(layout.npages[idx]):
                 if owner[base + page] == merge.LOCAL:
@@ -1016,6 +1024,7 @@ class DestinationSession(MigrationSession):
                 self.src_position = pos
                 if done and not self.src_pass1_done:
                     self.src_pass1_done = True
+                    self._mark("pass1_done_s")
                     LOG.info("migration %(mid)s attempt %(att)d: source "
                              "finished its first pass",
                              {"mid": self.migration_id, "att": self.attempt})
@@ -1105,34 +1114,74 @@ class DestinationSession(MigrationSession):
     def _check_relays_done(self) -> None:
         if self.final_sent and all(p.done.is_set() for p in self.pullers) \
                 and not any(p.failed for p in self.pullers):
+            self._mark("relays_done_s")
             self.relay_done.set()
 
+    def _mark(self, event: str) -> None:
+        """Seconds since the session started, once per event: shows
+        whether the source and the holders finished together."""
+        if event not in self.timeline and self.started_at is not None:
+            self.timeline[event] = round(time.monotonic() - self.started_at,
+                                         3)
+
     def _plan_loop(self, conn: protocol.FramedConnection) -> None:
+        """Re-plan the frontier from measured rates until the source's
+        first pass ends; tell holders which pages the source sent itself
+        until their relays are done."""
         planner = self.planner
         assert planner is not None
         while self.state == SessionState.STREAMING and \
-                not self.final_sent:
+                not self.relay_done.is_set():
             time.sleep(0.05)
+            self._send_skips(planner)
+            if self.final_sent:
+                continue
             if self.src_pass1_done:
                 self._send_final()
                 self._check_relays_done()
-                break
+                continue
             lows = [p.lowest for p in self.pullers if p.lowest is not None]
             a_pos = min(lows) if lows else planner.total
-            c = self.counters
-            sent_pages = max(1, c["pages"] + c["zero_pages"])
-            cost = max(planmod.ZERO_COST,
-                       min(planmod.DATA_COST,
-                           c["stream_bytes"] / sent_pages))
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
-            x = planner.plan(self.src_position, a_pos, rs, rh, cost)
+            x = planner.plan(self.src_position, a_pos, rs, rh)
             if x < self.frontier or (
                     x >= self.frontier + RAISE_MIN_PAGES
                     and self.src_position < self.frontier
                     and not self._frontier_requests):
                 self._request_frontier(conn, x)
+
+    def _send_skips(self, planner: planmod.FrontierPlanner) -> None:
+        """SKIP to each holder the pages of its own the source has sent
+        since (they would be dropped here), below where it has reached."""
+        feed = self.feed
+        if feed is None:
+            return
+        with feed.cond:
+            pages, feed.superseded = feed.superseded, []
+        if not pages:
+            return
+        owner = planner.owner
+        per_holder: dict[int, list[int]] = {}
+        for g in pages:
+            if planner.supersede(g):
+                per_holder.setdefault(owner[g], []).append(g)
+        for p in self.pullers:
+            mine = per_holder.get(p.index)
+            if not mine or p.done.is_set():
+                continue
+            low = p.lowest
+            if low is not None:
+                mine = [g for g in mine if g < low]
+            for i in range(0, len(mine), SKIP_BATCH):
+                try:
+                    p.conn.send(FrameType.SKIP, wire.encode_g_list(
+                        mine[i:i + SKIP_BATCH]))
+                except exception.AgentError:
+                    break       # the relay loop reports the lost holder
+            self.counters["pages_skip_sent"] = \
+                self.counters.get("pages_skip_sent", 0) + len(mine)
 
     def _request_frontier(self, conn: protocol.FramedConnection,
                           x: int) -> None:
@@ -1284,6 +1333,12 @@ class DestinationSession(MigrationSession):
             st["redirect"] = {
                 "relay_done": self.relay_done.is_set(),
                 "frontier": self.frontier,
+                "first_frontier": self.first_frontier,
+                "pages_superseded": (self.planner.superseded_pages
+                                     if self.planner else 0),
+                "unheld_page_cost": (round(self.planner.unheld_page_cost)
+                                     if self.planner else None),
+                "timeline": dict(self.timeline),
                 # Bytes/s arriving from the source and from all holders
                 # (sliding 1 s window); a controller sets QEMU's
                 # avail-switchover-bandwidth from the former.
@@ -1299,6 +1354,7 @@ class DestinationSession(MigrationSession):
                 "relay_pages_dropped":
                     feed.relay_pages_dropped if feed else 0,
                 "holders": {p.host: {"pages": p.pages, "bytes": p.bytes,
+                                     "lowest": p.lowest,
                                      "injected": p.injected,
                                      "dropped": p.dropped,
                                      "done": p.done.is_set(),

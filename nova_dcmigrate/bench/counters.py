@@ -65,6 +65,9 @@ class AttemptCounters:
     qemu_stream_bytes: int = 0
     local_pages_injected: int = 0
     relays: dict[str, HolderRelay] = dataclasses.field(default_factory=dict)
+    #: How the split went: first and last frontier, pages the holders were
+    #: told to skip, when the source's first pass and the relays ended.
+    split: dict[str, Any] = dataclasses.field(default_factory=dict)
     source_state: str | None = None
     destination_state: str | None = None
 
@@ -112,6 +115,14 @@ def attempt_counters(status: Mapping[str, Any], src_host: str, number: int,
         out.destination_state = dst.get("state")
         red = dst.get("redirect") or {}
         out.local_pages_injected = int(red.get("local_pages_injected", 0))
+        if red:
+            out.split = {
+                "attempt": number,
+                "first_frontier": red.get("first_frontier"),
+                "frontier": red.get("frontier"),
+                "unheld_page_cost": red.get("unheld_page_cost"),
+                "pages_superseded": red.get("pages_superseded", 0),
+                **(red.get("timeline") or {})}
         for host, h in (red.get("holders") or {}).items():
             out.relays[host] = HolderRelay(
                 pages=int(h.get("pages", 0)), bytes=int(h.get("bytes", 0)),

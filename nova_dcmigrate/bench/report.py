@@ -113,6 +113,7 @@ def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
         rec["relay_detail"] = tot.relay_detail
         rec["pages_deduplicated"] = tot.pages_deduplicated
         rec["local_pages_reused"] = tot.local_pages_reused
+        rec["split"] = [a.split for a in run.counters if a.split]
     else:
         first = 1 if run.redirects else 0
         after = [a for a in run.attempts if a.number >= first]
@@ -124,6 +125,7 @@ def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
         rec["relay_detail"] = {}
         rec["pages_deduplicated"] = 0
         rec["local_pages_reused"] = 0
+        rec["split"] = []
     rec["bytes_from_source_after_redirect"] = from_src
     rec["bytes_relayed_total"] = sum(rec["bytes_relayed"].values())
 

@@ -155,3 +155,55 @@ def test_first_plan_uses_rate_hints_only_when_complete():
     no_rate = {k: v for k, v in b.items() if k != "rate"}
     assert _dest_with([a, no_rate], 37.5e6)._expected_rates() == (1.0, 1.0)
     assert _dest_with([a], None)._expected_rates() == (1.0, 1.0)
+
+
+# -- pages the source sent itself: holders skip them -------------------------
+class _Frames:
+    peer = "test-peer"
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[FrameType, bytes]] = []
+
+    def send(self, ftype: FrameType, payload: bytes = b"") -> None:
+        self.frames.append((ftype, bytes(payload)))
+
+
+def test_destination_sends_each_holder_its_superseded_pages_once(dest):
+    import array
+
+    from nova_dcmigrate.agent import plan as planmod
+
+    n = 40
+    owners = array.array("h", [1] * 10 + [2] * 10 + [planmod.NONE] * 20)
+    layout = SimpleNamespace(total_pages=n)
+    dest.planner = planmod.FrontierPlanner(planmod.Assignment(
+        layout, owners, bytearray([2] * n),             # type: ignore
+        bytearray(n * planmod.DIGEST_LEN)), {1, 2})
+    for p in dest.pullers:
+        p.conn = _Frames()
+    dest.pullers[0].lowest = 6          # holder 1 already relayed 6..9
+    dest.pullers[1].lowest = None       # holder 2 has sent nothing yet
+    dest.feed = SimpleNamespace(cond=threading.Lock(),  # type: ignore
+                                superseded=[2, 7, 12, 30, 2, 15])
+    dest._send_skips(dest.planner)
+    assert dest.feed.superseded == []
+    one, two = (p.conn.frames for p in dest.pullers)
+    assert one == [(FrameType.SKIP, wire.encode_g_list([2]))]
+    assert two == [(FrameType.SKIP, wire.encode_g_list([12, 15]))]
+    assert dest.planner.superseded_pages == 4   # 2, 7, 12, 15
+    dest.feed.superseded = [2, 12]              # nothing new
+    dest._send_skips(dest.planner)
+    assert len(one) == 1 and len(two) == 1
+
+
+def test_holder_skips_pages_it_has_not_relayed_yet():
+    from nova_dcmigrate.agent.holder import HolderRelay
+
+    h = HolderRelay.__new__(HolderRelay)
+    h.layout = SimpleNamespace(locate=lambda g: (g // 8, g % 8))
+    h._assigned = [bytearray(b"\x01" * 8), bytearray(b"\x01" * 8)]
+    h._assigned[1][3] = 0               # not this holder's page
+    h.pages_skipped = 0
+    h._skip([2, 11, 11, 9])
+    assert h._assigned[0][2] == 0 and h._assigned[1][1] == 0
+    assert h.pages_skipped == 2

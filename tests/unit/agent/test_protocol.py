@@ -161,8 +161,8 @@ def test_oversized_frame_rejected_before_reading_payload():
 @pytest.mark.parametrize("raw,msg", [
     (b"XXXX" + bytes(56), "bad magic"),
     (b"DCMG\x09" + bytes(55), "unsupported protocol version 9"),
-    (b"DCMG\x01" + bytes(55), "unsupported protocol version 1"),
-    (b"DCMG\x02\x63" + bytes(54), "unknown channel 99"),
+    (b"DCMG\x02" + bytes(55), "unsupported protocol version 2"),
+    (b"DCMG\x03\x63" + bytes(54), "unknown channel 99"),
 ])
 def test_bad_hello(raw, msg):
     with pytest.raises(exception.PeerProtocolError, match=msg):

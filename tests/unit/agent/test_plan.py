@@ -1,0 +1,71 @@
+"""The frontier planner: pricing pages nobody holds, superseded pages."""
+
+from __future__ import annotations
+
+import array
+from types import SimpleNamespace
+
+from nova_dcmigrate.agent import plan as planmod
+
+
+def _assignment(owners: list[int], states: list[int]) -> planmod.Assignment:
+    n = len(owners)
+    layout = SimpleNamespace(total_pages=n)
+    return planmod.Assignment(layout,                 # type: ignore
+                              array.array("h", owners), bytearray(states),
+                              bytearray(n * planmod.DIGEST_LEN))
+
+
+def _sparse_guest() -> planmod.Assignment:
+    # Pages [0, 100) held by holder 1, 10 of them data; [100, 200) held
+    # by nobody (the first attempt never got there).
+    owners = [1] * 100 + [planmod.NONE] * 100
+    states = [2 if g % 10 == 0 else 1 for g in range(100)] + [0] * 100
+    return _assignment(owners, states)
+
+
+def test_unheld_pages_priced_by_the_held_zero_share():
+    p = planmod.FrontierPlanner(_sparse_guest(), {1})
+    want = (10 * planmod.DATA_COST + 90 * planmod.ZERO_COST) / 100
+    assert p.unheld_page_cost == want
+
+
+def test_nothing_held_prices_unheld_pages_as_data():
+    p = planmod.FrontierPlanner(_assignment([planmod.NONE] * 4, [0] * 4),
+                                {1})
+    assert p.unheld_page_cost == planmod.DATA_COST
+
+
+def test_first_plan_gives_the_source_held_pages_when_unheld_are_cheap():
+    p = planmod.FrontierPlanner(_sparse_guest(), {1})
+    # Source twice as fast as the holder: with the sparse unheld part
+    # priced like the held part the source takes some held pages ...
+    x = p.plan(0, p.total, 2.0, 1.0)
+    assert 0 < x < 100
+    # ... priced as data pages, the source would get none: a frontier
+    # at 0 can never be raised.
+    assert p.plan(0, p.total, 2.0, 1.0, planmod.DATA_COST) == 0
+
+
+def test_superseded_pages_leave_the_holders_work():
+    p = planmod.FrontierPlanner(_sparse_guest(), {1})
+    before = p.plan(0, p.total, 2.0, 1.0)
+    assert p.holder_cost(0, 100) == p.remote_cost(0, 100)
+    for g in range(50, 100, 10):            # five data pages rewritten
+        assert p.supersede(g)
+    assert p.holder_cost(0, 100) == \
+        p.remote_cost(0, 100) - 5 * planmod.DATA_COST
+    assert p.holder_cost(0, 50) == p.remote_cost(0, 50)
+    assert p.superseded_pages == 5
+    # Less for the holders to do: the source takes fewer held pages.
+    assert p.plan(0, p.total, 2.0, 1.0) < before
+
+
+def test_supersede_ignores_unheld_and_repeated_pages():
+    p = planmod.FrontierPlanner(_sparse_guest(), {1})
+    assert not p.supersede(150)             # nobody holds it
+    assert p.supersede(3)
+    assert not p.supersede(3)
+    assert p.superseded_pages == 1
+    local = planmod.FrontierPlanner(_sparse_guest(), {2})
+    assert not local.supersede(3)           # holder 1 is not remote here
