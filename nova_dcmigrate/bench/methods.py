@@ -306,11 +306,8 @@ class AgentDriver(_QmpDriver):
     """Through the dcmigrate agents (:class:`RedirectableMigration`)."""
 
     def __init__(self, lab: Lab, src: QemuGuest, run: MigrationRun,
-                 downtime_ms: int, agents: LabAgents, split: bool,
-                 gate_ms: int | None = None) -> None:
+                 downtime_ms: int, agents: LabAgents, split: bool) -> None:
         super().__init__(lab, src, run, downtime_ms)
-        if gate_ms is not None:
-            _replace_gate(src, gate_ms)
         self.m = RedirectableMigration(lab, agents, src, split=split,
                                        downtime_ms=downtime_ms)
 
@@ -381,32 +378,13 @@ class AgentDriver(_QmpDriver):
         self.m.cleanup()
 
 
-def _replace_gate(src: QemuGuest, gate_ms: int) -> None:
-    """Make this guest's ``downtime-limit`` 0 (the lab controller's
-    switchover gate) become ``gate_ms`` (``--switchover-gate-ms``).
-
-    QEMU 10 completes a migration whose pending estimate is 0 at the end
-    of a pass without an exact dirty sync when the limit is 0, so a 0 gate
-    forces the switchover it means to hold back; 1 ms does hold it.
-    """
-    original = src.set_migration_params
-
-    def gated(**params: Any) -> dict[str, Any]:
-        if params.get("downtime-limit") == 0:
-            params["downtime-limit"] = gate_ms
-        return original(**params)
-
-    setattr(src, "set_migration_params", gated)
-
-
 def make_driver(method: str, lab: Lab, src: QemuGuest, run: MigrationRun,
-                downtime_ms: int, agents: LabAgents | None,
-                gate_ms: int | None = None) -> Driver:
+                downtime_ms: int, agents: LabAgents | None) -> Driver:
     if method in ("dcmigrate", "relay-only"):
         if agents is None:
             raise BenchError("%s needs the lab agents" % method)
         return AgentDriver(lab, src, run, downtime_ms, agents,
-                           split=(method == "dcmigrate"), gate_ms=gate_ms)
+                           split=(method == "dcmigrate"))
     if method in ("restart", "direct"):
         return DirectDriver(lab, src, run, downtime_ms)
     raise BenchError("unknown method %s" % method)

@@ -78,9 +78,6 @@ class BenchConfig:
     seed: int | None = None
     downtime_ms: int = DEFAULT_DOWNTIME_MS
     auto_converge: bool = False
-    #: Experimental: downtime-limit (ms) the agent methods' switchover gate
-    #: uses instead of the lab controller's 0 (None: controller as is).
-    gate_ms: int | None = None
     timeout_s: float = 300.0
     boot_timeout_s: float = 120.0
     settle_s: float = 2.0
@@ -290,13 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default %(default)s, QEMU's own default)")
     m.add_argument("--auto-converge", action="store_true",
                    help="enable QEMU's auto-converge for every method")
-    m.add_argument("--switchover-gate-ms", type=int, default=None,
-                   metavar="MS",
-                   help="experimental, agent methods only: hold the "
-                        "switchover with downtime-limit MS instead of the "
-                        "lab controller's 0 until the relays are in (QEMU "
-                        "10 switches over at the end of a pass when the "
-                        "limit is 0; try 1)")
     m.add_argument("--timeout", type=float, default=300.0, metavar="S",
                    help="give up on a migration after S seconds (default "
                         "%(default)s)")
@@ -339,8 +329,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise OptionError("--repeat: at least 1")
     if args.downtime_limit < 1:
         raise OptionError("--downtime-limit: at least 1 ms")
-    if args.switchover_gate_ms is not None and args.switchover_gate_ms < 0:
-        raise OptionError("--switchover-gate-ms cannot be negative")
     fractions = parse_fractions(args.redirect_at)
     route = parse_route(args.route, len(fractions))
     methods = parse_methods(args.methods)
@@ -363,7 +351,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         links=links, methods=methods, repeat=args.repeat, via=args.via,
         json_path=args.json_path, plot_path=args.plot_path, seed=args.seed,
         downtime_ms=args.downtime_limit, auto_converge=args.auto_converge,
-        gate_ms=args.switchover_gate_ms,
         timeout_s=args.timeout, boot_timeout_s=args.boot_timeout,
         settle_s=args.settle, debug=args.debug,
         keep_workdir=args.keep_workdir, cache_dir=args.cache_dir,

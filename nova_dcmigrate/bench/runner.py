@@ -135,8 +135,7 @@ class QmpSide:
         caps = {"auto_converge": True} if self.cfg.auto_converge else {}
         self.guest.set_migration_caps(**caps)
         return meth.make_driver(method, self.lab, self.guest, run,
-                                self.cfg.downtime_ms, agents,
-                                self.cfg.gate_ms)
+                                self.cfg.downtime_ms, agents)
 
     def verify(self, run: meth.MigrationRun) -> ramcheck.RamComparison:
         assert self.guest is not None and run.dst_guest is not None
