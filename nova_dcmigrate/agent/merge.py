@@ -244,7 +244,9 @@ class MergeVisitor(StreamVisitor):
         self.feed.configure(start)
         self.w.ram_start(start)
         self.feed.flush()
-        # Holders' pages may be injected from now on.
+        # Holders' pages may be injected from now on: wake the relay loops
+        # (they would otherwise sleep out their wait).
+        self.feed.cond.notify_all()
         self.feed.cond.release()
         try:
             self.on_start(start)
@@ -292,7 +294,15 @@ class MergeVisitor(StreamVisitor):
 
 
 class RateMeter:
-    """Bytes per second over a sliding window."""
+    """Bytes per second over a sliding window.
+
+    Measured up to *now*, not to the last arrival: frames come in bursts
+    (socket buffers), and two frames a millisecond apart say nothing of a
+    link's rate; a sender that stopped shows a falling rate.  No measure
+    (0.0) before :data:`MIN_SPAN_S` of data.
+    """
+
+    MIN_SPAN_S = 0.1
 
     def __init__(self, window: float = 1.0) -> None:
         self.window = window
@@ -310,8 +320,10 @@ class RateMeter:
     def rate(self) -> float:
         if len(self.samples) < 2:
             return 0.0
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        t0, b0 = self.samples[0]
+        b1 = self.samples[-1][1]
+        span = time.monotonic() - t0
+        return (b1 - b0) / span if span >= self.MIN_SPAN_S else 0.0
 
 
 def time_stamp() -> Any:

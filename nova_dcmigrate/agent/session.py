@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import select
 import socket
 import sys
 import threading
@@ -51,12 +52,20 @@ from nova_dcmigrate.stream import StreamReader
 from nova_dcmigrate.stream import Preamble
 from nova_dcmigrate.stream import StreamVisitor
 from nova_dcmigrate.stream import StreamWriter
+from nova_dcmigrate.stream.constants import CMD_SWITCHOVER_START
+from nova_dcmigrate.stream.constants import SECTION_END
+from nova_dcmigrate.stream.constants import SECTION_PART
 
 LOG = logging.getLogger(__name__)
 
 #: Smallest raise of the frontier worth a round trip to the source
 #: (pages; 1 MiB).
 RAISE_MIN_PAGES = 256
+#: Longest wait after the source's first pass for both rates to be
+#: measured before the hints decide whether to ask for kept pages (s).
+MEASURE_WAIT_S = 1.0
+#: Kept pages per DATA frame when a raise gives them back (256 KiB).
+ASSIST_BATCH = 63
 #: Page numbers per SKIP frame (8 bytes each).
 SKIP_BATCH = 8192
 
@@ -301,7 +310,9 @@ class _SourceFilter(StreamVisitor):
     A page is dropped iff its digest equals what the new destination is
     going to hold for it (reference section 2.5, rule 1) -- except held
     pages below the frontier during the first pass, which the source
-    sends itself so that it and the holders finish together.
+    sends itself so that it and the holders finish together.  Held pages
+    skipped above the frontier are kept (within a budget) so that a later
+    raise of the frontier can still be honoured: :meth:`emit_assist`.
     """
 
     def __init__(self, session: SourceSession, layout: Layout,
@@ -321,11 +332,15 @@ class _SourceFilter(StreamVisitor):
         self.dropped = 0
         self.dropped_bytes = 0
         self.forwarded_held = 0
+        # The switchover has begun: no more pages of our own in the stream.
+        self.completing = False
 
     def on_preamble(self, preamble: Preamble) -> None:
         self.w.raw(preamble.raw)
 
     def on_command(self, cmd: int, data: bytes, raw: bytes) -> None:
+        if cmd == CMD_SWITCHOVER_START:
+            self.completing = True
         self.w.raw(raw)
 
     def on_ram_start(self, start: RamStart) -> None:
@@ -339,6 +354,8 @@ class _SourceFilter(StreamVisitor):
         self.w.ram_start(start)
 
     def on_section_begin(self, kind: int, section_id: int) -> None:
+        if kind == SECTION_END:
+            self.completing = True
         self.w.begin_section(kind)
 
     def _cover(self, idx: int, page: int) -> None:
@@ -362,12 +379,14 @@ class _SourceFilter(StreamVisitor):
         if flag and exp[di:di + DIGEST_LEN] == d:
             if (flag == planmod.FLAG_REMOTE and not self.pass1_done
                     and self.s.held_page_below_frontier(
-                        self.layout.bases[idx] + page)):
+                        self.layout.bases[idx] + page, block, page, data)):
                 self.forwarded_held += 1
             else:
                 self.dropped += 1
                 self.dropped_bytes += len(data)
                 return
+        elif self.s.assist:
+            self.s.forget_assist(self.layout.bases[idx] + page)
         self.w.page(block, page, data)
         exp[di:di + DIGEST_LEN] = d
         fl[page] = 3          # the destination holds what we sent
@@ -377,6 +396,8 @@ class _SourceFilter(StreamVisitor):
         if not self.pass1_done:
             self._cover(idx, page)
         # Zero records are 9-16 bytes: always send them (reference 2.5).
+        if self.s.assist:
+            self.s.forget_assist(self.layout.bases[idx] + page)
         self.w.zero(block, page)
         di = page * DIGEST_LEN
         self.expected[idx][di:di + DIGEST_LEN] = self.zero
@@ -386,7 +407,29 @@ class _SourceFilter(StreamVisitor):
         self.w.end_section()
 
     def on_tail(self, data: memoryview) -> None:
+        self.completing = True
         self.w.raw(data)
+
+    def emit_assist(self, pages: list[tuple[RamBlock, int, bytes]]) -> bool:
+        """Write held pages the frontier now gives back to the source.
+
+        Between reads from QEMU the writer is either between sections or
+        inside one of QEMU's PART sections; pages may go into either.
+        Returns False (nothing written) once the switchover has begun: the
+        holders still relay those pages then.
+        """
+        w = self.w
+        if not w.ram_started or self.completing:
+            return False
+        own = not w.section_kind
+        if own:
+            w.begin_section(SECTION_PART)
+        for block, page, data in pages:
+            w.page(block, page, data)
+        if own:
+            w.end_section()
+        self.forwarded_held += len(pages)
+        return True
 
 
 def digest_seed(secret: bytes) -> int:
@@ -426,10 +469,25 @@ class SourceSession(MigrationSession):
         self.flags: list[bytearray] = []
         self.expected: list[bytearray] = []
         self.frontier = 0
-        # Lowest held page skipped in the first pass: the frontier may
-        # be raised up to here, never above (the holders stop there).
+        # Lowest held page skipped in the first pass and not kept: the
+        # frontier may be raised up to here, never above (the holders stop
+        # there).
         self.lowest_skip = sys.maxsize
+        # Held pages skipped in the first pass, kept so that a raise can
+        # give them back to the source: global page -> (block, page, data).
+        self.assist: dict[int, tuple[RamBlock, int, bytes]] = {}
+        self.assist_budget = conf.assist_buffer_mib * 256
+        # Frontier confirmations (with the kept pages a raise gives back)
+        # for the forward loop: the pages must precede the confirmation in
+        # the stream.
+        self._outbox: collections.deque[
+            tuple[int, int, list[tuple[RamBlock, int, bytes]]]] = \
+            collections.deque()
         self._frontier_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._track(self._wake_r)
+        self._track(self._wake_w)
         self.filter: _SourceFilter | None = None
 
     def start(self) -> None:
@@ -507,38 +565,81 @@ class SourceSession(MigrationSession):
             else:
                 return ftype, payload
 
-    def held_page_below_frontier(self, g: int) -> bool:
+    def held_page_below_frontier(self, g: int, block: RamBlock, page: int,
+                                 data: memoryview) -> bool:
         """First pass, a page a holder will relay: send it ourselves?
 
-        Called by the filter for every such page; recording the skip
-        under the same lock as a raise keeps raises exact.
+        Called by the filter for every such page; a skipped page is kept
+        while the budget allows, else recorded as the raise limit -- under
+        the same lock as a raise, which keeps raises exact.
         """
         with self._frontier_lock:
             if g < self.frontier:
                 return True
-            if g < self.lowest_skip:
+            if len(self.assist) < self.assist_budget:
+                self.assist[g] = (block, page, bytes(data))
+                self.counters["assist_pages_kept"] = \
+                    self.counters.get("assist_pages_kept", 0) + 1
+            elif g < self.lowest_skip:
                 self.lowest_skip = g
             return False
 
+    def forget_assist(self, g: int) -> None:
+        """QEMU sent page ``g`` again with other content: the kept copy is
+        stale."""
+        with self._frontier_lock:
+            self.assist.pop(g, None)
+
     def _move_frontier(self, conn: protocol.FramedConnection,
                        want: int) -> None:
-        """Apply the destination's new frontier and confirm it.
+        """Apply the destination's new frontier; the forward loop confirms
+        it (:meth:`_drain_outbox`).
 
         Lowering is always safe.  A raise is clamped to the lowest held
-        page already skipped (the holders stop at the confirmed value, so
-        a skipped page above it would be lost until FINAL) and refused
-        once the first pass is over.
+        page skipped and not kept (the holders stop at the confirmed
+        value, so such a page above it would be lost until FINAL); the
+        kept pages below the new frontier go out before the confirmation.
         """
         with self._frontier_lock:
             cur = self.frontier
+            give: list[tuple[RamBlock, int, bytes]] = []
             if want > cur:
-                f = self.filter
-                limit = cur if f is None or f.pass1_done else \
+                limit = cur if self.filter is None else \
                     max(cur, self.lowest_skip)
                 want = min(want, limit)
+                if self.assist and want > cur:
+                    mine = sorted(g for g in self.assist if cur <= g < want)
+                    give = [self.assist.pop(g) for g in mine]
             self.frontier = want
+            self._outbox.append((cur, want, give))
         self.counters["frontier"] = want
-        conn.send(FrameType.FRONTIER, wire.U64.pack(want))
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass            # closing: nobody waits for the confirmation
+
+    def _drain_outbox(self, conn: protocol.FramedConnection,
+                      f: _SourceFilter) -> None:
+        """Forward-loop side of :meth:`_move_frontier`: the pages a raise
+        gave back, then the confirmation, in stream order."""
+        while True:
+            with self._frontier_lock:
+                if not self._outbox:
+                    return
+                cur, want, give = self._outbox.popleft()
+            c = self.counters
+            for i in range(0, len(give), ASSIST_BATCH):
+                batch = give[i:i + ASSIST_BATCH]
+                if not f.emit_assist(batch):
+                    # The switchover began: the holders keep those pages.
+                    want = cur
+                    break
+                out = f.w.take()
+                conn.send(FrameType.DATA, out)
+                c["bytes_sent"] = c.get("bytes_sent", 0) + len(out)
+                c["assist_pages_sent"] = \
+                    c.get("assist_pages_sent", 0) + len(batch)
+            conn.send(FrameType.FRONTIER, wire.U64.pack(want))
 
     def _connect_peer(self) -> protocol.FramedConnection:
         peer = "%s:%d" % (self.dest_address, self.dest_port)
@@ -614,7 +715,15 @@ class SourceSession(MigrationSession):
         c = self.counters
         last_progress = 0.0
         sent_done = False
+        wake = self._wake_r
         while True:
+            ready = select.select([qsock, wake], [], [])[0]
+            if wake in ready:
+                # A frontier move: confirm it between reads from QEMU.
+                wake.recv(4096)
+                self._drain_outbox(conn, f)
+                if qsock not in ready:
+                    continue
             buf = reader.get_buffer(chunk)
             n = qsock.recv_into(buf, chunk)
             if n == 0:
@@ -733,6 +842,10 @@ class DestinationSession(MigrationSession):
         self.src_meter = merge.RateMeter()
         self.relay_meter = merge.RateMeter()
         self.first_frontier = 0
+        self._pass1_at = 0.0
+        # A raise came back without moving the frontier: the source kept
+        # no more pages above it.
+        self._raises_futile = False
         self.timeline: dict[str, float] = {}
 
     def attach_peer(self, conn: protocol.FramedConnection) -> None:
@@ -1024,6 +1137,7 @@ class DestinationSession(MigrationSession):
                 self.src_position = pos
                 if done and not self.src_pass1_done:
                     self.src_pass1_done = True
+                    self._pass1_at = time.monotonic()
                     self._mark("pass1_done_s")
                     LOG.info("migration %(mid)s attempt %(att)d: source "
                              "finished its first pass",
@@ -1136,21 +1250,47 @@ class DestinationSession(MigrationSession):
             self._send_skips(planner)
             if self.final_sent:
                 continue
-            if self.src_pass1_done:
-                self._send_final()
-                self._check_relays_done()
-                continue
             lows = [p.lowest for p in self.pullers if p.lowest is not None]
             a_pos = min(lows) if lows else planner.total
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
+            if self.src_pass1_done:
+                if not self._assist_pending(conn, planner, a_pos, rs, rh):
+                    self._send_final()
+                    self._check_relays_done()
+                continue
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
             x = planner.plan(self.src_position, a_pos, rs, rh)
             if x < self.frontier or (
                     x >= self.frontier + RAISE_MIN_PAGES
-                    and self.src_position < self.frontier
+                    and not self._raises_futile
                     and not self._frontier_requests):
                 self._request_frontier(conn, x)
+
+    def _assist_pending(self, conn: protocol.FramedConnection,
+                        planner: planmod.FrontierPlanner, a_pos: int,
+                        rs: float, rh: float) -> bool:
+        """After the source's first pass: should it take more held pages
+        (the ones it kept) before FINAL?  True while a raise is asked for
+        or in flight."""
+        if self._frontier_requests:
+            return True
+        if not self.split or self._raises_futile:
+            return False
+        if rs <= 0 or rh <= 0:
+            # No measure yet (a holder not started, or the source idle):
+            # wait briefly for one, then go by the hints.
+            if time.monotonic() - self._pass1_at < MEASURE_WAIT_S and \
+                    planner.holder_cost(self.frontier, a_pos) > 0:
+                return True
+            rs, rh = self._expected_rates()
+        # The source has no first-pass work left: balance the held pages
+        # above the frontier between its link and the holders'.
+        x = planner.plan(self.frontier, a_pos, rs, rh, 0.0)
+        if x < self.frontier + RAISE_MIN_PAGES:
+            return False
+        self._request_frontier(conn, x)
+        return True
 
     def _send_skips(self, planner: planmod.FrontierPlanner) -> None:
         """SKIP to each holder the pages of its own the source has sent
@@ -1211,7 +1351,11 @@ class DestinationSession(MigrationSession):
                 raise exception.PeerProtocolError(
                     peer=conn.peer, reason="unsolicited FRONTIER from the "
                     "source")
-            self._frontier_requests.popleft()
+            asked = self._frontier_requests.popleft()
+            if applied < asked:
+                # Clamped: the source skipped a page it did not keep at
+                # ``applied``; no later raise can pass it.
+                self._raises_futile = True
             if self.final_sent:
                 return
             if not self._frontier_requests:

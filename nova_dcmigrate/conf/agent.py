@@ -52,6 +52,17 @@ OPTS = [
              "switchover, so small buffers keep downtime close to a direct "
              "migration's (measured on 300 Mbit/s links: +44 ms at 64 KiB, "
              "+73 ms at 256 KiB, +144 ms at 1 MiB)."),
+    cfg.IntOpt(
+        "assist_buffer_mib",
+        default=256, min=0,
+        help="Memory (MiB) a source agent may use per redirected attempt to "
+             "keep the held pages it skipped in the first pass. With them it "
+             "can still send those pages itself when the holders fall behind "
+             "(the new destination raises the frontier of the optimised "
+             "split after the source passed it), so the first plan's guess "
+             "of what the source has left to send matters less. 0: skipped "
+             "pages are dropped and the frontier can only be raised up to "
+             "the first of them."),
     cfg.FloatOpt(
         "ack_interval",
         default=0.1, min=0.01,

@@ -51,6 +51,15 @@ class StreamWriter:
         """Total bytes produced, including those already taken."""
         return self._taken + len(self._buf)
 
+    @property
+    def section_kind(self) -> int:
+        """Type byte of the open section (PART or END), 0 if none."""
+        return self._section_kind
+
+    @property
+    def ram_started(self) -> bool:
+        return self._section_id is not None
+
     def raw(self, data: bytes | bytearray | memoryview) -> None:
         """Append bytes verbatim."""
         self._buf += data

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import socket
 import threading
+import time
 import uuid
 
 from oslo_config import cfg
@@ -90,11 +91,15 @@ class FakeSourceQemu:
     stream, then reads the return path until EOF."""
 
     def __init__(self, port: int, data: bytes, chunk: int = 65536,
-                 stop_after: int | None = None) -> None:
+                 stop_after: int | None = None,
+                 pause: tuple[int, float] | None = None) -> None:
+        """:param pause: (offset, seconds): stop sending at ``offset`` for
+            that long, as QEMU does while it waits for the switchover."""
         self.port = port
         self.data = data
         self.chunk = chunk
         self.stop_after = stop_after
+        self.pause = pause
         self.returned = bytearray()
         self.error: Exception | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -114,8 +119,12 @@ class FakeSourceQemu:
         try:
             limit = len(self.data) if self.stop_after is None else \
                 self.stop_after
-            for off in range(0, limit, self.chunk):
-                s.sendall(self.data[off:min(off + self.chunk, limit)])
+            cuts = sorted({*range(0, limit, self.chunk), limit,
+                           *([self.pause[0]] if self.pause else [])})
+            for lo, hi in zip(cuts, cuts[1:]):
+                if self.pause and lo == self.pause[0]:
+                    time.sleep(self.pause[1])
+                s.sendall(self.data[lo:hi])
             s.shutdown(socket.SHUT_WR)
         except OSError as err:
             self.error = err

@@ -33,45 +33,113 @@ class RecordingConn:
         self.sent.append((ftype, wire.U64.unpack(payload)[0]))
 
 
-def _source(frontier: int, pass1_done: bool = False) -> SourceSession:
-    conf = make_conf().dcmigrate_agent
+class _Filter:
+    """Stands in for the source's stream filter: records what a raise
+    gives back (``completing``: the switchover has begun)."""
+
+    def __init__(self, completing: bool = False) -> None:
+        self.completing = completing
+        self.emitted: list[int] = []
+        self.w = SimpleNamespace(take=lambda: b"pages")
+
+    def emit_assist(self, pages) -> bool:
+        if self.completing:
+            return False
+        self.emitted += [page for _block, page, _data in pages]
+        return True
+
+
+BLOCK = SimpleNamespace(index=0, name="pc.ram")
+PAGE = bytes(4096)
+
+
+def _source(frontier: int, keep: int = 0, **filt) -> SourceSession:
+    conf = make_conf(assist_buffer_mib=keep).dcmigrate_agent
     s = SourceSession(conf, MID, "s" * 64, 1, 0, "127.0.0.1", 1)
     s.frontier = frontier
-    s.filter = SimpleNamespace(pass1_done=pass1_done)  # type: ignore
+    s.filter = _Filter(**filt)                        # type: ignore
     return s
 
 
+def _held(s: SourceSession, g: int) -> bool:
+    return s.held_page_below_frontier(g, BLOCK, g, PAGE)  # type: ignore
+
+
+class _Recording(RecordingConn):
+    def send(self, ftype: FrameType, payload: bytes = b"") -> None:
+        if ftype == FrameType.DATA:
+            self.sent.append((ftype, len(payload)))
+        else:
+            super().send(ftype, payload)
+
+
+def _move(s: SourceSession, want: int) -> list:
+    conn = _Recording()
+    s._move_frontier(conn, want)
+    assert conn.sent == []          # the forward loop confirms
+    s._drain_outbox(conn, s.filter)                   # type: ignore
+    return conn.sent
+
+
 def test_source_lowers_at_once_and_confirms():
-    s, conn = _source(500), RecordingConn()
-    s._move_frontier(conn, 200)
+    s = _source(500)
+    assert _move(s, 200) == [(FrameType.FRONTIER, 200)]
     assert s.frontier == 200
-    assert conn.sent == [(FrameType.FRONTIER, 200)]
 
 
 def test_source_raise_is_clamped_to_lowest_skipped_held_page():
-    s, conn = _source(100), RecordingConn()
-    assert s.held_page_below_frontier(50)          # sent by the source
-    assert not s.held_page_below_frontier(300)     # skipped
-    assert not s.held_page_below_frontier(400)
-    s._move_frontier(conn, 1000)
+    s = _source(100)
+    assert _held(s, 50)             # sent by the source
+    assert not _held(s, 300)        # skipped, not kept (no budget)
+    assert not _held(s, 400)
     # Page 300 was skipped: the holders must still relay it.
+    assert _move(s, 1000) == [(FrameType.FRONTIER, 300)]
     assert s.frontier == 300
-    assert conn.sent == [(FrameType.FRONTIER, 300)]
-    assert s.held_page_below_frontier(299)
+    assert _held(s, 299)
 
 
 def test_source_raise_applies_in_full_before_any_skip():
-    s, conn = _source(100), RecordingConn()
-    assert s.held_page_below_frontier(10)
-    s._move_frontier(conn, 800)
-    assert s.frontier == 800 and conn.sent == [(FrameType.FRONTIER, 800)]
-    assert s.held_page_below_frontier(700)
+    s = _source(100)
+    assert _held(s, 10)
+    assert _move(s, 800) == [(FrameType.FRONTIER, 800)]
+    assert _held(s, 700)
 
 
-def test_source_refuses_raise_after_first_pass():
-    s, conn = _source(100, pass1_done=True), RecordingConn()
-    s._move_frontier(conn, 800)
-    assert s.frontier == 100 and conn.sent == [(FrameType.FRONTIER, 100)]
+def test_source_gives_back_kept_pages_before_confirming_a_raise():
+    s = _source(100, keep=1)        # 1 MiB: 256 pages
+    for g in (300, 400, 900):
+        assert not _held(s, g)
+    # QEMU sent 400 again with other content: that copy went out as is.
+    s.forget_assist(400)
+    assert _move(s, 600) == [(FrameType.DATA, 5), (FrameType.FRONTIER, 600)]
+    assert s.filter.emitted == [300]                  # type: ignore
+    assert s.counters["assist_pages_sent"] == 1
+    assert sorted(s.assist) == [900]
+
+
+def test_source_keeps_pages_within_its_budget_only():
+    s = _source(0, keep=1)
+    for g in range(10, 10 + 256 + 5):
+        assert not _held(s, g)
+    assert len(s.assist) == 256
+    # 266 was the first page not kept: no raise can pass it.
+    sent = _move(s, 10_000)
+    # In DATA frames of at most 256 KiB, then the confirmation.
+    assert sent == [(FrameType.DATA, 5)] * 5 + [(FrameType.FRONTIER, 266)]
+    assert len(s.filter.emitted) == 256               # type: ignore
+
+
+def test_source_raise_after_first_pass_only_over_kept_pages():
+    s = _source(100, keep=0)
+    assert not _held(s, 150)
+    s.filter.pass1_done = True                        # type: ignore
+    assert _move(s, 800) == [(FrameType.FRONTIER, 150)]
+
+
+def test_source_confirms_old_frontier_once_switchover_began():
+    s = _source(100, keep=1, completing=True)
+    assert not _held(s, 300)
+    assert _move(s, 600) == [(FrameType.FRONTIER, 100)]
 
 
 class _Puller:
@@ -207,3 +275,53 @@ def test_holder_skips_pages_it_has_not_relayed_yet():
     h._skip([2, 11, 11, 9])
     assert h._assigned[0][2] == 0 and h._assigned[1][1] == 0
     assert h.pages_skipped == 2
+
+
+def _planner(n_held: int, holders=(1, 2)):
+    import array
+
+    from nova_dcmigrate.agent import plan as planmod
+
+    owners = array.array("h", [holders[0]] * n_held)
+    layout = SimpleNamespace(total_pages=n_held)
+    return planmod.FrontierPlanner(planmod.Assignment(
+        layout, owners, bytearray([2] * n_held),       # type: ignore
+        bytearray(n_held * planmod.DIGEST_LEN)), set(holders))
+
+
+def test_after_first_pass_source_is_asked_for_kept_pages(dest):
+    planner = _planner(4000)
+    dest.frontier = 500
+    dest.stops = {1: 500, 2: 500}
+    dest.src_pass1_done = True
+    src = RecordingConn()
+    # Holders still have [500, 3000) to relay at the source's rate: the
+    # source should take about half of it.
+    assert dest._assist_pending(src, planner, 3000, 1e6, 1e6)
+    (ftype, x), = src.sent
+    assert ftype == FrameType.FRONTIER and 1700 <= x <= 1800
+    assert dest._assist_pending(src, planner, 3000, 1e6, 1e6)  # in flight
+    assert len(src.sent) == 1
+    dest._frontier_confirmed(src, x)
+    assert dest.stops == {1: x, 2: x}
+    # Meanwhile the holders came down close to x: FINAL may go.
+    assert not dest._assist_pending(src, planner, x + 300, 1e6, 1e6)
+
+
+def test_clamped_raise_stops_further_raises(dest):
+    planner = _planner(4000)
+    dest.src_pass1_done = True
+    src = RecordingConn()
+    assert dest._assist_pending(src, planner, 3000, 1e6, 1e6)
+    dest._frontier_confirmed(src, 520)          # the source kept little
+    assert dest._raises_futile
+    assert not dest._assist_pending(src, planner, 3000, 1e6, 1e6)
+    assert dest.frontier == 520 and dest.stops == {1: 520, 2: 520}
+
+
+def test_relay_only_never_asks_for_kept_pages(dest):
+    dest.split = False
+    dest.src_pass1_done = True
+    src = RecordingConn()
+    assert not dest._assist_pending(src, _planner(4000), 3000, 1e6, 1e6)
+    assert src.sent == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 import uuid
 
 import pytest
@@ -83,7 +84,7 @@ class Cluster:
                 "port": self.agents[name].listener.port}
 
     def migrate(self, dest: str, data: bytes, holders=(), stop_after=None,
-                chunk=65536):
+                chunk=65536, pause=None):
         att = self.attempt
         self.attempt += 1
         dq = FakeDestQemu()
@@ -95,7 +96,7 @@ class Cluster:
             None, self.mid, self.secret, listen, "127.0.0.1",
             self.agents[dest].listener.port, att)
         sq = FakeSourceQemu(listen, data, chunk=chunk,
-                            stop_after=stop_after).start()
+                            stop_after=stop_after, pause=pause).start()
         src = self.agents["src"].sessions[(self.mid, att)]
         dst = self.agents[dest].sessions[(self.mid, att)]
         final = SessionState.FAILED if stop_after else \
@@ -242,3 +243,40 @@ def test_slow_source_fast_holder_relays_everything_before_final(cluster):
     assert dst.state == SessionState.COMPLETED, dst.error
     assert _decode(dq) == g.expect()
     assert dst.frontier <= dst.planner.total
+
+
+def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
+        cluster, monkeypatch):
+    # The old destination relays slowly (a slow link); the source is done
+    # with its first pass at once and QEMU waits for the switchover, so
+    # the new destination raises the frontier past where the source
+    # already was: the source sends the held pages it kept itself.
+    from nova_dcmigrate.agent import holder as holder_mod
+    from nova_dcmigrate.stream import constants as sc
+
+    flush = holder_mod.HolderRelay._flush
+
+    def slow_flush(self, batch):
+        if batch:
+            time.sleep(0.01)
+        flush(self, batch)
+
+    # About 400 pages/s in small batches: a slow link, not a stall.
+    monkeypatch.setattr(holder_mod, "BATCH_BYTES", 4 * 4096)
+    monkeypatch.setattr(holder_mod.HolderRelay, "_flush", slow_flush)
+    g = Guest(seed=17)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.9))
+    s1 = g.stream()
+    switchover = s1.data.rfind(sc.COMMAND_HEADER.pack(
+        sc.SECTION_COMMAND, sc.CMD_SWITCHOVER_START, 0))
+    assert switchover > 0
+    src, dst, dq = cluster.migrate("b", s1.data, holders=["a"],
+                                   pause=(switchover, 2.0))
+    assert dst.state == SessionState.COMPLETED, dst.error
+    assert _decode(dq) == g.expect()
+    assert src.counters.get("assist_pages_sent", 0) > 0
+    assert dst.frontier > dst.first_frontier
+    held_above = sum(1 for x in range(dst.first_frontier, dst.planner.total)
+                     if dst.assignment.owner[x] == 1)
+    assert dst.pullers[0].pages < held_above
