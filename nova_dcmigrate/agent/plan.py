@@ -208,33 +208,40 @@ class FrontierPlanner:
                                                 sup.prefix(lo))
 
     def plan(self, s_pos: int, a_pos: int, rate_source: float,
-             rate_holders: float, source_page_cost: float | None = None
-             ) -> int:
-        """Frontier X in [s_pos, a_pos] where both sides finish together.
+             rate_holders: float, source_page_cost: float | None = None,
+             frontier: int | None = None) -> int:
+        """Frontier X where both sides finish together.
 
-        :param s_pos: next page of the source's first pass.
+        :param s_pos: next page of the source's first pass (the number of
+            pages once it is over).
         :param a_pos: lowest page the holders have reached (exclusive
             upper end of their remaining work).
         :param source_page_cost: bytes per page nobody holds (default:
             :attr:`unheld_page_cost`).
+        :param frontier: the current frontier.  Once the source has passed
+            it, the held pages in between are ones it skipped (and kept):
+            X is then at least the frontier, and the source's share is
+            counted from there.  Default: the source has not passed it.
         """
         s_pos = max(0, min(s_pos, self.total))
-        a_pos = max(s_pos, min(a_pos, self.total))
+        lo = s_pos if frontier is None else max(0, min(s_pos, frontier))
+        a_pos = max(lo, min(a_pos, self.total))
         rs = max(rate_source, 1.0)
         rh = max(rate_holders, 1.0)
         if source_page_cost is None:
             source_page_cost = self.unheld_page_cost
         u_rem = (self.unheld[self.total] - self.unheld[s_pos]) * \
             source_page_cost
+        start = lo
 
         def source_time(x: int) -> float:
             # Superseded pages below x: the source has sent them already.
-            return (self.holder_cost(s_pos, x) + u_rem) / rs
+            return (self.holder_cost(start, x) + u_rem) / rs
 
         def holder_time(x: int) -> float:
             return self.holder_cost(x, a_pos) / rh
 
-        lo, hi = s_pos, a_pos
+        hi = a_pos
         if source_time(lo) >= holder_time(lo):
             return lo
         if source_time(hi) <= holder_time(hi):

@@ -717,7 +717,14 @@ class SourceSession(MigrationSession):
         sent_done = False
         wake = self._wake_r
         while True:
-            ready = select.select([qsock, wake], [], [])[0]
+            try:
+                ready = select.select([qsock, wake], [], [])[0]
+            except ValueError as err:
+                # An abort closed the sockets between two reads.
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="migration connection closed: %s" % err
+                ) from err
             if wake in ready:
                 # A frontier move: confirm it between reads from QEMU.
                 wake.recv(4096)
@@ -1260,7 +1267,8 @@ class DestinationSession(MigrationSession):
                 continue
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
-            x = planner.plan(self.src_position, a_pos, rs, rh)
+            x = planner.plan(self.src_position, a_pos, rs, rh,
+                             frontier=self.frontier)
             if x < self.frontier or (
                     x >= self.frontier + RAISE_MIN_PAGES
                     and not self._raises_futile
@@ -1286,7 +1294,8 @@ class DestinationSession(MigrationSession):
             rs, rh = self._expected_rates()
         # The source has no first-pass work left: balance the held pages
         # above the frontier between its link and the holders'.
-        x = planner.plan(self.frontier, a_pos, rs, rh, 0.0)
+        x = planner.plan(planner.total, a_pos, rs, rh,
+                         frontier=self.frontier)
         if x < self.frontier + RAISE_MIN_PAGES:
             return False
         self._request_frontier(conn, x)

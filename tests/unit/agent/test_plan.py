@@ -69,3 +69,27 @@ def test_supersede_ignores_unheld_and_repeated_pages():
     assert p.superseded_pages == 1
     local = planmod.FrontierPlanner(_sparse_guest(), {2})
     assert not local.supersede(3)           # holder 1 is not remote here
+
+
+def test_source_past_the_frontier_counts_its_share_from_the_frontier():
+    # Frontier 20; the source skipped (and kept) the held pages up to 100
+    # and now walks the unheld part.  A raise may only give it held pages
+    # from the frontier up, never "everything below where it is".
+    p = planmod.FrontierPlanner(_sparse_guest(), {1})
+    # Little unheld work left (zero pages), holders still at the top of
+    # their part: the source takes some held pages from the frontier up.
+    x = p.plan(150, 100, 1.0, 1.0, planmod.ZERO_COST, frontier=20)
+    assert 20 < x < 100
+    # Plenty of unheld work left (data pages): no raise at all.
+    assert p.plan(101, 100, 1.0, 1.0, planmod.DATA_COST, frontier=20) == 20
+    # Without the frontier the old rule would answer the source's
+    # position: "everything below where it is", past the holders.
+    assert p.plan(150, 100, 1.0, 1.0, planmod.ZERO_COST) == 150
+
+
+def test_after_the_first_pass_only_held_pages_are_balanced():
+    p = planmod.FrontierPlanner(_sparse_guest(), {1})
+    x = p.plan(p.total, 100, 3.0, 1.0, frontier=0)
+    # Three times the holders' rate: about three quarters of the cost.
+    share = p.holder_cost(0, x) / p.holder_cost(0, 100)
+    assert 0.65 < share < 0.85
