@@ -108,10 +108,11 @@ class QemuFeed:
         self.start: RamStart | None = None
         self.sent_by_src = bytearray()
         self.relayed = bytearray()
-        # Pages a remote holder was assigned (1) and, of those, the ones
-        # the source has since sent before any relayed copy got in: the
-        # holder may skip them (drained by the session).
-        self.remote_owned: bytearray | None = None
+        # The assignment's owner per page (a remote holder: > LOCAL), and
+        # the remote-held pages the source has since sent before any
+        # relayed copy got in: the holder may skip them (drained by the
+        # session).
+        self.owner: Sequence[int] = ()
         self.superseded: list[int] = []
         self.relays_closed = False
         self.bytes_to_qemu = 0
@@ -265,8 +266,7 @@ class MergeVisitor(StreamVisitor):
         g = f.layout.bases[block.index] + page  # type: ignore
         if not f.sent_by_src[g]:
             f.sent_by_src[g] = 1
-            if f.remote_owned is not None and f.remote_owned[g] and \
-                    not f.relayed[g]:
+            if f.owner and f.owner[g] > LOCAL and not f.relayed[g]:
                 f.superseded.append(g)
 
     def on_page(self, block: RamBlock, page: int, data: memoryview) -> None:

@@ -850,8 +850,8 @@ class DestinationSession(MigrationSession):
         self.relay_meter = merge.RateMeter()
         self.first_frontier = 0
         self._pass1_at = 0.0
-        # A raise came back without moving the frontier: the source kept
-        # no more pages above it.
+        # A raise came back clamped: the source skipped a page it did not
+        # keep, and no later raise can pass it.
         self._raises_futile = False
         self.timeline: dict[str, float] = {}
 
@@ -1073,6 +1073,7 @@ class DestinationSession(MigrationSession):
                   "none": assignment.pages_of(planmod.NONE),
                   "f": self.frontier})
         self.feed = merge.QemuFeed(qsock, self.store, self.attempt)
+        self.feed.owner = assignment.owner
         self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
         conn.send(FrameType.READY)
         self._spawn("dst-ret", self._return_loop, conn, qsock)
@@ -1102,9 +1103,6 @@ class DestinationSession(MigrationSession):
         store = self.store
         batch: list[tuple[int, int, Any]] = []
         owner = assignment.owner
-        if self.pullers:
-            feed.remote_owned = bytearray(1 if o > merge.LOCAL else 0
-                                          for o in owner)
         for idx, base in enumerate(layout.bases):
             for page in range(layout.npages[idx]):
                 if owner[base + page] == merge.LOCAL:
