@@ -1,10 +1,11 @@
 """One migration attempt as seen by one agent: the data pumps.
 
-A *source* session accepts the local migration connection (from QEMU, or
-from libvirtd on QEMU's behalf), connects to the destination host's agent,
+A *source* session accepts the local migration connection (from libvirtd
+on QEMU's behalf, or QEMU) on a UNIX socket in a root-only directory
+(:mod:`.local_socket`), connects to the destination host's agent,
 and pumps the stream forward while relaying the return path back.  A
 *destination* session takes the authenticated peer connection, connects to
-the local destination QEMU, parses the stream into the migration's page
+the local destination QEMU's UNIX socket, parses the stream into the migration's page
 store and feeds QEMU.
 
 Backpressure: every hop is a blocking send of at most one chunk, and socket
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import os
 import select
 import socket
 import sys
@@ -34,6 +36,7 @@ import xxhash
 
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.layout import Layout
+from nova_dcmigrate.agent import local_socket
 from nova_dcmigrate.agent import merge
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
@@ -43,6 +46,7 @@ from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.protocol import FrameType
 from nova_dcmigrate.agent import relay_wire as wire
 from nova_dcmigrate.agent import return_gate
+from nova_dcmigrate.agent.tls import PeerTLS
 from nova_dcmigrate.exception import MigrationStateError
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
@@ -89,7 +93,8 @@ class Role(enum.Enum):
 
 
 def _tune(sock: socket.socket, bufsize: int) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if bufsize:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
@@ -101,8 +106,16 @@ class MigrationSession:
     role: Role
 
     def __init__(self, conf: Any, migration_id: str, secret: str,
-                 attempt: int) -> None:
+                 attempt: int, tls: PeerTLS | None = None) -> None:
         self.conf = conf
+        self.tls = tls or PeerTLS(None, None)
+        #: The attempt's directory of the local UNIX socket (removed with
+        #: the session).
+        self.socket_dir = local_socket.attempt_dir(conf.socket_dir,
+                                                   migration_id, attempt)
+        self.socket_path = os.path.join(self.socket_dir,
+                                        local_socket.SOCKET_NAME)
+        self._own_dir = False
         self.migration_id = migration_id
         self.attempt = attempt
         self.secret = secret.encode()
@@ -217,6 +230,7 @@ class MigrationSession:
     def _close_all(self) -> None:
         with self._lock:
             socks, self._sockets = self._sockets, []
+            own_dir, self._own_dir = self._own_dir, False
         for s in socks:
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -226,6 +240,47 @@ class MigrationSession:
                 s.close()
             except OSError:
                 pass
+        if own_dir:
+            local_socket.remove_attempt_dir(self.socket_dir)
+
+    def _local_uids(self) -> set[int]:
+        """Who may be at the other end of the local socket: root (the
+        source libvirtd) or the QEMU user."""
+        uid, _gid = local_socket.resolve_owner(self.conf.qemu_user,
+                                               self.conf.qemu_group)
+        return {0, uid}
+
+    def _make_socket_dir(self, uid: int, gid: int) -> None:
+        with self._lock:
+            if self.state in FINAL_STATES:
+                raise exception.SessionFailed(
+                    migration_id=self.migration_id,
+                    reason="session already ended")
+            self._own_dir = True
+        local_socket.make_attempt_dir(self.conf.socket_dir,
+                                      self.migration_id, self.attempt,
+                                      uid, gid)
+
+    def _connect_tcp(self, address: str, port: int,
+                     timeout: float) -> socket.socket:
+        """A tracked, connected (and with peer_tls, TLS-wrapped) socket to
+        another agent.
+
+        :raises OSError: cannot connect.
+        """
+        sock = self._track(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+            _tune(sock, self.conf.socket_buffer)
+            sock.settimeout(self.conf.handshake_timeout)
+            wrapped = self.tls.wrap_client(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        if wrapped is not sock:
+            self._track(wrapped)
+        return wrapped
 
     def close(self) -> None:
         self.abort("session removed")
@@ -454,10 +509,9 @@ class SourceSession(MigrationSession):
     role = Role.SOURCE
 
     def __init__(self, conf: Any, migration_id: str, secret: str,
-                 attempt: int, listen_port: int, dest_address: str,
-                 dest_port: int) -> None:
-        super().__init__(conf, migration_id, secret, attempt)
-        self.listen_port = listen_port
+                 attempt: int, dest_address: str, dest_port: int,
+                 tls: PeerTLS | None = None) -> None:
+        super().__init__(conf, migration_id, secret, attempt, tls)
         self.dest_address = dest_address
         self.dest_port = dest_port
         self._listener: socket.socket | None = None
@@ -491,19 +545,21 @@ class SourceSession(MigrationSession):
         self.filter: _SourceFilter | None = None
 
     def start(self) -> None:
-        """Bind the local listening socket; raises OSError if taken."""
-        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        lsock.bind((self.conf.local_address, self.listen_port))
-        lsock.listen(1)
+        """Listen on the attempt's UNIX socket (root-only directory).
+
+        :raises LocalSocketError, OSError: cannot create or bind it.
+        """
+        self._allowed = self._local_uids()
+        self._make_socket_dir(0, 0)
+        lsock = self._track(local_socket.listen(self.socket_path))
         lsock.settimeout(self.conf.session_timeout)
-        self._listener = self._track(lsock)
+        self._listener = lsock
         self._spawn("src", self._run)
 
     def _run(self) -> None:
         assert self._listener is not None
         try:
-            qsock, addr = self._listener.accept()
+            qsock, _addr = self._listener.accept()
         except socket.timeout:
             raise exception.SessionFailed(
                 migration_id=self.migration_id,
@@ -512,13 +568,20 @@ class SourceSession(MigrationSession):
         finally:
             # One connection per attempt; nobody else may connect.
             self._listener.close()
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
         self._track(qsock)
+        local_socket.check_peer(qsock, self._allowed, self.migration_id,
+                                self.socket_path)
         qsock.settimeout(None)
         _tune(qsock, self.conf.socket_buffer)
         LOG.info("migration %(mid)s attempt %(att)d: local migration "
-                 "connection from %(addr)s",
+                 "connection on %(path)s (uid %(uid)d)",
                  {"mid": self.migration_id, "att": self.attempt,
-                  "addr": addr})
+                  "path": self.socket_path,
+                  "uid": local_socket.peer_uid(qsock)})
         self._transition(SessionState.CONNECTING, {SessionState.PREPARED})
         conn = self._connect_peer()
         self._conn = conn
@@ -645,19 +708,17 @@ class SourceSession(MigrationSession):
         peer = "%s:%d" % (self.dest_address, self.dest_port)
         deadline = time.monotonic() + self.conf.connect_timeout
         while True:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._track(sock)
-            sock.settimeout(self.conf.handshake_timeout)
             try:
-                sock.connect((self.dest_address, self.dest_port))
+                sock = self._connect_tcp(self.dest_address, self.dest_port,
+                                         self.conf.handshake_timeout)
                 break
+            except exception.PeerAuthError:
+                raise
             except OSError as err:
-                sock.close()
                 if time.monotonic() > deadline:
                     raise exception.PeerConnectError(
                         peer=peer, reason=str(err)) from err
                 time.sleep(0.2)
-        _tune(sock, self.conf.socket_buffer)
         conn = protocol.connect(sock, peer, self.secret,
                                 protocol.Channel.STREAM, self.migration_id,
                                 self.attempt)
@@ -815,12 +876,12 @@ class DestinationSession(MigrationSession):
     role = Role.DESTINATION
 
     def __init__(self, conf: Any, migration_id: str, secret: str,
-                 attempt: int, qemu_port: int, store: PageStore,
+                 attempt: int, store: PageStore,
                  holders: list[dict[str, Any]] | None = None,
                  split: bool = True,
-                 source_rate: float | None = None) -> None:
-        super().__init__(conf, migration_id, secret, attempt)
-        self.qemu_port = qemu_port
+                 source_rate: float | None = None,
+                 tls: PeerTLS | None = None) -> None:
+        super().__init__(conf, migration_id, secret, attempt, tls)
         self.store = store
         self.holders = list(holders or [])
         # Expected upload rate of the source (bytes/s), for the first plan.
@@ -855,6 +916,17 @@ class DestinationSession(MigrationSession):
         self._raises_futile = False
         self.timeline: dict[str, float] = {}
 
+    def prepare_socket(self) -> None:
+        """Create the directory the destination QEMU binds its socket in
+        (0700, owned by the QEMU user: nobody else can reach the socket).
+
+        :raises LocalSocketError: unknown QEMU user, or cannot create it.
+        """
+        uid, gid = local_socket.resolve_owner(self.conf.qemu_user,
+                                              self.conf.qemu_group)
+        self._allowed = {0, uid}
+        self._make_socket_dir(uid, gid)
+
     def attach_peer(self, conn: protocol.FramedConnection) -> None:
         """Hand over the authenticated connection from the source agent."""
         self._transition(SessionState.CONNECTING, {SessionState.PREPARED})
@@ -864,21 +936,24 @@ class DestinationSession(MigrationSession):
 
     def _connect_qemu(self) -> socket.socket:
         deadline = time.monotonic() + self.conf.connect_timeout
-        addr = (self.conf.local_address, self.qemu_port)
         while True:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._track(sock)
             try:
-                sock.connect(addr)
-                return sock
+                sock.connect(self.socket_path)
+                break
             except OSError as err:
                 sock.close()
                 if time.monotonic() > deadline:
                     raise exception.SessionFailed(
                         migration_id=self.migration_id,
-                        reason="destination QEMU not reachable at %s:%d: %s"
-                        % (addr[0], addr[1], err)) from err
+                        reason="destination QEMU not reachable at %s: %s"
+                        % (self.socket_path, err)) from err
                 time.sleep(0.1)
+        # Only QEMU (or root) can bind in the directory; check anyway.
+        local_socket.check_peer(sock, self._allowed, self.migration_id,
+                                self.socket_path)
+        return sock
 
     def _run(self, conn: protocol.FramedConnection) -> None:
         try:
@@ -973,15 +1048,14 @@ class DestinationSession(MigrationSession):
                         ) -> merge.RelayPuller:
         addr, port = str(holder["address"]), int(holder["port"])
         peer = "%s:%d" % (addr, port)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._track(sock)
-        sock.settimeout(self.conf.connect_timeout)
         try:
-            sock.connect((addr, port))
+            sock = self._connect_tcp(addr, port, self.conf.connect_timeout)
+        except exception.PeerAuthError:
+            raise
         except OSError as err:
             raise exception.PeerConnectError(peer=peer,
                                              reason=str(err)) from err
-        _tune(sock, self.conf.socket_buffer)
+        sock.settimeout(self.conf.connect_timeout)
         conn = protocol.connect(sock, peer, self.secret,
                                 protocol.Channel.RELAY, self.migration_id,
                                 self.attempt)

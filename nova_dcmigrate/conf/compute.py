@@ -123,7 +123,11 @@ OPTS: list[cfg.Opt] = [
     cfg.PortOpt(
         "agent_port_min",
         default=49152,
-        help="Lowest loopback port used between QEMU and the dcmigrate "
+        deprecated_for_removal=True,
+        deprecated_reason="QEMU and the agents meet on UNIX sockets "
+                          "([dcmigrate_agent] socket_dir); no loopback port "
+                          "is used any more.",
+        help="Unused. Lowest loopback port used between QEMU and the dcmigrate "
              "agents (the port must be free on both hosts; a new one is "
              "picked for each attempt).\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
@@ -131,7 +135,11 @@ OPTS: list[cfg.Opt] = [
     cfg.PortOpt(
         "agent_port_max",
         default=49215,
-        help="Highest loopback port used between QEMU and the dcmigrate "
+        deprecated_for_removal=True,
+        deprecated_reason="QEMU and the agents meet on UNIX sockets "
+                          "([dcmigrate_agent] socket_dir); no loopback port "
+                          "is used any more.",
+        help="Unused. Highest loopback port used between QEMU and the dcmigrate "
              "agents.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: agent_port_min."),

@@ -26,7 +26,6 @@ with its ``get_status(host, migration_id)``).
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -37,9 +36,6 @@ from nova_dcmigrate.exception import DcmigrateError
 
 LOG = logging.getLogger(__name__)
 MIB = 1024 * 1024
-#: Ports tried before an attempt gives up finding a free loopback port.
-PORT_TRIES = 5
-
 #: Attempt states after which an agent does nothing more for an attempt.
 FINAL_STATES = frozenset({"failed", "aborted", "completed"})
 #: Seconds between two status polls while waiting for relays.
@@ -136,42 +132,47 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
     return RelayWait(False, not running(), rate)
 
 
+class SocketPathMismatch(DcmigrateError):
+    msg_fmt = ("Migration %(migration_id)s: the source agent listens on "
+               "%(source)s but the destination QEMU would listen on "
+               "%(dest)s; [dcmigrate_agent] socket_dir must be the same on "
+               "every host")
+
+
 def prepare_agents(agents: Any, migration_id: str, secret: str,
                    number: int, source: str, dest: str, dest_address: str,
                    dest_port: int, holders: Sequence[Mapping[str, Any]],
                    split: bool, source_rate: float | None,
-                   ports: Iterable[int], used: Iterable[int]) -> int | None:
+                   tls: bool = False) -> str:
     """Prepare the source and destination agents of attempt ``number``.
 
-    The source agent listens on a loopback port P picked at random from
-    ``ports`` (not in ``used``); a port it cannot listen on is skipped.
-    If the destination refuses, the source session is aborted again.
+    The destination agent creates the directory its QEMU will bind the
+    attempt's UNIX socket in, the source agent listens on the same path on
+    its host; libvirt gets ``unix://<path>`` as the migration URI.  If one
+    side refuses, the other's session is aborted again.
 
-    :returns: P, or None when no free port was found.
-    :raises: whatever the destination's ``prepare_destination`` raised.
+    :param tls: the agents' links must use TLS (they refuse the prepare
+        when their ``peer_tls`` is off); passed only when set.
+    :returns: the socket path.
+    :raises SocketPathMismatch: the agents' socket_dir differ.
+    :raises: whatever the agents' ``prepare_*`` raised.
     """
-    free = set(ports) - set(used)
-    for _try in range(PORT_TRIES):
-        if not free:
-            return None
-        port = random.choice(sorted(free))
-        free.discard(port)
-        try:
-            agents.prepare_source(source, migration_id, secret, port,
-                                  dest_address, dest_port, number)
-            break
-        except DcmigrateError as err:
-            if "cannot listen" not in str(err):
-                raise
-    else:
-        return None
+    extra = {"tls": True} if tls else {}
+    dst = agents.prepare_destination(dest, migration_id, secret, number,
+                                     list(holders), split, source_rate,
+                                     **extra)
     try:
-        agents.prepare_destination(dest, migration_id, secret, port, number,
-                                   list(holders), split, source_rate)
+        src = agents.prepare_source(source, migration_id, secret,
+                                    dest_address, dest_port, number,
+                                    **extra)
+        if src["socket"] != dst["socket"]:
+            raise SocketPathMismatch(migration_id=migration_id,
+                                     source=src["socket"],
+                                     dest=dst["socket"])
     except Exception:
-        abort_agents(agents, migration_id, [source])
+        abort_agents(agents, migration_id, [source, dest])
         raise
-    return port
+    return str(src["socket"])
 
 
 def abort_agents(agents: Any, migration_id: str,

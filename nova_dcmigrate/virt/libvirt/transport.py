@@ -15,8 +15,12 @@ The libvirt calls that differ sit behind :class:`MigrationTransport`:
   memory moves and no page is kept -- only Nova's side is real.
 * :class:`AgentTransport` -- the same Nova job, but QEMU's stream goes
   through the dcmigrate agents of the source and destination hosts
-  (``migrate_uri = tcp://127.0.0.1:P``, ``listen_address = 127.0.0.1``),
-  and a stopped attempt's destination agent keeps its pages: the next
+  (``migrate_uri = unix://<socket_dir>/<migration>.<n>/migration.sock``:
+  the destination QEMU binds it in a directory only the QEMU user can
+  enter, the source libvirtd connects to the source agent there, in a
+  root-only directory; no listen address, libvirt forbids it with a unix
+  URI; ``disks_uri = tcp://<destination address>`` for a block
+  migration, which libvirt requires with a unix URI), and a stopped attempt's destination agent keeps its pages: the next
   attempt lists every earlier destination as a holder, which relays what
   it holds instead of the source resending it. Per attempt it does what
   ``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration.start``
@@ -42,8 +46,14 @@ Choices made for the agent transport
   agent_transport_url`` or ``[DEFAULT] transport_url``), not Nova's
   ``nova.rpc.TRANSPORT``: the agents' exceptions must come back as
   ``nova_dcmigrate`` exceptions (Nova's transport only rebuilds Nova's),
-  e.g. to retry another loopback port when one is taken. It is created on
+  e.g. ``SecretMismatch`` or ``TLSConfigError``. It is created on
   first use, so a driver that never migrates opens no connection.
+* ``[libvirt] live_migration_with_native_tls``: the agents carry the
+  stream over mutual TLS 1.3 instead (``[dcmigrate_agent] peer_tls`` must
+  be on for every agent involved, else the prepare is refused); QEMU's own
+  TLS is not asked for (``VIR_MIGRATE_TLS`` is dropped from the flags: the
+  agents must parse the stream). Without it, a WARNING is logged once that
+  guest memory crosses the network unencrypted.
 * Flags the agents cannot carry (:mod:`.flags`) are refused, not run
   directly: the driver refuses them at ``check_can_live_migrate_source``
   (nothing claimed yet, the instance stays ACTIVE on the source) and this
@@ -84,10 +94,10 @@ CONF = nova_dcmigrate.conf.CONF
 
 #: Maximum downtime (ms) that holds switchover back while holders relay.
 GATE_DOWNTIME_MS = 1
-LOOPBACK = "127.0.0.1"
 #: libvirt's VIR_MIGRATE_PARAM_* values (fakelibvirt lacks some of them).
 PARAM_URI = "migrate_uri"
 PARAM_LISTEN_ADDRESS = "listen_address"
+PARAM_DISKS_URI = "disks_uri"
 PARAM_BANDWIDTH_AVAIL_SWITCHOVER = "bandwidth.avail.switchover"
 
 
@@ -112,7 +122,7 @@ class UnsupportedByAgents(AgentTransportError):
                "%(flags)s. Disable them ([libvirt] "
                "live_migration_permit_post_copy, "
                "live_migration_parallel_connections, "
-               "live_migration_with_native_tls, live_migration_tunnelled) or "
+               "live_migration_tunnelled) or "
                "set [dcmigrate_compute] transport = direct.")
 
 
@@ -221,7 +231,8 @@ class AgentAttempt:
 
     number: int
     dest: AgentEndpoint
-    port: int
+    #: The attempt's UNIX socket path (the same on both hosts).
+    socket: str
     holders: list[str]
     running: bool = True
     #: Bytes/s the source link moved, measured by the destination agent.
@@ -244,6 +255,8 @@ class AgentMigration:
     wanted_downtime: int | None = None
     #: Bytes/s the source's link really moved (0: not measured yet).
     link_rate: float = 0.0
+    #: Agent links must use TLS (live_migration_with_native_tls).
+    tls: bool = False
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
@@ -272,12 +285,18 @@ class _AgentDomain:
 
     def migrateToURI3(self, dconnuri: str, params: dict[str, Any],
                       flags: int) -> Any:
+        flags = without_tls(flags, self._dcm_lv)
         bad = migration_flags.unsupported(flags, self._dcm_lv)
         if bad:
             raise UnsupportedByAgents(flags=migration_flags.describe(bad))
         params = dict(params)
-        params[PARAM_URI] = "tcp://%s:%d" % (LOOPBACK, self._dcm_attempt.port)
-        params[PARAM_LISTEN_ADDRESS] = LOOPBACK
+        params[PARAM_URI] = "unix://" + self._dcm_attempt.socket
+        params.pop(PARAM_LISTEN_ADDRESS, None)
+        if params.get("migrate_disks") and PARAM_DISKS_URI not in params:
+            # libvirt wants an explicit NBD URI with a unix migrate URI;
+            # disks go straight to the destination, as with a direct job.
+            params[PARAM_DISKS_URI] = \
+                "tcp://%s" % self._dcm_attempt.dest.address
         mig = self._dcm_migration
         if self._dcm_attempt.holders and mig.link_rate > 0:
             # The source drops held pages at local speed: QEMU's own
@@ -318,7 +337,8 @@ class AgentTransport(MigrationTransport):
             self._agents = agents
 
     def unsupported_flags(self, flags: int, lv: Any) -> list[str]:
-        return migration_flags.unsupported(flags, lv)
+        # VIR_MIGRATE_TLS is carried: the agents' links use TLS instead.
+        return migration_flags.unsupported(without_tls(flags, lv), lv)
 
     def ping(self, host: str, timeout: float | None = None
              ) -> dict[str, Any]:
@@ -359,6 +379,7 @@ class AgentTransport(MigrationTransport):
             raise UnsupportedByAgents(flags=migration_flags.describe(bad))
         mig = self._migration(instance, migrate_data,
                               str(driver.dcmigrate_host))
+        mig.tls = bool(flags & getattr(lv, "VIR_MIGRATE_TLS", 0))
         attempt = self._prepare(mig, dest, migrate_data)
         agent_guest = copy.copy(guest)
         agent_guest._domain = _AgentDomain(guest._domain, self, mig,
@@ -461,22 +482,20 @@ class AgentTransport(MigrationTransport):
             holders = attempts.holders_for(
                 (a.dest.host for a in mig.attempts), dest)
             specs = [dataclasses.asdict(mig.endpoints[h]) for h in holders]
-            lo = CONF.dcmigrate_compute.agent_port_min
-            hi = max(lo, CONF.dcmigrate_compute.agent_port_max)
-            port = attempts.prepare_agents(
+            path = attempts.prepare_agents(
                 self.agents, mig.migration_id, mig.secret, number,
                 mig.source, dest, endpoint.address, endpoint.port, specs,
-                True, mig.link_rate or None, range(lo, hi + 1),
-                (a.port for a in mig.attempts))
-            if port is None:
-                raise AgentTransportError(reason="no free loopback port in "
-                                                 "%d-%d" % (lo, hi))
-            attempt = AgentAttempt(number, endpoint, port, holders)
+                True, mig.link_rate or None, tls=mig.tls)
+            attempt = AgentAttempt(number, endpoint, path, holders)
             mig.attempts.append(attempt)
         LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
-                 "through the agents (port %(port)d, holders %(holders)s)",
+                 "through the agents (socket %(path)s, holders "
+                 "%(holders)s, %(tls)s)",
                  {"mid": mig.migration_id, "n": number, "src": mig.source,
-                  "dst": dest, "port": port, "holders": holders or "none"})
+                  "dst": dest, "path": path, "holders": holders or "none",
+                  "tls": "TLS" if mig.tls else "no TLS"})
+        if not mig.tls:
+            _warn_unencrypted_once()
         return attempt
 
     def _gate(self, mig: AgentMigration, attempt: AgentAttempt,
@@ -524,6 +543,26 @@ class AgentTransport(MigrationTransport):
 
     def _abort_agents(self, mig: AgentMigration, hosts: list[str]) -> None:
         attempts.abort_agents(self.agents, mig.migration_id, hosts)
+
+
+_UNENCRYPTED_WARNED = threading.Event()
+
+
+def _warn_unencrypted_once() -> None:
+    if not _UNENCRYPTED_WARNED.is_set():
+        _UNENCRYPTED_WARNED.set()
+        LOG.warning("Live migrations through the dcmigrate agents run "
+                    "without TLS: guest memory crosses the migration "
+                    "network unencrypted (authenticated, not secret). Set "
+                    "[libvirt] live_migration_with_native_tls = True and "
+                    "[dcmigrate_agent] peer_tls on every agent to encrypt "
+                    "it.")
+
+
+def without_tls(flags: int, lv: Any) -> int:
+    """``flags`` minus VIR_MIGRATE_TLS: the agents' links carry the TLS,
+    QEMU's stream must stay parseable."""
+    return flags & ~int(getattr(lv, "VIR_MIGRATE_TLS", 0))
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -55,7 +55,7 @@ PAGE = bytes(4096)
 
 def _source(frontier: int, keep: int = 0, **filt) -> SourceSession:
     conf = make_conf(assist_buffer_mib=keep).dcmigrate_agent
-    s = SourceSession(conf, MID, "s" * 64, 1, 0, "127.0.0.1", 1)
+    s = SourceSession(conf, MID, "s" * 64, 1, "127.0.0.1", 1)
     s.frontier = frontier
     s.filter = _Filter(**filt)                        # type: ignore
     return s
@@ -152,7 +152,7 @@ class _Puller:
 @pytest.fixture
 def dest():
     conf = make_conf().dcmigrate_agent
-    d = DestinationSession(conf, MID, "s" * 64, 1, 1, PageStore(7),
+    d = DestinationSession(conf, MID, "s" * 64, 1, PageStore(7),
                            holders=[])
     d.pullers = [_Puller(1), _Puller(2)]         # type: ignore
     d.frontier = 500
@@ -211,7 +211,7 @@ def test_no_frontier_change_after_final(dest):
 
 def _dest_with(holders, source_rate):
     conf = make_conf().dcmigrate_agent
-    return DestinationSession(conf, MID, "s" * 64, 1, 1, PageStore(7),
+    return DestinationSession(conf, MID, "s" * 64, 1, PageStore(7),
                               holders=holders, source_rate=source_rate)
 
 

@@ -19,7 +19,6 @@ from nova_dcmigrate.agent.manager import AgentManager
 from nova_dcmigrate.agent.session import SessionState
 from tests.unit.agent.harness import FakeDestQemu
 from tests.unit.agent.harness import FakeSourceQemu
-from tests.unit.agent.harness import free_port
 from tests.unit.agent.harness import make_conf
 from tests.unit.agent.test_session import wait_state
 from tests.unit.stream import streamgen
@@ -88,13 +87,13 @@ class Cluster:
         att = self.attempt
         self.attempt += 1
         dq = FakeDestQemu()
-        listen = free_port()
-        self.agents[dest].prepare_destination(
-            None, self.mid, self.secret, dq.port, att,
+        d = self.agents[dest].prepare_destination(
+            None, self.mid, self.secret, None, att,
             [self.holder(h) for h in holders])
-        self.agents["src"].prepare_source(
-            None, self.mid, self.secret, listen, "127.0.0.1",
-            self.agents[dest].listener.port, att)
+        dq.listen(d["socket"])
+        listen = self.agents["src"].prepare_source(
+            None, self.mid, self.secret, "127.0.0.1",
+            self.agents[dest].listener.port, att)["socket"]
         sq = FakeSourceQemu(listen, data, chunk=chunk,
                             stop_after=stop_after, pause=pause).start()
         src = self.agents["src"].sessions[(self.mid, att)]
@@ -212,14 +211,14 @@ def test_relay_only_mode_sends_no_held_page_from_source(cluster):
     s1 = g.stream()
     att = cluster.attempt
     dq = FakeDestQemu()
-    listen = free_port()
     cluster.attempt += 1
-    cluster.agents["b"].prepare_destination(
-        None, cluster.mid, cluster.secret, dq.port, att,
+    d = cluster.agents["b"].prepare_destination(
+        None, cluster.mid, cluster.secret, None, att,
         [cluster.holder("a")], False)
-    cluster.agents["src"].prepare_source(
-        None, cluster.mid, cluster.secret, listen, "127.0.0.1",
-        cluster.agents["b"].listener.port, att)
+    dq.listen(d["socket"])
+    listen = cluster.agents["src"].prepare_source(
+        None, cluster.mid, cluster.secret, "127.0.0.1",
+        cluster.agents["b"].listener.port, att)["socket"]
     FakeSourceQemu(listen, s1.data).start()
     src = cluster.agents["src"].sessions[(cluster.mid, att)]
     dst = cluster.agents["b"].sessions[(cluster.mid, att)]
