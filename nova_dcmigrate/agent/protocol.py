@@ -218,6 +218,9 @@ class FramedConnection:
         self.version = version
         #: TLS authenticates every record: no per-frame MAC then.
         self.tls = isinstance(sock, ssl.SSLSocket)
+        #: e.g. "TLSv1.3", None without TLS.
+        self.tls_version = sock.version() if isinstance(
+            sock, ssl.SSLSocket) else None
         self.mac_len = 0 if self.tls else MAC_LEN
         self._send_key = send_key
         self._recv_key = recv_key

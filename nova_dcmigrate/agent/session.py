@@ -317,6 +317,9 @@ class MigrationSession:
             "error": self.error,
             "elapsed": (end - self.started_at) if self.started_at else 0.0,
             "counters": dict(self.counters),
+            "link": None if self._conn is None else {
+                "protocol": self._conn.version,
+                "tls": self._conn.tls_version},
         }
 
 
