@@ -139,6 +139,8 @@ class RedirectableMigration:
     :param extra_flags: added to LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE
         (e.g. ``VIR_MIGRATE_PAUSED``); unsupported ones are refused.
     :param max_downtime_ms: downtime allowed at switchover.
+    :param tls: the agents' links must use TLS (agents whose
+        ``[dcmigrate_agent] peer_tls`` is off refuse the attempt).
     """
 
     def __init__(self, dom: libvirt.virDomain, source: HostInfo,
@@ -146,7 +148,8 @@ class RedirectableMigration:
                  extra_flags: int = 0, max_downtime_ms: int = 300,
                  params: dict[str, Any] | None = None, split: bool = True,
                  max_retries: int = 3,
-                 migration_id: str | None = None) -> None:
+                 migration_id: str | None = None,
+                 tls: bool = False) -> None:
         self.flags = BASE_FLAGS | extra_flags
         check_flags(self.flags)
         self.dom = dom
@@ -157,6 +160,7 @@ class RedirectableMigration:
         self.params = dict(params or {})
         self.split = split
         self.max_retries = max_retries
+        self.tls = tls
         self.migration_id = migration_id or str(uuid.uuid4())
         self.secret = secrets.token_hex(32)
         self.state = State.NEW
@@ -210,7 +214,8 @@ class RedirectableMigration:
                 self.agents, self.migration_id, self.secret, number,
                 self.source.name, info.name, info.agent_address,
                 info.agent_port, specs, self.split,
-                self.source_link_rate or self.source.upload_rate)
+                self.source_link_rate or self.source.upload_rate,
+                tls=self.tls)
             gate = bool(holders)
             self.dom.migrateSetMaxDowntime(GATE_DOWNTIME_MS if gate else
                                            self.max_downtime_ms)
