@@ -50,6 +50,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+from pathlib import Path
 import resource
 import secrets
 import shutil
@@ -370,6 +371,13 @@ def make_conf(**overrides: Any) -> Any:
     conf([], project="nova-dcmigrate-bench", default_config_files=[])
     conf.set_override("peer_listen_address", "127.0.0.1", "dcmigrate_agent")
     conf.set_override("peer_port", 0, "dcmigrate_agent")
+    # Both agents on one filesystem: one socket_dir each; QEMU stand-ins
+    # run as root.
+    conf.set_override("socket_dir", tempfile.mkdtemp(prefix="dcm-b-"),
+                      "dcmigrate_agent")
+    os.chmod(conf.dcmigrate_agent.socket_dir, 0o755)
+    conf.set_override("qemu_user", "root", "dcmigrate_agent")
+    conf.set_override("qemu_group", "root", "dcmigrate_agent")
     conf.set_override("connect_timeout", 10.0, "dcmigrate_agent")
     conf.set_override("session_timeout", 60.0, "dcmigrate_agent")
     for k, v in overrides.items():
@@ -401,6 +409,7 @@ def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
                                       - (s.started_at or time.monotonic()))}
             elif cmd == "stop":
                 mgr.stop()
+                shutil.rmtree(mgr.conf.socket_dir, ignore_errors=True)
                 conn.send(("ok", None))
                 return
             else:
@@ -411,10 +420,12 @@ def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
         conn.send(("ok", result))
 
 
-def _feeder_proc(conn: Any, data: bytes, port: int, chunk: int) -> None:
+def _feeder_proc(conn: Any, data: bytes, path: str, chunk: int) -> None:
     """Plays the source QEMU: sends the stream, reads the return path."""
     c0 = _cpu_seconds()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
     sock.settimeout(None)
     t_connect = time.monotonic()
     returned = bytearray()
@@ -443,11 +454,13 @@ def _feeder_proc(conn: Any, data: bytes, port: int, chunk: int) -> None:
 
 
 def _sink_proc(conn: Any) -> None:
-    """Plays the destination QEMU: listens, reads to EOF, replies SHUT."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
+    """Plays the destination QEMU: listens on the UNIX socket path it is
+    sent, reads to EOF, replies SHUT."""
+    path = conn.recv()
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
     lsock.listen(1)
-    conn.send(("ok", lsock.getsockname()[1]))
+    conn.send(("ok", path))
     lsock.settimeout(60)
     c, _ = lsock.accept()
     lsock.close()
@@ -474,18 +487,15 @@ def _sink_proc(conn: Any) -> None:
                       "digest": h.hexdigest(), "cpu": _cpu_seconds() - c0}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
-                         socket_buffer: int, feed_chunk: int
+                         socket_buffer: int, feed_chunk: int,
+                         tls: dict[str, Any] | None = None
                          ) -> dict[str, Any]:
+    """:param tls: ``peer_tls*`` options: the pair talks TLS 1.3."""
     data = stream.data
     digest = xxhash.xxh3_64_hexdigest(data)
-    overrides = {"chunk_size": chunk, "socket_buffer": socket_buffer}
+    overrides = {"chunk_size": chunk, "socket_buffer": socket_buffer,
+                 **(tls or {})}
     src_proc, src = _start_child(_agent_proc, "bench-src", overrides,
                                  name="bench-src-agent")
     dst_proc, dst = _start_child(_agent_proc, "bench-dst", overrides,
@@ -497,7 +507,7 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
         dst_peer_port = _reply(dst, 30, "destination agent start")
         for i in range(repeat):
             runs.append(_one_pair_run(src, dst, dst_peer_port, data, digest,
-                                      feed_chunk))
+                                      feed_chunk, bool(tls)))
             r = runs[-1]
             out("    run %d: %.2f s wall, %.0f MB/s; source agent %.2f CPU-s "
                 "(%.2f user + %.2f sys), destination agent %.2f CPU-s "
@@ -521,27 +531,29 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
             "dst_pages_per_cpu_s", "feeder_cpu_s", "sink_cpu_s"]
     return {"runs": runs,
             "median": {k: median([r[k] for r in runs]) for k in keys},
-            "chunk_size": chunk, "socket_buffer": socket_buffer}
+            "chunk_size": chunk, "socket_buffer": socket_buffer,
+            "peer_tls": bool(tls)}
 
 
 def _one_pair_run(src: Any, dst: Any, dst_peer_port: int, data: bytes,
-                  digest: str, feed_chunk: int) -> dict[str, Any]:
+                  digest: str, feed_chunk: int, tls: bool = False
+                  ) -> dict[str, Any]:
     mid = str(uuid.uuid4())
     secret = secrets.token_hex(32)
     sink_proc, sink = _start_child(_sink_proc, name="bench-sink")
     feeder_proc = feeder = None
     try:
-        sink_port = _reply(sink, 10, "sink start")
         src.send(("cpu",))
         src_cpu0 = _reply(src, 10, "source cpu")
         dst.send(("cpu",))
         dst_cpu0 = _reply(dst, 10, "destination cpu")
-        dst.send(("call", "prepare_destination", mid, secret, sink_port, 0))
-        _reply(dst, 10, "prepare_destination")
-        listen = _free_port()
-        src.send(("call", "prepare_source", mid, secret, listen, "127.0.0.1",
-                  dst_peer_port, 0))
-        _reply(src, 10, "prepare_source")
+        dst.send(("call", "prepare_destination", mid, secret, None, 0, None,
+                  True, None, tls))
+        sink.send(_reply(dst, 10, "prepare_destination")["socket"])
+        _reply(sink, 10, "sink start")
+        src.send(("call", "prepare_source", mid, secret, "127.0.0.1",
+                  dst_peer_port, 0, None, tls))
+        listen = _reply(src, 10, "prepare_source")["socket"]
         feeder_proc, feeder = _start_child(_feeder_proc, data, listen,
                                            feed_chunk, name="bench-feeder")
         sink_res = _reply(sink, 300, "sink")
@@ -631,8 +643,16 @@ def throughput_part(args: argparse.Namespace, workdir: str
         "processes, fake QEMUs in two more (chunk_size %d KiB, "
         "socket_buffer %s):" % (args.chunk_size >> 10,
                                 args.socket_buffer or "kernel default"))
+    tls = None
+    if args.peer_tls:
+        from nova_dcmigrate.lab.certs import LabCA
+        cert = LabCA(Path(workdir) / "pki").issue("bench", ["127.0.0.1"])
+        tls = {"peer_tls": True, "peer_tls_ca_file": str(cert.ca_file),
+               "peer_tls_cert_file": str(cert.cert_file),
+               "peer_tls_key_file": str(cert.key_file)}
+        out("  agent pair with mutual TLS 1.3 (peer_tls)")
     pair = agent_pair_benchmark(stream, args.repeat, args.chunk_size,
-                                args.socket_buffer, args.feed_chunk)
+                                args.socket_buffer, args.feed_chunk, tls)
     result["pair"] = pair
     m = pair["median"]
     out(table(["measure (median of %d)" % args.repeat, "MB/s", "pages/s",
@@ -908,6 +928,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "method in the lab (default 3)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-lab", action="store_true")
+    p.add_argument("--peer-tls", action="store_true",
+                   help="the agent pair of part 1 talks mutual TLS 1.3 "
+                        "(certificates made with openssl)")
     p.add_argument("--json", metavar="PATH", help="write every number here")
     p.add_argument("--stream", metavar="PATH",
                    help="use this recorded stream (raw or .gz) instead of "

@@ -5,8 +5,8 @@ on QEMU's behalf, or QEMU) on a UNIX socket in a root-only directory
 (:mod:`.local_socket`), connects to the destination host's agent,
 and pumps the stream forward while relaying the return path back.  A
 *destination* session takes the authenticated peer connection, connects to
-the local destination QEMU's UNIX socket, parses the stream into the migration's page
-store and feeds QEMU.
+the local destination QEMU's UNIX socket, parses the stream into the
+migration's page store and feeds QEMU.
 
 Backpressure: every hop is a blocking send of at most one chunk, and socket
 buffers are small, so the source QEMU can only write as fast as the slowest

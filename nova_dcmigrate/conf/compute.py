@@ -127,9 +127,8 @@ OPTS: list[cfg.Opt] = [
         deprecated_reason="QEMU and the agents meet on UNIX sockets "
                           "([dcmigrate_agent] socket_dir); no loopback port "
                           "is used any more.",
-        help="Unused. Lowest loopback port used between QEMU and the dcmigrate "
-             "agents (the port must be free on both hosts; a new one is "
-             "picked for each attempt).\n\n"
+        help="Unused. Lowest loopback port once used between QEMU and "
+             "the dcmigrate agents.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: agent_port_max."),
     cfg.PortOpt(
@@ -139,8 +138,8 @@ OPTS: list[cfg.Opt] = [
         deprecated_reason="QEMU and the agents meet on UNIX sockets "
                           "([dcmigrate_agent] socket_dir); no loopback port "
                           "is used any more.",
-        help="Unused. Highest loopback port used between QEMU and the dcmigrate "
-             "agents.\n\n"
+        help="Unused. Highest loopback port used between QEMU and the "
+             "dcmigrate agents.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: agent_port_min."),
 ]

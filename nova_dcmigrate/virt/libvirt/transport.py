@@ -20,7 +20,8 @@ The libvirt calls that differ sit behind :class:`MigrationTransport`:
   enter, the source libvirtd connects to the source agent there, in a
   root-only directory; no listen address, libvirt forbids it with a unix
   URI; ``disks_uri = tcp://<destination address>`` for a block
-  migration, which libvirt requires with a unix URI), and a stopped attempt's destination agent keeps its pages: the next
+  migration, which libvirt requires with a unix URI), and a stopped
+  attempt's destination agent keeps its pages: the next
   attempt lists every earlier destination as a holder, which relays what
   it holds instead of the source resending it. Per attempt it does what
   ``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration.start``

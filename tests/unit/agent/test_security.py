@@ -50,7 +50,7 @@ def _as_nobody_connect(path: str) -> str:
     return out.stdout.strip() or out.stderr.strip()
 
 
-# -- local sockets --------------------------------------------------------------
+# -- local sockets ------------------------------------------------------------
 def test_attempt_dirs_and_socket_modes():
     base = socket_dir()
     mid = str(uuid.uuid4())
@@ -165,7 +165,7 @@ def test_session_end_removes_socket_dirs(pair):
     assert not os.path.exists(os.path.dirname(dq.path))
 
 
-# -- secret ----------------------------------------------------------------------
+# -- secret -------------------------------------------------------------------
 def test_second_prepare_with_another_secret_refused(pair):
     mid = pair.migration_id
     pair.dst.prepare_destination(None, mid, pair.secret, attempt=0)
@@ -183,7 +183,7 @@ def test_second_prepare_with_another_secret_refused(pair):
     pair.dst.prepare_destination(None, mid, pair.secret, attempt=1)
 
 
-# -- peer port limits --------------------------------------------------------------
+# -- peer port limits ---------------------------------------------------------
 def test_connection_cap_and_release():
     p = AgentPair(max_peer_connections=2, handshake_timeout=1.0)
     try:
@@ -226,7 +226,7 @@ def test_log_limiter():
     assert lim.allow() == (True, 0)
 
 
-# -- TLS -------------------------------------------------------------------------------
+# -- TLS ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def certs():
     if not shutil.which("openssl"):
