@@ -208,6 +208,13 @@ class Run:
 
     def check_attackers(self, busy_hosts: tuple[str, ...]) -> None:
         peer = self.agents.peer_port
+        # One line per host for the record (pytest -s shows it).
+        for name, res in sorted(self.results.items()):
+            print("attacker on %s: %d rounds, %d UNIX connects (%s), "
+                  "connected %d; attempt dirs seen %s; TCP reached %s"
+                  % (name, res["rounds"], res["unix_tries"],
+                     res["unix_errors"], len(res["unix_connected"]),
+                     res["dirs_seen"], res["tcp_reached"]))
         for name, res in self.results.items():
             assert res["rounds"] > 10, (name, res)
             # Never into a UNIX socket of an agent or a QEMU ...
