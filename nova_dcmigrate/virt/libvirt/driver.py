@@ -67,16 +67,18 @@ by ``[dcmigrate_compute] transport``:
   destinations listed as holders), then runs Nova's own
   ``_live_migration_operation`` (flags, destination/persistent XML, disks,
   bandwidth unchanged) on a guest whose ``migrateToURI3`` gets
-  ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P`` and
-  ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``. While holders relay,
-  the switchover is held back (1 ms maximum downtime; Nova's downtime
+  ``VIR_MIGRATE_PARAM_URI = unix://<socket_dir>/<migration>.<n>/
+  migration.sock`` (the agents' UNIX sockets; no listen address). While
+  holders relay, the switchover is held back (1 ms maximum downtime; Nova's downtime
   steps are applied once the relays are in). A stopped attempt's agent
   sessions are aborted, its destination keeps its pages; when the
   migration ends every agent involved drops it. ``PARALLEL``,
-  ``POSTCOPY``, ``COMPRESSED``, ``TUNNELLED`` and ``TLS`` are refused in
+  ``POSTCOPY``, ``COMPRESSED`` and ``TUNNELLED`` are refused in
   ``check_can_live_migrate_source`` (``MigrationPreCheckError``, before
   anything is claimed): the agents parse the single precopy stream, and
   falling back to the direct job would silently lose the memory reuse.
+  ``TLS`` (``[libvirt] live_migration_with_native_tls``) is carried by
+  the agents' own mutual TLS instead (``[dcmigrate_agent] peer_tls``).
   How agents are addressed and which message bus is used: see
   :mod:`.transport`. The per-attempt logic mirrors the Nova-free
   controller (``nova_dcmigrate.virt.libvirt.controller``) and shares its

@@ -269,3 +269,38 @@ def test_downtime_steps_wait_for_the_gate():
     mig.gated = False
     t.configure_downtime(guest, 150)
     assert applied == [50, 150]
+
+
+def test_agent_api_needs_1_3_for_prepares():
+    from nova_dcmigrate.agent import exception as agent_exc
+    from nova_dcmigrate.agent import rpcapi
+
+    sent = []
+
+    class Client:
+        def __init__(self, cap):
+            self.cap = cap
+
+        def can_send_version(self, v):
+            return tuple(map(int, v.split("."))) <= self.cap
+
+        def prepare(self, **kwargs):
+            return types.SimpleNamespace(
+                call=lambda ctxt, method, **kw: sent.append(
+                    (kwargs["version"], method, kw)) or {"socket": "/s"})
+
+    api = rpcapi.AgentAPI.__new__(rpcapi.AgentAPI)
+    api.client = Client((1, 2))
+    with pytest.raises(agent_exc.InvalidRequest, match="below 1.3"):
+        api.prepare_destination("h", "m", "s" * 64)
+    with pytest.raises(agent_exc.InvalidRequest, match="below 1.3"):
+        api.prepare_source("h", "m", "s" * 64, "10.0.0.1", 1)
+    assert sent == []
+    api.client = Client((1, 3))
+    api.prepare_destination("h", "m", "s" * 64, 1)
+    api.prepare_source("h", "m", "s" * 64, "10.0.0.1", 1, 1, tls=True)
+    assert [(v, m) for v, m, _kw in sent] == [
+        ("1.3", "prepare_destination"), ("1.3", "prepare_source")]
+    # tls only sent when asked for (an agent without it still answers).
+    assert "tls" not in sent[0][2] and sent[1][2]["tls"] is True
+    assert "qemu_port" not in sent[0][2] and "listen_port" not in sent[1][2]
