@@ -69,8 +69,8 @@ by ``[dcmigrate_compute] transport``:
   bandwidth unchanged) on a guest whose ``migrateToURI3`` gets
   ``VIR_MIGRATE_PARAM_URI = unix://<socket_dir>/<migration>.<n>/
   migration.sock`` (the agents' UNIX sockets; no listen address). While
-  holders relay, the switchover is held back (1 ms maximum downtime; Nova's downtime
-  steps are applied once the relays are in). A stopped attempt's agent
+  holders relay, the switchover is held back (1 ms maximum downtime;
+  Nova's downtime steps are applied once the relays are in). A stopped attempt's agent
   sessions are aborted, its destination keeps its pages; when the
   migration ends every agent involved drops it. ``PARALLEL``,
   ``POSTCOPY``, ``COMPRESSED`` and ``TUNNELLED`` are refused in
