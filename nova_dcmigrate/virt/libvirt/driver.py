@@ -70,8 +70,9 @@ by ``[dcmigrate_compute] transport``:
   ``VIR_MIGRATE_PARAM_URI = unix://<socket_dir>/<migration>.<n>/
   migration.sock`` (the agents' UNIX sockets; no listen address). While
   holders relay, the switchover is held back (1 ms maximum downtime;
-  Nova's downtime steps are applied once the relays are in). A stopped attempt's agent
-  sessions are aborted, its destination keeps its pages; when the
+  Nova's downtime steps are applied once the relays are in). A stopped
+  attempt's agent sessions are aborted, its destination keeps its pages;
+  when the
   migration ends every agent involved drops it. ``PARALLEL``,
   ``POSTCOPY``, ``COMPRESSED`` and ``TUNNELLED`` are refused in
   ``check_can_live_migrate_source`` (``MigrationPreCheckError``, before
