@@ -236,7 +236,9 @@ class Runner:
                     self.env["libvirt"] = libvirt_host.libvirt_version()
                 agents = None
                 if self.needs_agents:
-                    agents = lab_agents.LabAgents(lab).start()
+                    agents = lab_agents.LabAgents(
+                        lab, mount_ns=None if hosts is None else
+                        lab_agents.libvirt_mount_ns(hosts)).start()
                 try:
                     sampler = LinkSampler({h: lab.hosts[h].bridge_port
                                            for h in cfg.hosts})

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Mapping, TYPE_CHECKING
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -36,6 +36,23 @@ LOG = logging.getLogger(__name__)
 
 PEER_PORT = 16590
 START_TIMEOUT = 60.0
+
+
+def libvirt_mount_ns(hosts: Mapping[str, Any]) -> dict[str, int]:
+    """host -> the pid of its lab libvirtd, whose mount namespace (and
+    ``/run``) the host's agent must share (``LabAgents(mount_ns=...)``).
+
+    :param hosts: ``LibvirtHost`` by lab host name.
+    """
+    from nova_dcmigrate.lab import libvirt_host
+
+    out = {}
+    for name, host in hosts.items():
+        pid = libvirt_host._read_pid(host.libvirtd_pidfile)
+        if pid is None:
+            raise LabError("no libvirtd pid for host %s" % name)
+        out[name] = pid
+    return out
 
 
 class LabAgents:

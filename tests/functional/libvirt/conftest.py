@@ -72,11 +72,6 @@ def agents(lab: Any, hosts: dict[str, Any],
 def agent_mount_ns(hosts: dict[str, Any]) -> dict[str, int]:
     """host -> the pid of its libvirtd (whose mount namespace an agent
     joins)."""
-    from nova_dcmigrate.lab import libvirt_host
+    from nova_dcmigrate.lab.agents import libvirt_mount_ns
 
-    out = {}
-    for name, host in hosts.items():
-        pid = libvirt_host._read_pid(host.libvirtd_pidfile)
-        assert pid is not None, "no libvirtd pid for %s" % name
-        out[name] = pid
-    return out
+    return libvirt_mount_ns(hosts)
