@@ -304,3 +304,14 @@ def test_agent_api_needs_1_3_for_prepares():
     # tls only sent when asked for (an agent without it still answers).
     assert "tls" not in sent[0][2] and sent[1][2]["tls"] is True
     assert "qemu_port" not in sent[0][2] and "listen_port" not in sent[1][2]
+
+
+def test_unencrypted_warning_logged_once(monkeypatch):
+    warned = []
+    monkeypatch.setattr(transport.LOG, "warning",
+                        lambda msg, *a: warned.append(msg))
+    monkeypatch.setattr(transport, "_UNENCRYPTED_WARNED",
+                        transport.threading.Event())
+    transport._warn_unencrypted_once()
+    transport._warn_unencrypted_once()
+    assert len(warned) == 1 and "unencrypted" in warned[0]
