@@ -10,6 +10,7 @@ handshake, page store and failure handling without a guest.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -39,6 +40,9 @@ def socket_dir() -> str:
 def remove_socket_dirs() -> None:
     while _DIRS:
         shutil.rmtree(_DIRS.pop(), ignore_errors=True)
+
+
+atexit.register(remove_socket_dirs)
 
 
 def make_conf(**overrides) -> cfg.ConfigOpts:
