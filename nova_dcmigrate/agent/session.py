@@ -44,6 +44,7 @@ from nova_dcmigrate.agent.protocol import FrameType
 from nova_dcmigrate.agent import relay_wire as wire
 from nova_dcmigrate.agent import return_gate
 from nova_dcmigrate.exception import MigrationStateError
+from nova_dcmigrate.stream import PAGE_SIZE
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
 from nova_dcmigrate.stream import ReaderState
@@ -52,6 +53,7 @@ from nova_dcmigrate.stream import StreamReader
 from nova_dcmigrate.stream import Preamble
 from nova_dcmigrate.stream import StreamVisitor
 from nova_dcmigrate.stream import StreamWriter
+from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream.constants import CMD_SWITCHOVER_START
 from nova_dcmigrate.stream.constants import SECTION_END
 from nova_dcmigrate.stream.constants import SECTION_PART
@@ -273,6 +275,16 @@ class _SourceTracker(StreamVisitor):
         self.seed = seed
         self.zero = zero_digest(seed)
         self.digests: list[bytearray] = []
+        self._native = fastpath.native
+        if self._native is not None:
+            self.fast_records = self._fast_records
+
+    def _fast_records(self, buf: bytearray, pos: int, end: int,
+                      block: RamBlock) -> tuple[int, int, int]:
+        result: tuple[int, int, int] = self._native.digest_records(
+            buf, pos, end, block.used_length, self.digests[block.index],
+            self.seed, self.zero)
+        return result
 
     def on_ram_start(self, start: RamStart) -> None:
         self.digests = [bytearray(b.npages * DIGEST_LEN)
@@ -293,6 +305,12 @@ class _StoreVisitor(StreamVisitor):
 
     def __init__(self, store: PageStore) -> None:
         self.store = store
+        if fastpath.native is not None:
+            self.fast_records = self._fast_records
+
+    def _fast_records(self, buf: bytearray, pos: int, end: int,
+                      block: RamBlock) -> tuple[int, int, int]:
+        return self.store.put_records(block, buf, pos, end)
 
     def on_ram_start(self, start: RamStart) -> None:
         self.store.configure(start)
@@ -334,6 +352,44 @@ class _SourceFilter(StreamVisitor):
         self.forwarded_held = 0
         # The switchover has begun: no more pages of our own in the stream.
         self.completing = False
+        self._native = fastpath.native
+        if self._native is not None:
+            self.fast_records = self._fast_records
+
+    def _fast_records(self, buf: bytearray, pos: int, end: int,
+                      block: RamBlock) -> tuple[int, int, int]:
+        """:meth:`on_page`/:meth:`on_zero` for a run of records, in native
+        code; stops before a held page that may be kept (Python keeps
+        it).  Under the frontier lock, as :meth:`held_page_below_frontier`.
+        """
+        target = self.w.native_target(block)
+        if target is None:
+            return pos, 0, 0
+        out, idstr, cont = target
+        idx = block.index
+        s = self.s
+        layout = self.layout
+        with s._frontier_lock:
+            (pos, pages, zeros, ncovered, position, dropped, forwarded,
+             s.lowest_skip, emitted, _need_python) = \
+                self._native.filter_records(
+                    buf, pos, end, block.used_length, layout.bases[idx],
+                    self.covered[idx], self.ncovered, layout.total_pages,
+                    self.flags[idx], self.expected[idx], self.seed,
+                    self.zero, s.frontier, s.assist,
+                    s.assist_budget - len(s.assist), s.lowest_skip, out,
+                    idstr, cont)
+        if emitted:
+            self.w.native_appended(block)
+        if position >= 0:
+            self.position = position
+        self.ncovered = ncovered
+        if ncovered == layout.total_pages:
+            self.pass1_done = True
+        self.dropped += dropped
+        self.dropped_bytes += dropped * PAGE_SIZE
+        self.forwarded_held += forwarded
+        return pos, pages, zeros
 
     def on_preamble(self, preamble: Preamble) -> None:
         self.w.raw(preamble.raw)
