@@ -359,8 +359,8 @@ class _SourceFilter(StreamVisitor):
     def _fast_records(self, buf: bytearray, pos: int, end: int,
                       block: RamBlock) -> tuple[int, int, int]:
         """:meth:`on_page`/:meth:`on_zero` for a run of records, in native
-        code; stops before a held page that may be kept (Python keeps
-        it).  Under the frontier lock, as :meth:`held_page_below_frontier`.
+        code, under the frontier lock as
+        :meth:`SourceSession.held_page_below_frontier`.
         """
         target = self.w.native_target(block)
         if target is None:
@@ -371,14 +371,14 @@ class _SourceFilter(StreamVisitor):
         layout = self.layout
         with s._frontier_lock:
             (pos, pages, zeros, ncovered, position, dropped, forwarded,
-             s.lowest_skip, emitted, _need_python) = \
-                self._native.filter_records(
-                    buf, pos, end, block.used_length, layout.bases[idx],
-                    self.covered[idx], self.ncovered, layout.total_pages,
-                    self.flags[idx], self.expected[idx], self.seed,
-                    self.zero, s.frontier, s.assist,
-                    s.assist_budget - len(s.assist), s.lowest_skip, out,
-                    idstr, cont)
+             kept, s.lowest_skip, emitted) = self._native.filter_records(
+                buf, pos, end, block, layout.bases[idx], self.covered[idx],
+                self.ncovered, layout.total_pages, self.flags[idx],
+                self.expected[idx], self.seed, self.zero, s.frontier,
+                s.assist, s.assist_budget, s.lowest_skip, out, idstr, cont)
+        if kept:
+            s.counters["assist_pages_kept"] = \
+                s.counters.get("assist_pages_kept", 0) + kept
         if emitted:
             self.w.native_appended(block)
         if position >= 0:

@@ -350,7 +350,7 @@ forget(PyObject *assist, uint64_t g)
     PyObject *key;
     int rc = 0;
 
-    if (assist == Py_None || PyDict_GET_SIZE(assist) == 0)
+    if (PyDict_GET_SIZE(assist) == 0)
         return 0;
     key = PyLong_FromUnsignedLongLong(g);
     if (key == NULL)
@@ -362,16 +362,40 @@ forget(PyObject *assist, uint64_t g)
 }
 
 PyDoc_STRVAR(filter_doc,
-"filter_records(buf, pos, end, used, base, covered, ncovered, total,\n"
+"filter_records(buf, pos, end, block, base, covered, ncovered, total,\n"
 "               flags, expected, seed, zero_digest, frontier, assist,\n"
-"               assist_room, lowest_skip, out, idstr, cont)\n"
+"               assist_budget, lowest_skip, out, idstr, cont)\n"
 "    -> (pos, pages, zeros, ncovered, position, dropped, forwarded_held,\n"
-"        lowest_skip, emitted, need_python)\n\n"
+"        kept, lowest_skip, emitted)\n\n"
 "Source of a redirected attempt: drop the pages the new destination will\n"
 "hold, re-encode the rest into out.  position is -1 when no page was\n"
-"newly covered.  Stops with need_python=True before a held page that\n"
-"may be kept for a later raise of the frontier (Python keeps it).  The\n"
-"caller holds the frontier lock: frontier and assist do not change.");
+"newly covered.  A held page skipped above the frontier in the first\n"
+"pass is kept in assist (g -> (block, page, bytes)) while it has fewer\n"
+"than assist_budget entries, else it lowers lowest_skip.  The caller\n"
+"holds the frontier lock: frontier and assist do not change under us.");
+
+/* Keep a skipped held page for a later raise of the frontier. */
+static int
+keep(PyObject *assist, uint64_t g, PyObject *block, uint64_t page,
+     const unsigned char *src)
+{
+    PyObject *key, *value;
+    int rc;
+
+    key = PyLong_FromUnsignedLongLong(g);
+    if (key == NULL)
+        return -1;
+    value = Py_BuildValue("(OKy#)", block, (unsigned long long)page,
+                          (const char *)src, (Py_ssize_t)PAGE_SIZE);
+    if (value == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    rc = PyDict_SetItem(assist, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
 
 #define COVER() do { \
         if (newly) { \
@@ -384,30 +408,38 @@ PyDoc_STRVAR(filter_doc,
 static PyObject *
 filter_records(PyObject *self, PyObject *args)
 {
-    PyObject *bufobj, *covobj, *flobj, *expobj, *assist, *out;
-    Py_ssize_t pos, end, ncovered, total, assist_room;
+    PyObject *bufobj, *block, *usedobj, *covobj, *flobj, *expobj, *assist,
+        *out;
+    Py_ssize_t pos, end, ncovered, total, assist_budget;
     unsigned long long used, base, seed, frontier, lowest_skip;
     const char *zero, *idstr;
     Py_ssize_t zero_len, idlen;
     int cont;
     bufset s = {.n = 0};
-    Py_ssize_t pages = 0, zeros = 0, dropped = 0, fwd = 0;
+    Py_ssize_t pages = 0, zeros = 0, dropped = 0, fwd = 0, kept = 0;
     long long position = -1;
-    int emitted = 0, need_py = 0;
+    int emitted = 0;
     uint64_t page;
     enum rec_kind k;
 
-    if (!PyArg_ParseTuple(args, "OnnKKOnnOOKy#KOnKOy#p", &bufobj, &pos, &end,
-                          &used, &base, &covobj, &ncovered, &total, &flobj,
+    if (!PyArg_ParseTuple(args, "OnnOKOnnOOKy#KOnKOy#p", &bufobj, &pos, &end,
+                          &block, &base, &covobj, &ncovered, &total, &flobj,
                           &expobj, &seed, &zero, &zero_len, &frontier,
-                          &assist, &assist_room, &lowest_skip, &out, &idstr,
-                          &idlen, &cont))
+                          &assist, &assist_budget, &lowest_skip, &out,
+                          &idstr, &idlen, &cont))
         return NULL;
     if (zero_len != DIGEST_LEN || !PyByteArray_Check(out) ||
-            (assist != Py_None && !PyDict_Check(assist))) {
+            !PyDict_Check(assist)) {
         PyErr_SetString(PyExc_TypeError, "bad filter_records arguments");
         return NULL;
     }
+    usedobj = PyObject_GetAttrString(block, "used_length");
+    if (usedobj == NULL)
+        return NULL;
+    used = PyLong_AsUnsignedLongLong(usedobj);
+    Py_DECREF(usedobj);
+    if (PyErr_Occurred())
+        return NULL;
     if (get_buf(&s, bufobj, 0, end, "buf") < 0 ||
             get_buf(&s, covobj, 1, 0, "covered") < 0 ||
             get_buf(&s, flobj, 1, 0, "flags") < 0 ||
@@ -440,9 +472,10 @@ filter_records(PyObject *self, PyObject *args)
                     if (flag == FL_REMOTE && !pass1_done) {
                         if (g < frontier) {
                             send = 1;
-                        } else if (assist_room > 0) {
-                            need_py = 1;
-                            break;
+                        } else if (PyDict_GET_SIZE(assist) < assist_budget) {
+                            if (keep(assist, g, block, page, src) < 0)
+                                goto fail;
+                            kept++;
                         } else if (g < lowest_skip) {
                             lowest_skip = g;
                         }
@@ -486,9 +519,8 @@ filter_records(PyObject *self, PyObject *args)
         }
     }
     release_all(&s);
-    return Py_BuildValue("nnnnLnnKii", pos, pages, zeros, ncovered,
-                         position, dropped, fwd, lowest_skip, emitted,
-                         need_py);
+    return Py_BuildValue("nnnnLnnnKi", pos, pages, zeros, ncovered,
+                         position, dropped, fwd, kept, lowest_skip, emitted);
 fail:
     release_all(&s);
     return NULL;

@@ -238,7 +238,8 @@ def _filter_run(case: dict[str, Any]) -> Any:
         return (bytes(out), [bytes(x) for x in flags],
                 [bytes(x) for x in expected], f.dropped, f.dropped_bytes,
                 f.forwarded_held, f.ncovered, f.position, f.pass1_done,
-                sorted(s.assist), s.lowest_skip, reader.pages,
+                sorted(s.assist.items()), s.lowest_skip,
+                s.counters.get("assist_pages_kept"), reader.pages,
                 reader.zero_pages)
     finally:
         s._close_all()
