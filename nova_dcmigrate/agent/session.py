@@ -35,6 +35,7 @@ import xxhash
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent import merge
+from nova_dcmigrate.agent import page_store
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.page_store import zero_digest
@@ -909,6 +910,9 @@ class DestinationSession(MigrationSession):
         # A raise came back clamped: the source skipped a page it did not
         # keep, and no later raise can pass it.
         self._raises_futile = False
+        # What every host held at the redirect (index 0: this host).
+        self._inventories: list[planmod.Inventory] = []
+        self._needed: dict[str, int] | None = None
         self.timeline: dict[str, float] = {}
 
     def attach_peer(self, conn: protocol.FramedConnection) -> None:
@@ -1090,6 +1094,7 @@ class DestinationSession(MigrationSession):
         for p in self.pullers:
             assert p.inventory is not None
             inventories.append(p.inventory)
+        self._inventories = inventories
         assignment = planmod.assign(layout, inventories)
         self.assignment = assignment
         remote = set(range(1, len(self.pullers) + 1))
@@ -1530,6 +1535,44 @@ class DestinationSession(MigrationSession):
                 return False
         return True
 
+    def needed_pages(self) -> dict[str, int] | None:
+        """What had to reach this host after the redirect, by final
+        content (for the benchmark's bound, once completed).
+
+        ``nonzero``: pages whose final content is not zero;
+        ``source_only``: those whose final content no holder had at the
+        redirect (only the source could send them); ``held``: those a
+        remote holder had; ``local``: those this host had itself.  It
+        does not depend on how the attempt sent them, so a wasteful
+        transfer cannot raise its own bound.
+        """
+        if self.state != SessionState.COMPLETED or not self._inventories:
+            return self._needed
+        if self._needed is not None:
+            return self._needed
+        invs = self._inventories
+        counts = {"nonzero": 0, "source_only": 0, "held": 0, "local": 0}
+        for idx, first, states, _att, digests in \
+                self.store.inventory_ranges():
+            for i, st in enumerate(states):
+                if st != page_store.DATA:
+                    continue
+                counts["nonzero"] += 1
+                page = first + i
+                d = digests[i * DIGEST_LEN:(i + 1) * DIGEST_LEN]
+                lo, hi = page * DIGEST_LEN, (page + 1) * DIGEST_LEN
+                found = [h for h, inv in enumerate(invs)
+                         if inv.states[idx][page] == page_store.DATA
+                         and inv.digests[idx][lo:hi] == d]
+                if not found:
+                    counts["source_only"] += 1
+                elif found[0] == merge.LOCAL:
+                    counts["local"] += 1
+                else:
+                    counts["held"] += 1
+        self._needed = counts
+        return counts
+
     def status(self) -> dict[str, Any]:
         st = super().status()
         sc = self.store.counters()
@@ -1560,6 +1603,7 @@ class DestinationSession(MigrationSession):
                     feed.relay_pages_injected if feed else 0,
                 "relay_pages_dropped":
                     feed.relay_pages_dropped if feed else 0,
+                "needed": self.needed_pages(),
                 "holders": {p.host: {"pages": p.pages, "bytes": p.bytes,
                                      "lowest": p.lowest,
                                      "injected": p.injected,

@@ -145,6 +145,15 @@ def test_redirect_relays_from_old_destination(cluster, cut):
     assert src.counters["bytes_sent"] < len(s1.data)
     a = st["holders"]["a"]
     assert a["injected"] + src.counters["held_pages_forwarded"] > 0
+    # What B needed, by final content, for the benchmark's bound.
+    store_a = cluster.agents["a"].stores[cluster.mid]
+    nonzero = [(n, p, d) for (n, p), d in g.mem.items() if d is not None]
+    held = sum(1 for n, p, d in nonzero
+               if store_a.state(n, p) == 2 and bytes(store_a.page(n, p)) == d)
+    assert st["needed"] == {"nonzero": len(nonzero),
+                            "source_only": len(nonzero) - held,
+                            "held": held, "local": 0}
+    assert 0 < held < len(nonzero)
 
 
 def test_two_redirects_and_back_to_first_destination(cluster):
