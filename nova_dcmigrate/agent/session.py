@@ -276,7 +276,7 @@ class _SourceTracker(StreamVisitor):
         self.seed = seed
         self.zero = zero_digest(seed)
         self.digests: list[bytearray] = []
-        self._native = fastpath.native
+        self._native: Any = fastpath.native
         if self._native is not None:
             self.fast_records = self._fast_records
 
@@ -353,7 +353,7 @@ class _SourceFilter(StreamVisitor):
         self.forwarded_held = 0
         # The switchover has begun: no more pages of our own in the stream.
         self.completing = False
-        self._native = fastpath.native
+        self._native: Any = fastpath.native
         if self._native is not None:
             self.fast_records = self._fast_records
 
