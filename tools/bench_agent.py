@@ -632,8 +632,11 @@ def throughput_part(args: argparse.Namespace, workdir: str
         out("  [%s per-page code] in-process micro benchmarks (single "
             "thread, %d KiB chunks, median of %d):"
             % (name, args.chunk_size >> 10, args.repeat))
+        # The pure-Python path is the reference: one run of each is
+        # enough (keeps make bench short).
+        reps = args.repeat if name == "native" else 1
         with bench_paths.path(name):
-            micro = micro_benchmarks(stream, args.chunk_size, args.repeat)
+            micro = micro_benchmarks(stream, args.chunk_size, reps)
         result["micro"][name] = micro
         out(table(["case", "what", "MB/CPU-s", "wall MB/s", "CPU s"], [
             [k, v["what"], round(v["mb_per_cpu_s"]), round(v["mb_s"]),
@@ -644,12 +647,12 @@ def throughput_part(args: argparse.Namespace, workdir: str
             "(chunk_size %d KiB, socket_buffer %s):"
             % (name, args.chunk_size >> 10,
                args.socket_buffer or "kernel default"))
-        pair = agent_pair_benchmark(stream, args.repeat, args.chunk_size,
+        pair = agent_pair_benchmark(stream, reps, args.chunk_size,
                                     args.socket_buffer, args.feed_chunk,
                                     native=name == "native")
         result["pair_by_path"][name] = pair
         m = pair["median"]
-        out(table(["measure (median of %d)" % args.repeat, "MB/s",
+        out(table(["measure (median of %d)" % reps, "MB/s",
                    "pages/s", "CPU-s"], [
             ["pipeline wall (4 procs on %d cores)" % (os.cpu_count() or 0),
              round(m["wall_mb_s"]), round(m["pages_s"]), None],
