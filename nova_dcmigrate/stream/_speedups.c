@@ -278,7 +278,8 @@ store_records(PyObject *self, PyObject *args)
         unsigned char *dg = s.b[2].buf;
         unsigned char *st = s.b[3].buf;
         uint16_t *att = s.b[4].buf;
-        Py_BEGIN_ALLOW_THREADS
+        /* The GIL stays held: a concurrent PageStore.close() must not
+         * find its mmap exported. */
         while ((k = next_record(buf, pos, end, used, &page)) != REC_STOP) {
             unsigned char old = st[page];
             att[page] = (uint16_t)attempt;
@@ -312,7 +313,6 @@ store_records(PyObject *self, PyObject *args)
                 zeros++;
             }
         }
-        Py_END_ALLOW_THREADS
     }
     release_all(&s);
     return Py_BuildValue("nnnnnn", pos, pages, zeros, d_data, d_zero,
