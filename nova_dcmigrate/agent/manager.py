@@ -22,6 +22,7 @@ from nova_dcmigrate.agent.peer_listener import PeerListener
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.rpcapi import AgentAPI
 from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.stream import fastpath
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class AgentManager:
                                      conf.handshake_timeout)
 
     def start(self) -> None:
+        # Which per-page code runs (native extension or pure Python).
+        LOG.info("per-page code: %s", fastpath.reason
+                 if fastpath.native is None else "native (_speedups)")
         self.listener.start()
 
     def stop(self) -> None:

@@ -46,7 +46,8 @@ reason: str
 native, reason = _load()
 _available = native
 if native is None:
-    LOG.info("per-page fast path: pure Python (%s)", reason)
+    # Also logged when an agent starts (logging may not be set up yet).
+    LOG.info("per-page code: pure Python (%s)", reason)
 
 
 def enabled() -> bool:
