@@ -30,6 +30,14 @@ can never be raised.
 Held pages the source sends anyway (rewritten since they were held: the
 digests differ) are *superseded*: the holders are told to skip them, and
 the planner takes them off the holders' remaining work.
+
+Never worse than restarting: holders that would carry less than
+:data:`MIN_HOLDER_SHARE` of the remaining work at the current rates (a
+fast source, a slow holder) get nothing -- the frontier goes to where they
+are -- because what they could save is less than what a late relay costs
+(the source idles while the last held pages trickle in; the holders also
+take a share of the new destination's download).  Re-planning with
+measured rates brings them back when the source turns out slower.
 """
 
 from __future__ import annotations
@@ -147,6 +155,21 @@ def page_cost(state: int) -> int:
     return DATA_COST if state == 2 else ZERO_COST
 
 
+#: Smallest share of the remaining transfer worth giving to the holders:
+#: ``rate_holders / (rate_source + rate_holders)`` (see the module doc).
+MIN_HOLDER_SHARE = 0.1
+
+
+def holders_help(rate_source: float, rate_holders: float,
+                 min_share: float = MIN_HOLDER_SHARE) -> bool:
+    """Whether the holders are fast enough, next to the source, to be
+    given work at all."""
+    if rate_holders <= 0:
+        return False
+    rs = max(rate_source, 1.0)
+    return rate_holders / (rs + rate_holders) >= min_share
+
+
 class FrontierPlanner:
     """Balances the source's first pass against the holders' relays."""
 
@@ -222,10 +245,15 @@ class FrontierPlanner:
             it, the held pages in between are ones it skipped (and kept):
             X is then at least the frontier, and the source's share is
             counted from there.  Default: the source has not passed it.
+        :returns: ``a_pos`` (holders get nothing more) when they are too
+            slow to help (:func:`holders_help`).
         """
         s_pos = max(0, min(s_pos, self.total))
         lo = s_pos if frontier is None else max(0, min(s_pos, frontier))
         a_pos = max(lo, min(a_pos, self.total))
+        if not holders_help(rate_source, rate_holders):
+            # Never worse than restart: the holders get nothing more.
+            return a_pos
         rs = max(rate_source, 1.0)
         rh = max(rate_holders, 1.0)
         if source_page_cost is None:

@@ -1073,6 +1073,14 @@ class DestinationSession(MigrationSession):
             return float(self.source_rate), sum(rates)
         return 1.0, 1.0
 
+    def _holder_rate_hint(self) -> float:
+        """The holders' hinted upload rate (bytes/s) if every holder and
+        the source have one, else 0."""
+        rates = [float(h.get("rate") or 0.0) for h in self.holders]
+        if self.source_rate and rates and all(rates):
+            return sum(rates)
+        return 0.0
+
     def _run_merge(self, conn: protocol.FramedConnection,
                    qsock: socket.socket) -> None:
         layout: Layout | None = None
@@ -1319,6 +1327,10 @@ class DestinationSession(MigrationSession):
             lows = [p.lowest for p in self.pullers if p.lowest is not None]
             a_pos = min(lows) if lows else planner.total
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
+            if rh <= 0 and self.frontier >= a_pos:
+                # The holders were given nothing (too slow next to the
+                # source): no measure of theirs, go by the hint.
+                rh = self._holder_rate_hint()
             if self.src_pass1_done:
                 if not self._assist_pending(conn, planner, a_pos, rs, rh):
                     self._send_final()
