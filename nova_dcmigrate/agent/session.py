@@ -910,6 +910,9 @@ class DestinationSession(MigrationSession):
         # A raise came back clamped: the source skipped a page it did not
         # keep, and no later raise can pass it.
         self._raises_futile = False
+        # CPU seconds of the stream thread so far (its headroom decides
+        # whether holders can help).
+        self._stream_cpu_s = 0.0
         # What every host held at the redirect (index 0: this host).
         self._inventories: list[planmod.Inventory] = []
         self._needed: dict[str, int] | None = None
@@ -1202,6 +1205,7 @@ class DestinationSession(MigrationSession):
                     visitor.chunk_end()
                 c["stream_bytes"] += n
                 self.src_meter.add(n)
+                self._stream_cpu_s = time.thread_time()
                 now = time.monotonic()
                 if now >= next_ack:
                     next_ack = now + ack_every
@@ -1318,9 +1322,11 @@ class DestinationSession(MigrationSession):
         until their relays are done."""
         planner = self.planner
         assert planner is not None
+        cpu = planmod.CpuMeter(lambda: self._stream_cpu_s)
         while self.state == SessionState.STREAMING and \
                 not self.relay_done.is_set():
             time.sleep(0.05)
+            busy = cpu.sample()
             self._send_skips(planner)
             if self.final_sent:
                 continue
@@ -1339,7 +1345,7 @@ class DestinationSession(MigrationSession):
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
             x = planner.plan(self.src_position, a_pos, rs, rh,
-                             frontier=self.frontier)
+                             frontier=self.frontier, cpu_busy=busy)
             if x < self.frontier or (
                     x >= self.frontier + RAISE_MIN_PAGES
                     and not self._raises_futile

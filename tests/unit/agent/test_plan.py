@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import time
 from types import SimpleNamespace
 
 from nova_dcmigrate.agent import plan as planmod
@@ -135,3 +136,22 @@ def test_replanning_brings_slow_holders_back_when_the_source_slows():
     # 12.5 MB/s: the frontier comes down (always safe).
     again = p.plan(50, p.total, 10e6, 12.5e6, frontier=first)
     assert again < first
+
+
+def test_no_cpu_headroom_gives_the_holders_nothing():
+    assert planmod.holders_help(37.5e6, 37.5e6, cpu_busy=0.5)
+    assert not planmod.holders_help(37.5e6, 37.5e6, cpu_busy=0.95)
+    p = planmod.FrontierPlanner(_held_guest(), {1})
+    assert p.plan(0, p.total, 37.5e6, 37.5e6, cpu_busy=0.95) == p.total
+    assert p.plan(0, p.total, 37.5e6, 37.5e6, cpu_busy=0.3) < p.total
+
+
+def test_cpu_meter_share_of_a_core():
+    clock = [0.0]
+    meter = planmod.CpuMeter(lambda: clock[0], window=10.0)
+    t0 = time.monotonic()
+    assert meter.sample() is None            # one sample: no span yet
+    time.sleep(0.25)
+    clock[0] = 0.5 * (time.monotonic() - t0)
+    busy = meter.sample()
+    assert busy is not None and 0.4 < busy < 0.6
