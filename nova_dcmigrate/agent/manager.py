@@ -25,6 +25,7 @@ from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.rpcapi import AgentAPI
 from nova_dcmigrate.agent import session as sess
 from nova_dcmigrate.agent.tls import PeerTLS
+from nova_dcmigrate.stream import fastpath
 
 LOG = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class AgentManager:
             LOG.warning("[dcmigrate_agent] peer_tls is off: guest memory "
                         "crosses the migration network unencrypted "
                         "(frames are authenticated, not secret)")
+        # Which per-page code runs (native extension or pure Python).
+        LOG.info("per-page code: %s", fastpath.reason
+                 if fastpath.native is None else "native (_speedups)")
         self.listener.start()
 
     def stop(self) -> None:

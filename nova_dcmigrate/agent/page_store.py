@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream import PAGE_SIZE
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
@@ -124,6 +125,26 @@ class PageStore:
             self._pages += 1
             bs.state[page] = DATA
         return d
+
+    def put_records(self, block: RamBlock, buf: bytearray, pos: int,
+                    end: int, attempt: int = 0) -> tuple[int, int, int]:
+        """Store a run of CONTINUE page/zero records of ``block`` from a
+        stream reader's buffer in native code (:mod:`fastpath`); same
+        effect as :meth:`put_page`/:meth:`put_zero` for each.
+
+        :returns: (position after the run, pages, zero pages).
+        """
+        native = fastpath.native
+        if native is None:
+            return pos, 0, 0
+        bs = self._blocks[block.index]
+        pos, pages, zeros, d_data, d_zero, d_held = native.store_records(
+            buf, pos, end, block.used_length, bs.data, bs.digests,
+            bs.state, bs.attempt, attempt, self.seed, self._zero_digest)
+        self._pages += d_data
+        self._zero_pages += d_zero
+        bs.held += d_held
+        return pos, pages, zeros
 
     def put_zero(self, block: RamBlock, page: int, attempt: int = 0) -> None:
         bs = self._blocks[block.index]

@@ -38,6 +38,7 @@ from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent import local_socket
 from nova_dcmigrate.agent import merge
+from nova_dcmigrate.agent import page_store
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.page_store import zero_digest
@@ -48,6 +49,7 @@ from nova_dcmigrate.agent import relay_wire as wire
 from nova_dcmigrate.agent import return_gate
 from nova_dcmigrate.agent.tls import PeerTLS
 from nova_dcmigrate.exception import MigrationStateError
+from nova_dcmigrate.stream import PAGE_SIZE
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
 from nova_dcmigrate.stream import ReaderState
@@ -56,6 +58,7 @@ from nova_dcmigrate.stream import StreamReader
 from nova_dcmigrate.stream import Preamble
 from nova_dcmigrate.stream import StreamVisitor
 from nova_dcmigrate.stream import StreamWriter
+from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream.constants import CMD_SWITCHOVER_START
 from nova_dcmigrate.stream.constants import SECTION_END
 from nova_dcmigrate.stream.constants import SECTION_PART
@@ -331,6 +334,16 @@ class _SourceTracker(StreamVisitor):
         self.seed = seed
         self.zero = zero_digest(seed)
         self.digests: list[bytearray] = []
+        self._native: Any = fastpath.native
+        if self._native is not None:
+            self.fast_records = self._fast_records
+
+    def _fast_records(self, buf: bytearray, pos: int, end: int,
+                      block: RamBlock) -> tuple[int, int, int]:
+        result: tuple[int, int, int] = self._native.digest_records(
+            buf, pos, end, block.used_length, self.digests[block.index],
+            self.seed, self.zero)
+        return result
 
     def on_ram_start(self, start: RamStart) -> None:
         self.digests = [bytearray(b.npages * DIGEST_LEN)
@@ -351,6 +364,12 @@ class _StoreVisitor(StreamVisitor):
 
     def __init__(self, store: PageStore) -> None:
         self.store = store
+        if fastpath.native is not None:
+            self.fast_records = self._fast_records
+
+    def _fast_records(self, buf: bytearray, pos: int, end: int,
+                      block: RamBlock) -> tuple[int, int, int]:
+        return self.store.put_records(block, buf, pos, end)
 
     def on_ram_start(self, start: RamStart) -> None:
         self.store.configure(start)
@@ -392,6 +411,44 @@ class _SourceFilter(StreamVisitor):
         self.forwarded_held = 0
         # The switchover has begun: no more pages of our own in the stream.
         self.completing = False
+        self._native: Any = fastpath.native
+        if self._native is not None:
+            self.fast_records = self._fast_records
+
+    def _fast_records(self, buf: bytearray, pos: int, end: int,
+                      block: RamBlock) -> tuple[int, int, int]:
+        """:meth:`on_page`/:meth:`on_zero` for a run of records, in native
+        code, under the frontier lock as
+        :meth:`SourceSession.held_page_below_frontier`.
+        """
+        target = self.w.native_target(block)
+        if target is None:
+            return pos, 0, 0
+        out, idstr, cont = target
+        idx = block.index
+        s = self.s
+        layout = self.layout
+        with s._frontier_lock:
+            (pos, pages, zeros, ncovered, position, dropped, forwarded,
+             kept, s.lowest_skip, emitted) = self._native.filter_records(
+                buf, pos, end, block, layout.bases[idx], self.covered[idx],
+                self.ncovered, layout.total_pages, self.flags[idx],
+                self.expected[idx], self.seed, self.zero, s.frontier,
+                s.assist, s.assist_budget, s.lowest_skip, out, idstr, cont)
+        if kept:
+            s.counters["assist_pages_kept"] = \
+                s.counters.get("assist_pages_kept", 0) + kept
+        if emitted:
+            self.w.native_appended(block)
+        if position >= 0:
+            self.position = position
+        self.ncovered = ncovered
+        if ncovered == layout.total_pages:
+            self.pass1_done = True
+        self.dropped += dropped
+        self.dropped_bytes += dropped * PAGE_SIZE
+        self.forwarded_held += forwarded
+        return pos, pages, zeros
 
     def on_preamble(self, preamble: Preamble) -> None:
         self.w.raw(preamble.raw)
@@ -917,6 +974,12 @@ class DestinationSession(MigrationSession):
         # A raise came back clamped: the source skipped a page it did not
         # keep, and no later raise can pass it.
         self._raises_futile = False
+        # CPU seconds of the stream thread so far (its headroom decides
+        # whether holders can help).
+        self._stream_cpu_s = 0.0
+        # What every host held at the redirect (index 0: this host).
+        self._inventories: list[planmod.Inventory] = []
+        self._needed: dict[str, int] | None = None
         self.timeline: dict[str, float] = {}
 
     def prepare_socket(self) -> None:
@@ -1090,6 +1153,14 @@ class DestinationSession(MigrationSession):
             return float(self.source_rate), sum(rates)
         return 1.0, 1.0
 
+    def _holder_rate_hint(self) -> float:
+        """The holders' hinted upload rate (bytes/s) if every holder and
+        the source have one, else 0."""
+        rates = [float(h.get("rate") or 0.0) for h in self.holders]
+        if self.source_rate and rates and all(rates):
+            return sum(rates)
+        return 0.0
+
     def _run_merge(self, conn: protocol.FramedConnection,
                    qsock: socket.socket) -> None:
         layout: Layout | None = None
@@ -1111,6 +1182,7 @@ class DestinationSession(MigrationSession):
         for p in self.pullers:
             assert p.inventory is not None
             inventories.append(p.inventory)
+        self._inventories = inventories
         assignment = planmod.assign(layout, inventories)
         self.assignment = assignment
         remote = set(range(1, len(self.pullers) + 1))
@@ -1210,6 +1282,7 @@ class DestinationSession(MigrationSession):
                     visitor.chunk_end()
                 c["stream_bytes"] += n
                 self.src_meter.add(n)
+                self._stream_cpu_s = time.thread_time()
                 now = time.monotonic()
                 if now >= next_ack:
                     next_ack = now + ack_every
@@ -1326,15 +1399,21 @@ class DestinationSession(MigrationSession):
         until their relays are done."""
         planner = self.planner
         assert planner is not None
+        cpu = planmod.CpuMeter(lambda: self._stream_cpu_s)
         while self.state == SessionState.STREAMING and \
                 not self.relay_done.is_set():
             time.sleep(0.05)
+            busy = cpu.sample()
             self._send_skips(planner)
             if self.final_sent:
                 continue
             lows = [p.lowest for p in self.pullers if p.lowest is not None]
             a_pos = min(lows) if lows else planner.total
             rs, rh = self.src_meter.rate(), self.relay_meter.rate()
+            if rh <= 0 and self.frontier >= a_pos:
+                # The holders were given nothing (too slow next to the
+                # source): no measure of theirs, go by the hint.
+                rh = self._holder_rate_hint()
             if self.src_pass1_done:
                 if not self._assist_pending(conn, planner, a_pos, rs, rh):
                     self._send_final()
@@ -1343,7 +1422,7 @@ class DestinationSession(MigrationSession):
             if rs <= 0 or rh <= 0 or not self.split:
                 continue
             x = planner.plan(self.src_position, a_pos, rs, rh,
-                             frontier=self.frontier)
+                             frontier=self.frontier, cpu_busy=busy)
             if x < self.frontier or (
                     x >= self.frontier + RAISE_MIN_PAGES
                     and not self._raises_futile
@@ -1551,6 +1630,44 @@ class DestinationSession(MigrationSession):
                 return False
         return True
 
+    def needed_pages(self) -> dict[str, int] | None:
+        """What had to reach this host after the redirect, by final
+        content (for the benchmark's bound, once completed).
+
+        ``nonzero``: pages whose final content is not zero;
+        ``source_only``: those whose final content no holder had at the
+        redirect (only the source could send them); ``held``: those a
+        remote holder had; ``local``: those this host had itself.  It
+        does not depend on how the attempt sent them, so a wasteful
+        transfer cannot raise its own bound.
+        """
+        if self.state != SessionState.COMPLETED or not self._inventories:
+            return self._needed
+        if self._needed is not None:
+            return self._needed
+        invs = self._inventories
+        counts = {"nonzero": 0, "source_only": 0, "held": 0, "local": 0}
+        for idx, first, states, _att, digests in \
+                self.store.inventory_ranges():
+            for i, st in enumerate(states):
+                if st != page_store.DATA:
+                    continue
+                counts["nonzero"] += 1
+                page = first + i
+                d = digests[i * DIGEST_LEN:(i + 1) * DIGEST_LEN]
+                lo, hi = page * DIGEST_LEN, (page + 1) * DIGEST_LEN
+                found = [h for h, inv in enumerate(invs)
+                         if inv.states[idx][page] == page_store.DATA
+                         and inv.digests[idx][lo:hi] == d]
+                if not found:
+                    counts["source_only"] += 1
+                elif found[0] == merge.LOCAL:
+                    counts["local"] += 1
+                else:
+                    counts["held"] += 1
+        self._needed = counts
+        return counts
+
     def status(self) -> dict[str, Any]:
         st = super().status()
         sc = self.store.counters()
@@ -1581,6 +1698,7 @@ class DestinationSession(MigrationSession):
                     feed.relay_pages_injected if feed else 0,
                 "relay_pages_dropped":
                     feed.relay_pages_dropped if feed else 0,
+                "needed": self.needed_pages(),
                 "holders": {p.host: {"pages": p.pages, "bytes": p.bytes,
                                      "lowest": p.lowest,
                                      "injected": p.injected,

@@ -251,7 +251,7 @@ class Runner:
         finally:
             if broker is not None:
                 broker.stop()
-        report.fill_borrowed_bounds(self.records)
+        report.fill_scenario_bound(self.records)
         return self.document()
 
     def _one(self, side: Any, agents: lab_agents.LabAgents | None,
@@ -329,8 +329,10 @@ class Runner:
             if driver is not None:
                 driver.cleanup()
             side.close(run)
-        rec = report.build_record(cfg, run, rep, order, ram=ram,
-                                  alive=alive, series=series, error=error)
+        rec = report.build_record(
+            cfg, run, rep, order, ram=ram, alive=alive, series=series,
+            error=error, nonzero_pages=self.calibration.nonzero_pages
+            if self.calibration else None)
         if series is not None:
             self.series[key] = series
         self.records.append(rec)

@@ -325,3 +325,11 @@ def test_relay_only_never_asks_for_kept_pages(dest):
     src = RecordingConn()
     assert not dest._assist_pending(src, _planner(4000), 3000, 1e6, 1e6)
     assert src.sent == []
+
+
+def test_holder_rate_hint_only_when_complete():
+    a = {"host": "a", "address": "127.0.0.1", "port": 1, "rate": 12.5e6}
+    assert _dest_with([a], 125e6)._holder_rate_hint() == 12.5e6
+    assert _dest_with([a], None)._holder_rate_hint() == 0.0
+    no_rate = {k: v for k, v in a.items() if k != "rate"}
+    assert _dest_with([a, no_rate], 125e6)._holder_rate_hint() == 0.0
