@@ -39,3 +39,11 @@ class SessionFailed(AgentError):
 
 class InvalidRequest(AgentError):
     msg_fmt = "Invalid request for migration %(migration_id)s: %(reason)s"
+
+
+class PortUnavailable(InvalidRequest):
+    """The source agent cannot listen on the loopback port asked for
+    (taken): the caller tries another one."""
+
+    msg_fmt = ("Migration %(migration_id)s: cannot listen on "
+               "%(address)s:%(port)d: %(reason)s")

@@ -1023,6 +1023,9 @@ class DestinationSession(MigrationSession):
                 layout = p.layout
             elif (p.layout.names, p.layout.lengths) != \
                     (layout.names, layout.lengths):
+                # Flagged in the status: the controller retries without it.
+                p.failed = "different RAM layout"
+                self.pullers.append(p)
                 raise exception.SessionFailed(
                     migration_id=self.migration_id,
                     reason="holder %s has a different RAM layout" % p.host)
@@ -1404,6 +1407,7 @@ class DestinationSession(MigrationSession):
                     % (p.host, p.failed))
             missing = self._missing(p.index)
             if missing:
+                p.failed = "%d pages not delivered" % len(missing)
                 raise exception.SessionFailed(
                     migration_id=self.migration_id,
                     reason="holder %s did not deliver %d pages"

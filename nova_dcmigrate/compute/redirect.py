@@ -31,13 +31,15 @@ The migration consumer (holding the source's resources), the migration's
 and host never change here: Nova's own post-migration path
 (``_post_live_migration`` with the new destination) or rollback finishes
 the migration. Nova's compute manager offers these steps only as private
-helpers; they are reached through the manager the driver was given
-(``ComputeVirtAPI._compute``), and pinned by nova==34.0.0.
+helpers; they are reached through the manager the driver hands in, and
+pinned by nova==34.0.0 (each guarded by a contract test,
+``tests/functional/nova/test_nova_contract.py``). Nothing here knows the
+driver: whether the new host needs an agent, and where failed clean-ups
+go, are injected (:class:`Redirector`).
 
-Not handled yet (refused by Nova's own checks or left as is): NUMA-aware
-claims and PCI/vPMEM/mdev resources of the new destination are made by its
-checks as in any live migration, but a redirect does not rewrite the
-instance's ``migration_context`` for them.
+Refused at the request (:func:`check_supported_instance`): instances with
+a NUMA topology or PCI requests, whose destination-specific resources
+live in the ``migration_context`` a redirect does not rewrite.
 """
 
 from __future__ import annotations

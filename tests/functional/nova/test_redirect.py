@@ -489,6 +489,25 @@ class RedirectTest(RedirectTestBase):
         self._finish(attempt, "dest3")
         self._assert_finished_on("dest3", ("src", "dest1", "dest2"))
 
+    def test_numa_instance_refused(self) -> None:
+        # A redirect does not rewrite the migration context: an instance
+        # with a NUMA topology is refused at the request, nothing changes.
+        flavor = self._create_flavor(extra_spec={"hw:numa_nodes": "1"})
+        self.idle_usage = self._hypervisor_usage("dest3")
+        self.server = self._create_server(host="src", flavor_id=flavor,
+                                          networks="none")
+        self._start_migration("dest1")
+        err = self.assertRaises(redirect_exception.UnsupportedInstance,
+                                self._redirect, "dest2")
+        self.assertEqual((self.migration["uuid"], self.server["id"]),
+                         (err.kwargs["migration"], err.kwargs["instance"]))
+        self.assertIn("NUMA topology", err.kwargs["reason"])
+        self.assertEqual(("running", 0, None), (
+            self._status()["state"], self._status()["redirects"],
+            self._status()["last_error"]))
+        self.assertEqual(1, len(self.attempts))
+        self._finish(self.attempts[0], "dest1")
+
     def test_failure_after_stopping_the_old_job_rolls_back(self) -> None:
         # The old destination cannot take the guest any more once its job
         # was stopped: a redirect failing then must roll back to the source,
@@ -565,7 +584,57 @@ class RedirectHeldTest(RedirectTestBase):
         status = self._status()
         self.assertEqual(("rolled-back", ["dest1"]),
                          (status["state"], status["destinations"]))
-        self.assertEqual("RedirectError", status["last_error"]["type"])
+        # The abort cancelled the preparation at its next step.
+        self.assertEqual("RedirectCancelled", status["last_error"]["type"])
+
+    def test_monitor_polls_while_the_new_host_is_prepared(self) -> None:
+        # The preparation runs in the run's worker: Nova's monitor keeps
+        # polling the job (downtime steps, completion timeout, stats)
+        # while pre_live_migration on the new host is held.
+        polls: list[float] = []
+        stock = fakelibvirt.Domain.jobStats
+
+        def job_stats(domain: Any, flags: int = 0) -> Any:
+            polls.append(time.monotonic())
+            return stock(domain, flags)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.tests.fixtures.libvirt.Domain.jobStats", job_stats))
+        self._hold_redirect()
+        before = len(polls)
+        time.sleep(2.5)
+        # Nova's monitor polls every 0.5 s.
+        self.assertGreaterEqual(len(polls) - before, 3)
+        self.assertEqual("preparing", self._status()["state"])
+        self.proceed.set()
+
+        attempt = self._wait_attempt(2)
+        self.assertEqual("dest2", attempt.host)
+        self._wait_state("running")
+        self._finish(attempt, "dest2")
+        self._assert_finished_on("dest2", ("src", "dest1"))
+
+    def test_old_job_completing_during_the_prepare(self) -> None:
+        # The guest reaches the old destination while the new host is
+        # being prepared: the preparation is cancelled at its next step
+        # and undone before Nova's post-migration reads the BDMs; the
+        # migration completes on the old destination with nothing left on
+        # the new one.
+        self._hold_redirect()
+        self._complete(self.attempts[0])
+        self.assertEqual("completing", self._wait_state("completing")["state"])
+        self.proceed.set()
+
+        self._wait_migration("completed")
+        self._wait_server("ACTIVE")
+        self._assert_finished_on("dest1", ("src", "dest2", "dest3"))
+        status = self._status()
+        self.assertEqual(("completed", ["dest1"], 0),
+                         (status["state"], status["destinations"],
+                          status["redirects"]))
+        self.assertEqual("RedirectCancelled", status["last_error"]["type"])
+        self.assertEqual(1, len(self.attempts))
+        self.assertFalse(self.attempts[0].aborted)
 
     def test_refused_requests(self) -> None:
         self._hold_redirect()
