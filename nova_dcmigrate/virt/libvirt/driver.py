@@ -242,7 +242,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                 cleanups=self.dcmigrate_cleanups)
         return self._dcmigrate_redirector
 
-    # -- housekeeping and the agent trait --------------------------------------
+    # -- housekeeping and the agent trait ------------------------------------
 
     def init_host(self, host: str) -> None:
         """Stock start-up, then one agent ping and the housekeeping thread.

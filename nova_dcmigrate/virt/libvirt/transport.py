@@ -397,9 +397,18 @@ class AgentTransport(MigrationTransport):
             attempt.running = False
 
     def stop_attempt(self, guest: Any) -> None:
+        """Abort the attempt's agent sessions, then libvirt's job.
+
+        Sessions first: both agents then see the stream end as the abort
+        it is (INFO), not as QEMU failing under them (ERROR). The
+        destination keeps its pages either way.
+        """
         mig = self.migrations.get(guest.uuid)
         if mig is not None and mig.attempts:
-            self._note_link_rate(mig, mig.attempts[-1], guest)
+            attempt = mig.attempts[-1]
+            self._note_link_rate(mig, attempt, guest)
+            if attempt.running:
+                self._abort_agents(mig, [mig.source, attempt.dest.host])
         guest.abort_job()
 
     def configure_downtime(self, guest: Any, downtime_ms: int) -> None:
