@@ -150,7 +150,7 @@ class NovaPrivateNamesTest(testtools.TestCase):
     def test_public_names_used_with_our_call_shapes(self) -> None:
         # Not private, but the shapes matter as much.
         _bind(libvirt_migrate.find_job_type, X, X)
-        libvirt_guest.JobInfo(type=0)
+        _bind(libvirt_guest.JobInfo.__init__, X, type=X)
         for name in ("get_job_info", "migrate_configure_max_downtime",
                      "abort_job", "migrate"):
             self.assertTrue(callable(getattr(libvirt_guest.Guest, name)))
@@ -158,7 +158,8 @@ class NovaPrivateNamesTest(testtools.TestCase):
     def test_every_private_name_is_listed_in_the_docs(self) -> None:
         text = DOC.read_text()
         for name, test in PRIVATE_NAMES.items():
-            self.assertTrue(hasattr(self, test), test)
+            self.assertTrue(hasattr(self, test) or
+                            hasattr(NovaPrivateAttributesTest, test), test)
             self.assertIn(name.split(" ")[0], text)
             self.assertIn(test, text)
 
