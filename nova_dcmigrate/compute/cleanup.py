@@ -40,11 +40,14 @@ class CleanupStep:
     tries: int = 0
     last_error: str | None = None
     next_try: float = 0.0
+    #: "pending" until it succeeded ("done") or was given up
+    #: ("abandoned": left for the operator).
+    state: str = "pending"
 
     def describe(self) -> dict[str, Any]:
         """The step as the redirect status reports it."""
         return {"host": self.host, "step": self.what, "tries": self.tries,
-                "error": self.last_error}
+                "error": self.last_error, "state": self.state}
 
 
 class CleanupQueue:
@@ -66,6 +69,7 @@ class CleanupQueue:
         :returns: whether it succeeded.
         """
         if self._try(step):
+            step.state = "done"
             return True
         LOG.error("Redirect of live migration %(mig)s: %(what)s failed: "
                   "%(err)s; retried every %(iv)d s (%(n)d times)",
@@ -103,12 +107,14 @@ class CleanupQueue:
             if step.next_try > now:
                 continue
             if self._try(step):
+                step.state = "done"
                 LOG.info("Redirect of live migration %(mig)s: %(what)s "
                          "done after %(n)d tries",
                          {"mig": step.migration_uuid, "what": step.what,
                           "n": step.tries}, instance_uuid=step.instance_uuid)
                 self._drop(step)
             elif step.tries > self.retries:
+                step.state = "abandoned"
                 LOG.error("Redirect of live migration %(mig)s: giving up "
                           "%(what)s after %(n)d tries (%(err)s); clean it "
                           "up by hand", {"mig": step.migration_uuid,

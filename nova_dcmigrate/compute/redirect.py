@@ -541,13 +541,11 @@ class Redirector:
         def step(what: str, fn: Callable[[], None]) -> None:
             # Each step runs once now; a failure is logged at ERROR, shown
             # in the run's status and retried by the periodic clean-up.
-            done = self.cleanups.run(cleanup.CleanupStep(
-                instance.uuid, migration.uuid, old, what, fn))
-            if not done:
+            cleanup_step = cleanup.CleanupStep(
+                instance.uuid, migration.uuid, old, what, fn)
+            if not self.cleanups.run(cleanup_step):
                 with run.lock:
-                    run.cleanup_pending = [
-                        s.describe() for s in
-                        self.cleanups.pending(instance.uuid)]
+                    run.cleanup_pending.append(cleanup_step)
 
         step("releasing volumes on %s" % old,
              lambda: self._release_old_volumes(context, instance, run, prep))

@@ -105,8 +105,9 @@ class LiveMigrationRun:
         self.cancel = threading.Event()
         #: The prepare worker's result while one runs (see the driver).
         self.preparation: concurrent.futures.Future[Any] | None = None
-        #: Clean-up steps of a redirect that failed and are retried.
-        self.cleanup_pending: list[dict[str, Any]] = []
+        #: Clean-up steps of a redirect that failed (CleanupStep), retried
+        #: by the driver's housekeeping; reported until done.
+        self.cleanup_pending: list[Any] = []
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- the guard -------------------------------------------------------
@@ -316,7 +317,9 @@ class LiveMigrationRun:
         ``target`` (host being prepared, or None), ``redirects`` (count
         done), ``last_error`` (``{type, message, data}`` of the last
         refused or failed redirect, or None), ``cleanup_pending``
-        (clean-up steps of an earlier host still to be retried).
+        (failed clean-up steps of an earlier destination not done yet:
+        ``{host, step, tries, error, state}``, state ``pending`` or
+        ``abandoned``).
         """
         with self.lock:
             return {
@@ -331,7 +334,8 @@ class LiveMigrationRun:
                     else None),
                 "redirects": self.redirects,
                 "last_error": self.last_error,
-                "cleanup_pending": [dict(c) for c in self.cleanup_pending],
+                "cleanup_pending": [c.describe() for c in self.cleanup_pending
+                                    if c.state != "done"],
             }
 
 

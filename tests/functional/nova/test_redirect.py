@@ -31,6 +31,7 @@ from nova.compute import manager as nova_manager
 from nova import context as nova_context
 from nova import exception as nova_exception
 from nova import objects
+from nova.scheduler.client import report as report_client
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.libvirt import base as libvirt_base
@@ -488,6 +489,50 @@ class RedirectTest(RedirectTestBase):
         self._assert_running_to("dest3", ("dest1", "dest2"))
         self._finish(attempt, "dest3")
         self._assert_finished_on("dest3", ("src", "dest1", "dest2"))
+
+    def test_failed_cleanup_is_reported_and_finished_later(self) -> None:
+        # Placement refuses to release the old destination once: the
+        # redirect goes on, the step is reported in the status (and at
+        # ERROR), and the periodic housekeeping finishes it.
+        stock = (report_client.SchedulerReportClient.
+                 remove_provider_tree_from_instance_allocation)
+        refused: list[str] = []
+        test = self
+
+        def remove(client: Any, context: Any, consumer: str,
+                   root_rp: str) -> Any:
+            if root_rp == test.rp["dest1"] and not refused:
+                refused.append(root_rp)
+                raise nova_exception.AllocationUpdateFailed(
+                    consumer_uuid=consumer, error="placement down (test)")
+            return stock(client, context, consumer, root_rp)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.scheduler.client.report.SchedulerReportClient."
+            "remove_provider_tree_from_instance_allocation", remove))
+        # Retry at the next housekeeping round instead of in 60 s.
+        self.computes["src"].driver.dcmigrate_cleanups.interval = 0
+        self._boot(volume=False)
+        self._start_migration("dest1")
+        self._redirect("dest2")
+        attempt = self._wait_attempt(2)
+        status = self._wait_state("running")
+        [pending] = status["cleanup_pending"]
+        self.assertEqual(
+            ("dest1", "releasing the placement allocation on dest1", 1,
+             "pending"),
+            (pending["host"], pending["step"], pending["tries"],
+             pending["state"]))
+        self.assertIn("AllocationUpdateFailed", pending["error"])
+        self._assert_allocations({"dest1", "dest2"}, {"src"})
+        self.assertIn("releasing the placement allocation on dest1 failed",
+                      self.stdlog.logger.output)
+
+        self._run_periodics()
+        self.assertEqual([], self._status()["cleanup_pending"])
+        self._assert_running_to("dest2", ("dest1",), volume=False)
+        self._finish(attempt, "dest2")
+        self._assert_finished_on("dest2", ("src", "dest1"), volume=False)
 
     def test_numa_instance_refused(self) -> None:
         # A redirect does not rewrite the migration context: an instance
