@@ -368,6 +368,14 @@ class RedirectTest(RedirectTestBase):
         self._assert_finished_on("dest2", ("src", "dest1"))
         self.assertEqual("completed", self._status()["state"])
         self.assertEqual(2, len(self.attempts))
+        # Quiet when nothing is wrong: Nova's "Live Migration failure" line
+        # of the job stopped for the redirect is logged at INFO, and no
+        # ERROR at all is logged for the redirect.
+        log = self.stdlog.logger.output
+        self.assertIn("INFO [nova.virt.libvirt.driver] Live Migration "
+                      "failure", log)
+        self.assertEqual([], [line for line in log.splitlines()
+                              if " ERROR " in line])
 
     def test_redirect_with_repick(self) -> None:
         self._boot()
