@@ -73,7 +73,7 @@ class NovaLookup:
             session=self._session(user_auth),
             endpoint_override=group.endpoint_override,
             region_name=group.region_name,
-            interface=(group.valid_interfaces or ["public"])[0],
+            endpoint_type=(group.valid_interfaces or ["public"])[0],
             service_name=group.service_name)
 
     def get_server(self, nova: Any, server_id: str) -> Server:
