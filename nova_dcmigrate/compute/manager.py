@@ -8,10 +8,11 @@ target namespace. ``DCMigrateLibvirtDriver`` appends a
 running the driver answers the redirect API
 (:mod:`nova_dcmigrate.compute.rpcapi`).
 
-``instance`` and ``migration`` arguments are Nova objects (callers that run
-inside Nova, through :class:`~nova_dcmigrate.compute.rpcapi.\
-ComputeRedirectAPI`) or their UUID strings (the dcmigrate-api service,
-which does not import Nova: :mod:`nova_dcmigrate.api.compute_rpc`).
+``instance`` and ``migration`` arguments are Nova objects; the
+dcmigrate-api service, which does not import Nova, sends objects holding
+only their UUID (:mod:`nova_dcmigrate.api.compute_rpc`), so only
+``uuid`` is read from them (strings are accepted too, for callers that
+bypass nova-compute's RPC wrapper).
 """
 
 from __future__ import annotations

@@ -193,7 +193,8 @@ class LiveMigrationRun:
         Call after :meth:`check_redirectable` (both under ``lock``).
 
         :param requested_by: ``user:<id>`` or ``trigger:<name>``
-            (:func:`records.user_requester`, :func:`records.trigger_requester`).
+            (:func:`records.user_requester`,
+            :func:`records.trigger_requester`).
         :param context: a Nova RequestContext; with one, the redirect gets
             its Nova instance action (:mod:`.events`).
         :returns: the new record (state ``requested``).

@@ -145,7 +145,8 @@ class ApiTest(test_redirect.RedirectTestBase):
             time.sleep(0.2)
 
     def _action(self, record: dict[str, Any]) -> dict[str, Any]:
-        rid = events.request_id(record)
+        rid = record["request_id"]
+        self.assertEqual("req-%s" % record["id"], rid)
         actions = {a["request_id"]: a for a in
                    self.admin_api.get_instance_actions(self.server["id"])}
         self.assertEqual(events.ACTION, actions[rid]["action"])
