@@ -33,11 +33,18 @@ EXCEPTION_MODULES = [
 ]
 
 
-def get_transport(conf: cfg.ConfigOpts) -> messaging.RPCTransport:
-    """Nova's bus, as Nova's services see it (exchange ``nova``)."""
+def get_transport(conf: cfg.ConfigOpts,
+                  url: str | None = None) -> messaging.RPCTransport:
+    """Nova's bus, as Nova's services see it (exchange ``nova``).
+
+    :param url: instead of ``[DEFAULT] transport_url``.
+    """
     messaging.set_transport_defaults(control_exchange="nova")
+    # The API's ConfigOpts is its own: oslo.messaging's tracing options
+    # are registered on the global one only.
+    rpc._register_tracing_opts(conf)
     return messaging.get_rpc_transport(
-        conf, allowed_remote_exmods=EXCEPTION_MODULES)
+        conf, url=url, allowed_remote_exmods=EXCEPTION_MODULES)
 
 
 class _ContextSerializer(messaging.NoOpSerializer):  # type: ignore[misc]
