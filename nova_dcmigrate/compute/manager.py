@@ -117,6 +117,9 @@ class RedirectEndpoint:
                 host, reason=reason, context=context,
                 requested_by=requested_by or records.user_requester(
                     getattr(context, "user_id", None)))
+            # As queued: the monitor may take it as soon as the lock goes.
+            answer = (run.status() if requested_by is None
+                      else record.to_dict())
         LOG.info("Redirect %(id)s of live migration %(migration)s from "
                  "%(dest)s to %(host)s requested by %(by)s: %(reason)s", {
                      "id": record.id, "migration": current.uuid,
@@ -124,9 +127,7 @@ class RedirectEndpoint:
                      "host": host or "a host nova-scheduler picks",
                      "reason": reason or "no reason given"},
                  instance_uuid=instance_uuid)
-        if requested_by is None:
-            return run.status()
-        return record.to_dict()
+        return answer
 
     @_expected
     def list_redirects(self, context: Any, instance: Any,
