@@ -26,9 +26,16 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from typing import Any
+from typing import Protocol
+
+from oslo_log import log as logging
 
 from nova_dcmigrate.compute import exception
+from nova_dcmigrate.compute import records
+
+LOG = logging.getLogger(__name__)
 
 RUNNING = "running"
 REQUESTED = "redirect-requested"
@@ -72,6 +79,17 @@ def error_record(err: BaseException) -> dict[str, Any]:
             "data": dict(getattr(err, "kwargs", {}))}
 
 
+class ActionRecorder(Protocol):
+    """Writes the Nova instance action of each redirect
+    (:class:`nova_dcmigrate.compute.events.ActionRecorder`)."""
+
+    def start(self, context: Any, record: records.RedirectRecord) -> None:
+        """At request time."""
+
+    def finish(self, record: records.RedirectRecord) -> None:
+        """Once the record reached a final state."""
+
+
 class LiveMigrationRun:
     """One live migration run by this source, across its attempts.
 
@@ -109,6 +127,15 @@ class LiveMigrationRun:
         #: by the driver's housekeeping; reported until done.
         self.cleanup_pending: list[Any] = []
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # -- redirect records (branch api) --
+        #: Record of the request being acted on (requested/preparing).
+        self.pending_record: records.RedirectRecord | None = None
+        #: Record of the redirect the current attempt runs for.
+        self.running_record: records.RedirectRecord | None = None
+        #: Where new records go (set by Registry.add); None: nowhere.
+        self.history: records.RedirectHistory | None = None
+        #: Writes Nova instance actions (set by Registry.add).
+        self.actions: ActionRecorder | None = None
 
     # -- the guard -------------------------------------------------------
 
@@ -184,12 +211,52 @@ class LiveMigrationRun:
                 migration=mig.uuid, host=host,
                 reason="it is the current destination")
 
-    def request(self, host: str | None) -> None:
-        """Queue a validated redirect for the monitor thread."""
+    def request(self, host: str | None, *, requested_by: str | None = None,
+                reason: str | None = None,
+                evidence: dict[str, Any] | None = None,
+                context: Any = None) -> records.RedirectRecord:
+        """Queue a validated redirect for the monitor thread.
+
+        Call after :meth:`check_redirectable` (both under ``lock``).
+
+        :param requested_by: ``user:<id>`` or ``trigger:<name>``
+            (:func:`records.user_requester`,
+            :func:`records.trigger_requester`).
+        :param context: a Nova RequestContext; with one, the redirect gets
+            its Nova instance action (:mod:`.events`).
+        :returns: the new record (state ``requested``).
+        :raises RunStateError: the run cannot take a request now.
+        """
         with self.lock:
             self._move(REQUESTED)
             self.requested_host = host
             self.last_error = None
+            record = records.RedirectRecord(
+                server_id=self.instance_uuid,
+                migration_id=self.migration.uuid, source=self.source,
+                old_destination=self.dest, new_destination=host,
+                requested_by=requested_by or "unknown", reason=reason,
+                evidence=evidence)
+            self._record_to(self.pending_record, records.RedirectState.FAILED,
+                            {"code": "RedirectSuperseded",
+                             "message": "a newer request replaced it"})
+            self.pending_record = record
+            if self.history is not None:
+                self.history.add(record)
+        if context is not None and self.actions is not None:
+            self.actions.start(context, record)
+        return record
+
+    def _record_to(self, record: records.RedirectRecord | None,
+                   state: records.RedirectState,
+                   error: BaseException | dict[str, str] | None = None
+                   ) -> None:
+        # Under self.lock. A record already final stays as it is.
+        if record is None or record.finished:
+            return
+        record.transition(state, error=error)
+        if record.finished and self.actions is not None:
+            self.actions.finish(record)
 
     # -- the monitor and the prepare worker --------------------------------
 
@@ -201,6 +268,8 @@ class LiveMigrationRun:
             self._move(PREPARING)
             self.cancel.clear()
             self.target = self.requested_host
+            self._record_to(self.pending_record,
+                            records.RedirectState.PREPARING)
             return True, self.requested_host
 
     def record_error(self, err: BaseException) -> None:
@@ -208,6 +277,10 @@ class LiveMigrationRun:
         with self.lock:
             self.last_error = error_record(err)
             self.target = None
+            # The pending redirect (if any) is what did not happen.
+            self._record_to(self.pending_record,
+                            records.RedirectState.FAILED, err)
+            self.pending_record = None
 
     def failed(self, err: BaseException) -> None:
         """Record a redirect that did not happen; back to RUNNING.
@@ -257,6 +330,15 @@ class LiveMigrationRun:
             self.migrate_data = migrate_data
             self.switch = (dest, migrate_data)
             self.redirects += 1
+            record = self.pending_record
+            if record is not None:
+                record.new_destination = dest
+                # The earlier redirect was carried out; this one takes
+                # the migration further.
+                self._record_to(self.running_record,
+                                records.RedirectState.COMPLETED)
+                self._record_to(record, records.RedirectState.RUNNING)
+                self.running_record, self.pending_record = record, None
 
     def take_switch(self) -> tuple[str, Any] | None:
         """Return and clear the committed switch, if any (to RUNNING)."""
@@ -283,6 +365,11 @@ class LiveMigrationRun:
                     "type": "Aborted", "data": {},
                     "message": "live migration aborted before the "
                                "redirect started"}
+                self._record_to(self.pending_record,
+                                records.RedirectState.ROLLED_BACK, {
+                                    "code": "Aborted",
+                                    "message": self.last_error["message"]})
+                self.pending_record = None
                 return False
             if self.phase in (PREPARING, SWITCHING) or \
                     self.switch is not None:
@@ -307,6 +394,30 @@ class LiveMigrationRun:
             self.cancel.set()
             if self.phase != phase:
                 self._move(phase)
+            self._finish_records(phase)
+
+    def _finish_records(self, phase: str) -> None:
+        # The live migration ended (lock held): its open records end too.
+        pending = self.pending_record
+        if phase == COMPLETED:
+            self._record_to(pending, records.RedirectState.FAILED,
+                            exception.SwitchingOver(
+                                migration=self.migration.uuid,
+                                destination=self.dest, status=COMPLETED))
+            self._record_to(self.running_record,
+                            records.RedirectState.COMPLETED)
+        else:
+            self._record_to(pending, records.RedirectState.ROLLED_BACK, {
+                "code": "LiveMigrationRolledBack",
+                "message": "the live migration was rolled back to %s "
+                           "before the redirect ran" % self.source})
+            self._record_to(self.running_record,
+                            records.RedirectState.ROLLED_BACK, {
+                                "code": "LiveMigrationRolledBack",
+                                "message": "the live migration to %s failed "
+                                           "and was rolled back to %s"
+                                           % (self.dest, self.source)})
+        self.pending_record = self.running_record = None
 
     def status(self) -> dict[str, Any]:
         """Return the redirect status as sent over RPC.
@@ -342,14 +453,31 @@ class LiveMigrationRun:
 class Registry:
     """The live migrations this source runs, plus recently finished ones."""
 
-    def __init__(self, finished_entries: int) -> None:
+    def __init__(self, finished_entries: int,
+                 history: records.RedirectHistory | None = None,
+                 actions: ActionRecorder | None = None,
+                 history_per_instance: int = 20,
+                 history_instances: int = 1000) -> None:
+        """:param history: where redirect records are kept; a new bounded
+            one (``history_per_instance``, ``history_instances``) if None.
+        :param actions: writes each redirect's Nova instance action.
+        """
         self._lock = threading.Lock()
         self._running: dict[str, LiveMigrationRun] = {}
         self._finished: collections.OrderedDict[str, dict[str, Any]] = (
             collections.OrderedDict())
         self._finished_entries = finished_entries
+        #: Redirect records of every instance, running and finished.
+        self.history = history or records.RedirectHistory(
+            history_per_instance, history_instances)
+        self.actions = actions
+        #: ``progress(instance_uuid) -> dict | None`` of the running
+        #: attempt (the driver's, which knows the transport); None: none.
+        self.progress: Callable[[str], dict[str, Any] | None] | None = None
 
     def add(self, run: LiveMigrationRun) -> None:
+        run.history = self.history
+        run.actions = self.actions
         with self._lock:
             self._running[run.instance_uuid] = run
             self._finished.pop(run.instance_uuid, None)
@@ -360,6 +488,7 @@ class Registry:
 
     def finish(self, run: LiveMigrationRun, phase: str) -> None:
         """Forget a run, keeping its last status."""
+        self.update_progress(run)
         run.finish(phase)
         status = run.status()
         with self._lock:
@@ -373,3 +502,23 @@ class Registry:
     def finished_status(self, instance_uuid: str) -> dict[str, Any] | None:
         with self._lock:
             return self._finished.get(instance_uuid)
+
+    def records(self, instance_uuid: str, migration_uuid: str | None = None
+                ) -> list[records.RedirectRecord]:
+        """The instance's redirect records, newest first; the running
+        one with fresh progress."""
+        run = self.get(instance_uuid)
+        if run is not None:
+            self.update_progress(run)
+        return self.history.list(instance_uuid, migration_uuid)
+
+    def update_progress(self, run: LiveMigrationRun) -> None:
+        """Refresh the progress of the run's running redirect."""
+        record = run.running_record
+        if self.progress is None or record is None:
+            return
+        try:
+            record.set_progress(self.progress(run.instance_uuid))
+        except Exception as err:  # noqa: BLE001 - progress is best effort
+            LOG.debug("No progress for redirect %(id)s: %(err)s",
+                      {"id": record.id, "err": err})

@@ -112,6 +112,7 @@ from nova.virt.libvirt import migration as libvirt_migrate
 from oslo_log import log as logging
 
 from nova_dcmigrate.compute import cleanup
+from nova_dcmigrate.compute import events as redirect_events
 from nova_dcmigrate.compute import exception as redirect_exception
 from nova_dcmigrate.compute import manager as redirect_manager
 from nova_dcmigrate.compute import redirect
@@ -121,6 +122,7 @@ from nova_dcmigrate.exception import DcmigrateError
 from nova_dcmigrate.scheduler import constants as scheduler_constants
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
 from nova_dcmigrate.virt.libvirt import housekeeping
+from nova_dcmigrate.virt.libvirt import progress as redirect_progress
 from nova_dcmigrate.virt.libvirt import transport
 
 if TYPE_CHECKING:
@@ -181,7 +183,13 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         group = CONF.dcmigrate_compute
         #: Live migrations this host runs as the source.
         self.dcmigrate_runs = run_state.Registry(
-            group.finished_status_entries)
+            group.finished_status_entries,
+            actions=redirect_events.ActionRecorder(),
+            history_per_instance=group.redirect_history_per_instance,
+            history_instances=group.redirect_history_instances)
+        # Live progress of redirect records (branch api).
+        self.dcmigrate_runs.progress = functools.partial(
+            redirect_progress.redirect_progress, self)
         #: Runs and stops the libvirt job of each attempt
         #: (``[dcmigrate_compute] transport``).
         self.dcmigrate_transport: transport.MigrationTransport
