@@ -140,9 +140,10 @@ def check_supported_instance(context: Any, instance: Any,
 
     :raises UnsupportedInstance: with the reason.
     """
+    # The instance, or (as some RPC callers send it) its UUID.
+    uuid = instance if isinstance(instance, str) else instance.uuid
     current = objects.Instance.get_by_uuid(
-        context, instance.uuid,
-        expected_attrs=["numa_topology", "pci_requests"])
+        context, uuid, expected_attrs=["numa_topology", "pci_requests"])
     reasons = []
     if current.numa_topology:
         reasons.append("it has a NUMA topology")
@@ -151,7 +152,7 @@ def check_supported_instance(context: Any, instance: Any,
         reasons.append("it has PCI device requests")
     if reasons:
         raise exception.UnsupportedInstance(
-            migration=migration.uuid, instance=instance.uuid,
+            migration=migration.uuid, instance=uuid,
             reason=" and ".join(reasons) + " (a redirect does not move "
             "its migration context)")
 
