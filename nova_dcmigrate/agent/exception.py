@@ -37,6 +37,11 @@ class SessionFailed(AgentError):
     msg_fmt = "Migration %(migration_id)s failed: %(reason)s"
 
 
+class PeerAborted(SessionFailed):
+    """The peer agent's session was aborted on request (ABORT frame): the
+    attempt was stopped on purpose, e.g. for a redirect."""
+
+
 class InvalidRequest(AgentError):
     msg_fmt = "Invalid request for migration %(migration_id)s: %(reason)s"
 
