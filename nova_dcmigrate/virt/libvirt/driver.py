@@ -111,6 +111,7 @@ from nova_dcmigrate.compute import manager as redirect_manager
 from nova_dcmigrate.compute import redirect
 import nova_dcmigrate.conf
 from nova_dcmigrate.scheduler import constants as scheduler_constants
+from nova_dcmigrate.triggers import monitor as trigger_monitor
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
 from nova_dcmigrate.virt.libvirt import transport
 
@@ -180,6 +181,10 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         else:
             self.dcmigrate_transport = transport.AgentTransport()
         self._dcmigrate_redirector: redirect.Redirector | None = None
+        #: Automatic redirect triggers ([dcmigrate_auto]).
+        self.dcmigrate_triggers = trigger_monitor.TriggerMonitor(
+            lambda: self.dcmigrate_host,
+            lambda: self.dcmigrate_redirector().reportclient)
         self._dcmigrate_agent_lock = threading.Lock()
         #: (time.monotonic() of the last ping, whether the agent answered).
         self._dcmigrate_agent_seen: tuple[float, bool] | None = None
@@ -381,6 +386,12 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                                 disk_paths: Any) -> None:
         """Nova's monitor, with our redirect point in its job polls."""
         run = self.dcmigrate_runs.get(instance.uuid)
+        # -- automatic redirect triggers (nova_dcmigrate.triggers) --
+        if run is not None and self.dcmigrate_triggers.enabled():
+            self.dcmigrate_triggers.attempt_started(
+                context, instance, run,
+                self._live_migration_data_gb(instance, disk_paths))
+        # --
         if run is not None:
             guest = _RedirectPoint(guest, functools.partial(
                 self._dcmigrate_poll, context, instance, run, guest, future,
@@ -468,6 +479,8 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                         future: Any, block_migration: Any, info: Any) -> Any:
         # Runs in the monitor thread at every job poll; returns the job
         # info the monitor acts on.
+        # Automatic redirect triggers: a sample, never a wait.
+        self.dcmigrate_triggers.observe(run, info)
         lv = _libvirt()
         if (info.type not in (lv.VIR_DOMAIN_JOB_NONE,
                               lv.VIR_DOMAIN_JOB_UNBOUNDED) or
