@@ -76,20 +76,25 @@ class RateMeter:
         while (len(self._samples) > 2 and
                sample.at - self._samples[1].at >= self.window):
             self._samples.popleft()
+        self.peak_transfer_rate = max(self.peak_transfer_rate,
+                                      self._rates()[0])
+
+    def _rates(self) -> tuple[float, float]:
+        # (transfer, progress) in bytes/s over the samples kept.
+        first, last = self._samples[0], self._samples[-1]
+        span = last.at - first.at
+        if span <= 0:
+            return 0.0, 0.0
+        return (max(0.0, (last.data_processed - first.data_processed) /
+                    span),
+                (first.data_remaining - last.data_remaining) / span)
 
     def progress(self) -> base.Progress | None:
         """The rates now, or None before the first sample."""
         if not self._samples:
             return None
-        first, last = self._samples[0], self._samples[-1]
-        span = last.at - first.at
-        transfer = progress_rate = 0.0
-        if span > 0:
-            transfer = max(
-                0.0, (last.data_processed - first.data_processed) / span)
-            progress_rate = (first.data_remaining -
-                             last.data_remaining) / span
-        self.peak_transfer_rate = max(self.peak_transfer_rate, transfer)
+        last = self._samples[-1]
+        transfer, progress_rate = self._rates()
         return base.Progress(
             elapsed=last.at - self.started,
             data_total=last.data_total,
