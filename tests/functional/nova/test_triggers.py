@@ -163,6 +163,7 @@ class TriggerTest(TriggerTestBase):
 
     def test_unfit_destination_is_left(self) -> None:
         self._enable("destination_unfit", destination_unfit_confirmations=2)
+        self.placement.put("/traits/%s" % TRAIT, None, version="1.6")
         for host in test_redirect.HOSTS:
             rp = self.rp[host]
             self._set_provider_traits(
@@ -195,7 +196,8 @@ class TriggerTest(TriggerTestBase):
     def test_too_slow_fires_on_slowed_migration(self) -> None:
         # Nova would abort after 15 s/GiB x 2 GiB = 30 s.
         self.flags(live_migration_completion_timeout=15, group="libvirt")
-        self._enable("too_slow")
+        # Judged once the 2 s rate window holds only the slow phase.
+        self._enable("too_slow", too_slow_min_elapsed=4.0)
         self.profiles = [slowed, healthy]
         self._boot()
         self._start_migration("dest1")
