@@ -59,6 +59,29 @@ class SchedulerViewError(exception.DcmigrateError):
     msg_fmt = "The scheduler could not answer %(question)s: %(reason)s"
 
 
+class NotRedirected(exception.DcmigrateError):
+    """Why an automatic decision did not become a redirect: the ``error``
+    of its redirect record (state ``failed``), by class name."""
+
+    msg_fmt = "Trigger %(trigger)s: not redirected"
+
+
+class DryRun(NotRedirected):
+    msg_fmt = ("Trigger %(trigger)s would have redirected the migration "
+               "([dcmigrate_auto] dry_run: only recorded)")
+
+
+class RedirectCapped(NotRedirected):
+    msg_fmt = ("Trigger %(trigger)s: %(count)d automatic redirects of this "
+               "migration already ([dcmigrate_auto] "
+               "max_redirects_per_migration)")
+
+
+class NoBetterHost(NotRedirected):
+    msg_fmt = ("Trigger %(trigger)s: the migration continues to "
+               "%(destination)s: %(reason)s")
+
+
 @dataclasses.dataclass(frozen=True)
 class Progress:
     """The running attempt as measured from libvirt's job statistics.

@@ -29,7 +29,6 @@ decision history for the instance.
 from __future__ import annotations
 
 import collections
-import inspect
 import threading
 import time
 from typing import Any
@@ -43,6 +42,7 @@ from oslo_utils import timeutils
 from stevedore import named
 
 from nova_dcmigrate.compute import exception as redirect_exception
+from nova_dcmigrate.compute import records
 import nova_dcmigrate.conf
 from nova_dcmigrate.triggers import base
 from nova_dcmigrate.triggers import progress as progress_mod
@@ -230,8 +230,12 @@ class TriggerMonitor:
         summary = decision.summary
         candidate = decision.candidate
         redirect_id = None
+        why: base.NotRedirected | redirect_exception.RedirectError | None
         if decision.action != base.REDIRECT:
             outcome = report.CONTINUED
+            why = base.NoBetterHost(trigger=decision.trigger,
+                                    destination=inputs.dest,
+                                    reason=decision.summary)
         else:
             if candidate is None:
                 try:
@@ -243,15 +247,22 @@ class TriggerMonitor:
                     return
                 candidate = alt.host if alt is not None else None
             evidence["candidate"] = candidate
+            why = None
             if candidate is None:
                 outcome = report.CONTINUED
                 summary += "; the re-pick found no other host, continuing"
+                why = base.NoBetterHost(
+                    trigger=decision.trigger, destination=inputs.dest,
+                    reason="the re-pick found no other host")
             elif group.dry_run:
                 outcome = report.DRY_RUN
+                why = base.DryRun(trigger=decision.trigger)
             elif watch.auto_redirects >= group.max_redirects_per_migration:
                 outcome = report.CAPPED
                 summary += ("; %d automatic redirects already, the limit"
                             % watch.auto_redirects)
+                why = base.RedirectCapped(trigger=decision.trigger,
+                                          count=watch.auto_redirects)
             else:
                 try:
                     redirect_id = self._request(watch, decision, summary,
@@ -261,6 +272,11 @@ class TriggerMonitor:
                 except redirect_exception.RedirectError as err:
                     outcome = report.REFUSED
                     summary += "; refused: %s" % err
+                    why = err
+        if why is not None:
+            redirect_id = _record_not_redirected(
+                watch.run, decision.trigger, inputs.dest, candidate,
+                summary, evidence, why)
         watch.quiet_until = now + group.min_interval
         run = watch.run
         result = report.Outcome(
@@ -282,9 +298,11 @@ class TriggerMonitor:
                                                   run.migration.uuid)
         with run.lock:
             run.check_redirectable(migration, None)
-            record = _queue(run, "trigger:%s" % decision.trigger, summary,
-                            evidence)
-        return getattr(record, "id", None)
+            record = run.request(
+                None, requested_by=records.trigger_requester(
+                    decision.trigger),
+                reason=summary, evidence=evidence, context=watch.context)
+        return str(record.id)
 
     # -- inspection ---------------------------------------------------------
 
@@ -302,17 +320,23 @@ class TriggerMonitor:
         return watch.evaluations if watch is not None else 0
 
 
-def _queue(run: Any, requested_by: str, reason: str,
-           evidence: dict[str, Any]) -> Any:
-    # run.request(host, requested_by=, reason=, evidence=) per the
-    # redirect-records contract (branch api); a run without records takes
-    # the host only.
-    params = inspect.signature(run.request).parameters
-    if "requested_by" in params:
-        return run.request(None, requested_by=requested_by, reason=reason,
-                           evidence=evidence)
-    run.request(None)
-    return None
+def _record_not_redirected(run: Any, trigger: str, dest: str,
+                           candidate: str | None, summary: str,
+                           evidence: dict[str, Any],
+                           why: BaseException) -> str | None:
+    # A decision that did not become a redirect is listed with the
+    # redirects all the same (state failed, error = why).
+    history = getattr(run, "history", None)
+    if history is None:
+        return None
+    record = records.RedirectRecord(
+        server_id=run.instance_uuid, migration_id=run.migration.uuid,
+        source=run.source, old_destination=dest, new_destination=candidate,
+        requested_by=records.trigger_requester(trigger), reason=summary,
+        evidence=evidence)
+    record.transition(records.RedirectState.FAILED, error=why)
+    history.add(record)
+    return str(record.id)
 
 
 def _missing(names: Any) -> None:

@@ -6,9 +6,10 @@ Each decision the monitor records (:class:`Outcome`) goes to
   when refused;
 * an instance action event under the live migration's action (visible
   with ``openstack server event show``), named
-  ``dcmigrate_trigger <trigger> <outcome>: <summary>`` (at most 255
-  characters; Nova keeps event details only for failed events, so the
-  summary is in the name and the full evidence in the notification);
+  ``dcmigrate_trigger <trigger> <outcome> <time>: <summary>`` (at most
+  255 characters; Nova keeps event details only for failed events, so the
+  summary is in the name and the full evidence in the notification and
+  the redirect record);
 * a versioned notification on Nova's notifier, event type
   ``dcmigrate.redirect_trigger.<outcome>`` (priority INFO, publisher
   ``nova-compute:<host>``), payload ``RedirectTriggerPayload`` 1.0 in
@@ -67,8 +68,11 @@ class Outcome:
 
 def event_name(outcome: Outcome) -> str:
     """The instance action event name of a decision."""
-    name = "%s %s %s: %s" % (EVENT_PREFIX, outcome.trigger, outcome.outcome,
-                             outcome.summary)
+    # Unique per decision: Nova finishes an event found by action and
+    # name.
+    name = "%s %s %s %s: %s" % (EVENT_PREFIX, outcome.trigger,
+                                outcome.outcome, outcome.at,
+                                outcome.summary)
     return name[:_EVENT_NAME_MAX]
 
 

@@ -125,11 +125,26 @@ class TriggerTestBase(test_redirect.RedirectTestBase):
         return names
 
     def _assert_visible(self, decision: dict[str, Any]) -> None:
-        """Event, notification (and the decision record) exist."""
-        prefix = "dcmigrate_trigger %s %s: " % (decision["trigger"],
-                                                decision["outcome"])
-        self.assertIn(prefix + decision["summary"][:200],
-                      "\n".join(self._events()))
+        """Event, notification and redirect record exist."""
+        name = "dcmigrate_trigger %s %s %s: %s" % (
+            decision["trigger"], decision["outcome"], decision["at"],
+            decision["summary"])
+        self.assertIn(name[:255], self._events())
+        instance, _ = self._objects()
+        records = {r["id"]: r for r in self.client.list_redirects(
+            self.ctxt, instance, "src")}
+        record = records[decision["redirect_id"]]
+        self.assertEqual(
+            ("trigger:%s" % decision["trigger"], decision["evidence"],
+             decision["destination"]),
+            (record["requested_by"], record["evidence"],
+             record["old_destination"]))
+        if decision["outcome"] != "redirect":
+            # Recorded, not redirected.
+            codes = {"dry_run": "DryRun", "capped": "RedirectCapped",
+                     "continue": "NoBetterHost"}
+            self.assertEqual(("failed", codes[decision["outcome"]]),
+                             (record["state"], record["error"]["code"]))
         event_type = "dcmigrate.redirect_trigger.%s" % decision["outcome"]
         notes = self.notifier.wait_for_versioned_notifications(event_type)
         data = notes[0]["payload"]["nova_object.data"]
