@@ -25,6 +25,7 @@ from oslo_log import log as logging
 
 from nova_dcmigrate.triggers import base
 from nova_dcmigrate.triggers import progress as progress_mod
+from nova_dcmigrate.virt.libvirt import controller
 
 LOG = logging.getLogger(__name__)
 
@@ -155,5 +156,11 @@ class TriggerWatch:
             if (decision.action == base.REDIRECT and target and
                     self.redirects < self.max_redirects):
                 self.redirects += 1
-                m.redirect(target)
+                try:
+                    m.redirect(target)
+                except controller.ControllerError as err:
+                    # E.g. switchover started: the migration goes on.
+                    LOG.warning("trigger watch: redirect to %(host)s "
+                                "refused: %(err)s",
+                                {"host": target, "err": err})
             return
