@@ -172,12 +172,14 @@ class TriggerMonitor:
         option is unchanged)."""
         names = tuple(CONF.dcmigrate_auto.enabled_triggers)
         if self._loaded[0] != names:
+            manager: named.NamedExtensionManager[base.RedirectTrigger]
             manager = named.NamedExtensionManager(
                 base.NAMESPACE, names=list(names), invoke_on_load=True,
                 invoke_args=(CONF.dcmigrate_auto,), name_order=True,
                 on_missing_entrypoints_callback=_missing,
                 on_load_failure_callback=_load_failed)
-            self._loaded = (names, [ext.obj for ext in manager])
+            self._loaded = (names, [ext.obj for ext in manager
+                                    if ext.obj is not None])
         return self._loaded[1]
 
     def _evaluate(self, watch: _Watch,
@@ -345,6 +347,7 @@ def _missing(names: Any) -> None:
               {"names": sorted(names), "group": base.NAMESPACE})
 
 
-def _load_failed(manager: Any, entrypoint: Any, err: Exception) -> None:
+def _load_failed(manager: Any, entrypoint: Any,
+                 err: BaseException) -> None:
     LOG.error("Loading redirect trigger %(name)s failed: %(err)s",
               {"name": entrypoint.name, "err": err})

@@ -78,7 +78,7 @@ def inputs(**kw: Any) -> base.Inputs:
     return base.Inputs(**values)
 
 
-# -- destination_disabled ----------------------------------------------------
+# -- destination_disabled -----------------------------------------------------
 
 def test_disabled_fires(conf: cfg.ConfigOpts) -> None:
     trig = destination.DestinationDisabled(conf.dcmigrate_auto)
@@ -113,7 +113,7 @@ def test_disabled_bad_inputs(conf: cfg.ConfigOpts,
     assert err.value.kwargs["trigger"] == "destination_disabled"
 
 
-# -- destination_unfit ---------------------------------------------------------
+# -- destination_unfit --------------------------------------------------------
 
 def test_unfit_needs_confirmations(conf: cfg.ConfigOpts) -> None:
     trig = destination.DestinationUnfit(conf.dcmigrate_auto)
@@ -150,7 +150,7 @@ def test_unfit_scheduler_error_propagates(conf: cfg.ConfigOpts) -> None:
         trig.evaluate(inputs(scheduler=Scheduler(error=True)))
 
 
-# -- too_slow --------------------------------------------------------------------
+# -- too_slow -----------------------------------------------------------------
 
 def slow_case(conf: cfg.ConfigOpts, **kw: Any) -> base.Decision | None:
     trig = too_slow.TooSlow(conf.dcmigrate_auto)
@@ -239,7 +239,7 @@ def test_estimate_without_relays_resends_everything() -> None:
         0))
 
 
-# -- progress ------------------------------------------------------------------------
+# -- progress -----------------------------------------------------------------
 
 class Job:
     def __init__(self, processed: int, remaining: int) -> None:
