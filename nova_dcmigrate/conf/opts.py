@@ -6,10 +6,11 @@ from oslo_config import cfg
 
 from nova_dcmigrate.conf import agent
 from nova_dcmigrate.conf import api
+from nova_dcmigrate.conf import auto
 from nova_dcmigrate.conf import compute
 from nova_dcmigrate.conf import scheduler
 
-_MODULES = (agent, compute, scheduler)
+_MODULES = (agent, auto, compute, scheduler)
 
 
 def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:

@@ -437,9 +437,22 @@ class RedirectableMigration:
                 if attempt.outcome == "completed":
                     self.state = State.COMPLETED
                     return attempt
-                if self.state in (State.ABORTED, State.REDIRECTING):
+                if self.state is State.ABORTED:
                     raise MigrationFailed(migration_id=self.migration_id,
                                           reason="aborted")
+                # Another thread (e.g. a TriggerWatch) is redirecting: its
+                # attempt is about to start.
+                redirecting = self.state is State.REDIRECTING
+            if redirecting:
+                if time.monotonic() > deadline:
+                    raise ControllerError(migration_id=self.migration_id,
+                                          reason="timed out in a redirect")
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                if (attempt is not self.current or
+                        self.state in (State.REDIRECTING, State.ABORTED)):
+                    continue            # changed while unlocked
                 dead = self._failed_holders(attempt)
                 retries = sum(1 for a in self.attempts
                               if a.outcome == "failed")

@@ -123,6 +123,7 @@ from nova_dcmigrate.compute import run as run_state
 import nova_dcmigrate.conf
 from nova_dcmigrate.exception import DcmigrateError
 from nova_dcmigrate.scheduler import constants as scheduler_constants
+from nova_dcmigrate.triggers import monitor as trigger_monitor
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
 from nova_dcmigrate.virt.libvirt import housekeeping
 from nova_dcmigrate.virt.libvirt import progress as redirect_progress
@@ -212,6 +213,10 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             lambda: CONF.dcmigrate_compute.housekeeping_interval,
             "dcmigrate-housekeeping")
         self._dcmigrate_log_filter = housekeeping.stopped_job_filter()
+        #: Automatic redirect triggers ([dcmigrate_auto]).
+        self.dcmigrate_triggers = trigger_monitor.TriggerMonitor(
+            lambda: self.dcmigrate_host,
+            lambda: self.dcmigrate_redirector().reportclient)
         manager = self._compute_manager()
         if manager is not None:
             manager.additional_endpoints.append(
@@ -440,6 +445,12 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                                 disk_paths: Any) -> None:
         """Nova's monitor, with our redirect point in its job polls."""
         run = self.dcmigrate_runs.get(instance.uuid)
+        # -- automatic redirect triggers (nova_dcmigrate.triggers) --
+        if run is not None and self.dcmigrate_triggers.enabled():
+            self.dcmigrate_triggers.attempt_started(
+                context, instance, run,
+                self._live_migration_data_gb(instance, disk_paths))
+        # --
         if run is not None:
             guest = _RedirectPoint(guest, functools.partial(
                 self._dcmigrate_poll, context, instance, run, guest, future,
@@ -573,6 +584,8 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                         future: Any, block_migration: Any, info: Any) -> Any:
         """Runs in the monitor thread at every job poll; returns the job
         info the monitor acts on. Never waits for the new host."""
+        # Automatic redirect triggers: a sample, never a wait.
+        self.dcmigrate_triggers.observe(run, info)
         lv = _libvirt()
         if (info.type not in (lv.VIR_DOMAIN_JOB_NONE,
                               lv.VIR_DOMAIN_JOB_UNBOUNDED) or
