@@ -1,0 +1,125 @@
+"""``dcmigrate-lab cloud up|down|run|tempest``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+from nova_dcmigrate.lab.cloud import cloud as lab_cloud
+from nova_dcmigrate.lab.cloud import tempest
+
+
+def _peak_rss_mib() -> float:
+    """Total RSS of every process now (MiB): the cloud's footprint."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/statm") as f:
+                    total += int(f.read().split()[1])
+            except OSError:
+                pass
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _cloud(args: argparse.Namespace) -> lab_cloud.Cloud:
+    return lab_cloud.Cloud(Path(args.repo), rate=args.rate,
+                           keep_workdir=args.keep_workdir)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Bring the cloud up and keep it until SIGTERM/Ctrl-C."""
+    cloud = _cloud(args)
+    try:
+        info = cloud.up()
+        print(json.dumps(info, indent=1), flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        cloud.down()
+
+
+def _up(args: argparse.Namespace) -> int:
+    if lab_cloud.STATE_FILE.exists():
+        print(f"a cloud is already up ({lab_cloud.STATE_FILE}); "
+              "run 'dcmigrate-lab cloud down' first", file=sys.stderr)
+        return 1
+    log = Path(args.log)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nova_dcmigrate.cmd.lab", "cloud", "run",
+             "--repo", args.repo, "--rate", args.rate],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+    while proc.poll() is None:
+        try:
+            state = json.loads(lab_cloud.STATE_FILE.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("pid") == proc.pid and "openrc" in state:
+            print(f"cloud up in {state['bringup_seconds']} s; "
+                  f"source {state['openrc']}")
+            return 0
+        time.sleep(1)
+    print(f"cloud failed to come up; see {log}", file=sys.stderr)
+    return 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    if not lab_cloud.stop_running():
+        print("no cloud running (or it did not stop)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tempest(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    cloud = _cloud(args)
+    rc = 1
+    peak = 0.0
+    try:
+        info = cloud.up()
+        peak = _peak_rss_mib()
+        assert cloud.plane is not None
+        tdir = tempest.configure(cloud.plane, info, cloud.repo,
+                                 api_enabled=False)
+        rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
+        peak = max(peak, _peak_rss_mib())
+        print(f"cloud: bring-up {info['bringup_seconds']} s, "
+              f"steps {info['timings']}")
+    finally:
+        cloud.down()
+        print(f"cloud tempest: rc {rc}, {time.monotonic() - started:.0f} s "
+              f"total, machine RSS {peak:.0f} MiB at peak sample")
+    return rc
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("cloud", help="a real OpenStack on the lab "
+                                          "(doc/source/lab-cloud.rst)")
+    parser.add_argument("action", choices=["up", "down", "run", "tempest"])
+    parser.add_argument("--repo", default=os.getcwd(),
+                        help="nova-dcmigrate source tree (its devstack/ "
+                             "plugin configures our parts)")
+    parser.add_argument("--rate", default=lab_cloud.DEFAULT_RATE,
+                        help="each host's link rate")
+    parser.add_argument("--regex", default=None,
+                        help="tempest test regex (tempest action)")
+    parser.add_argument("--log", default="/tmp/dcmigrate-cloud.log",
+                        help="log of the background cloud (up action)")
+    parser.add_argument("--keep-workdir", action="store_true")
+    parser.set_defaults(func=lambda a: {
+        "up": _up, "down": _down, "run": _run, "tempest": _tempest,
+    }[a.action](a))
+
+
+def sigint_to_keyboard() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
