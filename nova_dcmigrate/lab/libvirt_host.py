@@ -411,7 +411,8 @@ def libvirt_version() -> str:
 
 
 def start_libvirt_hosts(lab: Lab, hosts: Iterable[str] | None = None, *,
-                        timeout: float = START_TIMEOUT
+                        timeout: float = START_TIMEOUT,
+                        shared_filesystems: Iterable[str] = ()
                         ) -> dict[str, LibvirtHost]:
     """Start a libvirtd on each of ``hosts`` (default: every lab host).
 

@@ -15,6 +15,19 @@ from nova_dcmigrate.lab.cloud import cloud as lab_cloud
 from nova_dcmigrate.lab.cloud import tempest
 
 
+def _ramcheck(cloud: lab_cloud.Cloud) -> bool:
+    """Redirect through the cloud, RAM compared byte for byte."""
+    from nova_dcmigrate.lab.cloud import ramcheck
+    result = ramcheck.redirect_ram_check(cloud)
+    print(f"cloud RAM check after a redirect: "
+          f"{'IDENTICAL' if result.identical else 'DIFFERENT'} "
+          f"({result.differing_pages} differing pages of "
+          f"{result.size_bytes >> 12}), final host {result.final_host}, "
+          f"{result.seconds} s; redirect "
+          f"{json.dumps(result.redirect_status)}", flush=True)
+    return result.identical and result.final_host.endswith("c")
+
+
 def _peak_rss_mib() -> float:
     """Total RSS of every process now (MiB): the cloud's footprint."""
     total = 0
@@ -39,6 +52,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         info = cloud.up()
         print(json.dumps(info, indent=1), flush=True)
+
+        def on_usr1(signum: int, frame: object) -> None:
+            try:
+                _ramcheck(cloud)
+            except Exception as err:  # noqa: BLE001 - reported
+                print(f"cloud RAM check failed: {err}", flush=True)
+
+        # kill -USR1 <pid>: run the RAM check against the running cloud.
+        signal.signal(signal.SIGUSR1, on_usr1)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -93,6 +115,8 @@ def _tempest(args: argparse.Namespace) -> int:
                                  api_enabled=False)
         rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
         peak = max(peak, _peak_rss_mib())
+        if not args.no_ramcheck and not _ramcheck(cloud):
+            rc = rc or 1
         print(f"cloud: bring-up {info['bringup_seconds']} s, "
               f"steps {info['timings']}")
     finally:
@@ -116,6 +140,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--log", default="/tmp/dcmigrate-cloud.log",
                         help="log of the background cloud (up action)")
     parser.add_argument("--keep-workdir", action="store_true")
+    parser.add_argument("--no-ramcheck", action="store_true",
+                        help="tempest action: skip the lab's RAM check "
+                             "after a redirect through the cloud")
     parser.set_defaults(func=lambda a: {
         "up": _up, "down": _down, "run": _run, "tempest": _tempest,
     }[a.action](a))

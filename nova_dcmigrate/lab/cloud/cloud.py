@@ -54,6 +54,9 @@ class Cloud:
         self.compute_procs: procs.Processes | None = None
         self.computes: list[computes.Compute] = []
         self.info: dict[str, Any] = {}
+        # pyroute2 forks to enter namespaces; a forked child unwinding
+        # through up()'s caller must never tear the cloud down.
+        self._owner_pid = os.getpid()
         self.timings: dict[str, float] = {}
 
     # -- up ------------------------------------------------------------
@@ -214,6 +217,8 @@ class Cloud:
 
     def down(self) -> None:
         """Stop everything; safe after a partial :meth:`up`."""
+        if os.getpid() != self._owner_pid:
+            return
         started = time.monotonic()
         steps = []
         if self.compute_procs is not None:

@@ -44,6 +44,8 @@ class Compute:
         self.run_dir = self.dir / "run"
 
     def configure(self, instances_path: Path) -> None:
+        for sub in ("state", "lock"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
         sections = self.plane.nova_sections()
         del sections["database"], sections["api_database"]
         sections["DEFAULT"].update({
