@@ -3,7 +3,7 @@
 ``[dcmigrate]`` configures the redirect API's service client (tempest's
 plugin rules: ``catalog_type`` and ``endpoint_type`` are required; region,
 build_timeout and build_interval are honoured by the client) and the
-scenario tests; ``[dcmigrate-feature-enabled]`` says what the deployment
+scenario tests; ``[dcmigrate_feature_enabled]`` says what the deployment
 offers.  devstack/lib/dcmigrate (configure_tempest_for_dcmigrate) and the
 lab cloud set them.
 """
@@ -48,7 +48,7 @@ DcmigrateGroup = [
 ]
 
 feature_group = cfg.OptGroup(
-    name="dcmigrate-feature-enabled",
+    name="dcmigrate_feature_enabled",
     title="Features of the nova-dcmigrate deployment")
 
 FeatureGroup = [

@@ -17,6 +17,7 @@ git clone -q "$HERE" "$WORK/src"
 export CLOUD_VENV="$VENV"
 export CLOUD_CONSTRAINTS="$HERE/constraints.txt $HERE/nova-constraints.txt $HERE/cloud-constraints.txt"
 export DEST="$WORK"
+export DATA_DIR="$WORK/data"
 export DCMIGRATE_DIR="$WORK/src"
 export DCMIGRATE_WHEEL_DIR="$WORK/wheels"
 # python3 in install_dcmigrate is the venv's (as devstack's global pip).

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import openstack
 
 
-def _conn() -> openstack.connection.Connection:
+def _conn() -> Any:
     return openstack.connect(
         auth_url=os.environ["OS_AUTH_URL"],
         username=os.environ["OS_USERNAME"],
@@ -26,7 +27,7 @@ def _conn() -> openstack.connection.Connection:
         interface="public")
 
 
-def _service(conn, name: str, type_: str, description: str):
+def _service(conn: Any, name: str, type_: str, description: str) -> Any:
     for svc in conn.identity.services():
         if svc.type == type_:
             return svc
@@ -34,7 +35,7 @@ def _service(conn, name: str, type_: str, description: str):
                                         description=description)
 
 
-def _endpoint(conn, service, region: str, url: str) -> None:
+def _endpoint(conn: Any, service: Any, region: str, url: str) -> None:
     have = {e.interface for e in conn.identity.endpoints(
         service_id=service.id)}
     for interface in ("public", "internal", "admin"):
@@ -44,7 +45,7 @@ def _endpoint(conn, service, region: str, url: str) -> None:
                                           region_id=region)
 
 
-def bootstrap(spec: dict) -> None:
+def bootstrap(spec: dict[str, Any]) -> None:
     """spec: {"password": ..., "users": [...], "services":
     [[name, type, url], ...]}"""
     conn = _conn()
@@ -65,6 +66,16 @@ def main() -> None:
     cmd = sys.argv[1]
     if cmd == "bootstrap":
         bootstrap(json.loads(sys.argv[2]))
+    elif cmd == "user":
+        conn = _conn()
+        project = conn.identity.find_project("service")
+        user = conn.identity.find_user(sys.argv[2]) or \
+            conn.identity.create_user(name=sys.argv[2],
+                                      password=sys.argv[3],
+                                      domain_id="default",
+                                      default_project_id=project.id)
+        role = conn.identity.find_role(sys.argv[4])
+        conn.identity.assign_project_role_to_user(project, user, role)
     elif cmd == "service":
         _service(_conn(), sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "endpoint":

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from nova_dcmigrate.lab.cloud import cloud as lab_cloud
 from nova_dcmigrate.lab.cloud import tempest
@@ -43,7 +44,8 @@ def _peak_rss_mib() -> float:
 
 def _cloud(args: argparse.Namespace) -> lab_cloud.Cloud:
     return lab_cloud.Cloud(Path(args.repo), rate=args.rate,
-                           keep_workdir=args.keep_workdir)
+                           keep_workdir=args.keep_workdir,
+                           api=not args.no_api)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -78,7 +80,8 @@ def _up(args: argparse.Namespace) -> int:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nova_dcmigrate.cmd.lab", "cloud", "run",
-             "--repo", args.repo, "--rate", args.rate],
+             "--repo", args.repo, "--rate", args.rate] +
+            (["--no-api"] if args.no_api else []),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
     while proc.poll() is None:
@@ -112,7 +115,7 @@ def _tempest(args: argparse.Namespace) -> int:
         peak = _peak_rss_mib()
         assert cloud.plane is not None
         tdir = tempest.configure(cloud.plane, info, cloud.repo,
-                                 api_enabled=False)
+                                 api_enabled=cloud.api)
         rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
         peak = max(peak, _peak_rss_mib())
         if not args.no_ramcheck and not _ramcheck(cloud):
@@ -126,7 +129,7 @@ def _tempest(args: argparse.Namespace) -> int:
     return rc
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Any) -> None:
     parser = sub.add_parser("cloud", help="a real OpenStack on the lab "
                                           "(doc/source/lab-cloud.rst)")
     parser.add_argument("action", choices=["up", "down", "run", "tempest"])
@@ -140,6 +143,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--log", default="/tmp/dcmigrate-cloud.log",
                         help="log of the background cloud (up action)")
     parser.add_argument("--keep-workdir", action="store_true")
+    parser.add_argument("--no-api", action="store_true",
+                        help="do not run dcmigrate-api (the redirect API "
+                             "tests then skip)")
     parser.add_argument("--no-ramcheck", action="store_true",
                         help="tempest action: skip the lab's RAM check "
                              "after a redirect through the cloud")

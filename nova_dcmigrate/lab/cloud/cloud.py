@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import shlex
 import shutil
 import time
 from typing import Any
@@ -34,6 +35,7 @@ HOSTS = ("a", "b", "c")
 #: of the redirect tests' guest lasts long enough to redirect it.
 DEFAULT_RATE = "200mbit"
 TRAIT = "CUSTOM_DCMIGRATE_AGENT"
+API_PORT = 8790
 #: Guest images: (name, flavor RAM MiB, kernel command line).
 IMAGES = {
     "lab-guest": "console=ttyS0 dirty_mib=32 dirty_rate=8",
@@ -44,8 +46,10 @@ FLAVORS = {"42": ("lab.tiny", 256), "43": ("lab.small", 512)}
 
 class Cloud:
     def __init__(self, repo: Path, rate: str = DEFAULT_RATE,
-                 keep_workdir: bool = False) -> None:
+                 keep_workdir: bool = False, api: bool = True) -> None:
         self.repo = repo.resolve()
+        #: Run dcmigrate-api (the redirect REST API) on the controller.
+        self.api = api
         self.rate = rate
         self.keep_workdir = keep_workdir
         self.lab: Lab | None = None
@@ -89,12 +93,10 @@ class Cloud:
         t = self._step("keystone", t)
         plane.start_placement_glance_neutron()
         plane.configure_nova()
-        devstack.run_functions(self.repo, ["configure_dcmigrate"], {
-            "CLOUD_ENABLED_SERVICES": "dcmigrate-scheduler",
-            "NOVA_CONF": str(plane.nova_conf),
-            "DCMIGRATE_CONF_DIR": str(plane.etc / "nova-dcmigrate"),
-        }, plane.setup_log)
+        self._configure_controller()
         plane.start_nova()
+        if self.api:
+            self._start_api()
         t = self._step("placement, glance, nova", t)
         instances = work / "instances"
         instances.mkdir()
@@ -118,11 +120,57 @@ class Cloud:
             "bringup_seconds": round(time.monotonic() - t0, 1),
             "timings": self.timings,
             "images": self.images, "flavors": list(FLAVORS),
+            "api": self.api,
         }
         self._save_state()
         LOG.info("cloud up in %.1f s: openrc %s", time.monotonic() - t0,
                  self.info["openrc"])
         return self.info
+
+    def _controller_env(self) -> dict[str, str]:
+        assert self.plane is not None
+        plane = self.plane
+        env = plane.admin_env()
+        env.update({
+            "CLOUD_ENABLED_SERVICES": "dcmigrate-scheduler" +
+                                      (",dcmigrate-api" if self.api else ""),
+            "CLOUD_TRANSPORT_URL": plane.transport_url,
+            "CLOUD_RUN_DIR": str(plane.dir / "run"),
+            "NOVA_CONF": str(plane.nova_conf),
+            "DCMIGRATE_CONF_DIR": str(plane.etc / "nova-dcmigrate"),
+            "DCMIGRATE_API_CONF": str(
+                plane.etc / "nova-dcmigrate" / "dcmigrate-api.conf"),
+            "DCMIGRATE_STATE_DIR": str(plane.dir / "dcmigrate-api"),
+            "DCMIGRATE_API_PORT": str(API_PORT),
+            "SERVICE_HOST": plane.address,
+            "SERVICE_LISTEN_ADDRESS": plane.address,
+            "REGION_NAME": "RegionOne",
+            "KEYSTONE_SERVICE_URI": plane.url("keystone"),
+            "SERVICE_PASSWORD": plane.password,
+            "SERVICE_PROJECT_NAME": "service",
+            "SERVICE_DOMAIN_NAME": "Default",
+        })
+        return env
+
+    def _configure_controller(self) -> None:
+        """The scheduler weigher and dcmigrate-api: the devstack plugin."""
+        assert self.plane is not None
+        devstack.run_functions(self.repo, [
+            "configure_dcmigrate", "start_dcmigrate"],
+            self._controller_env(), self.plane.setup_log)
+
+    def _start_api(self) -> None:
+        assert self.plane is not None and self.procs is not None
+        plane, processes = self.plane, self.procs
+        conf = plane.etc / "nova-dcmigrate" / "dcmigrate-api.conf"
+        control.write_ini(conf, {"DEFAULT": {
+            "log_file": plane.log_dir / "dcmigrate-api-app.log"}})
+        cmd = (plane.dir / "run" / "dcmigrate-api.cmd").read_text()
+        self.procs.start("dcmigrate-api", shlex.split(cmd))
+        url = f"http://{plane.address}:{API_PORT}/"
+        procs.wait_for("dcmigrate-api", lambda: control.http_ok(url), 120,
+                       plane.log_dir / "dcmigrate-api.log",
+                       lambda: processes.check("dcmigrate-api"))
 
     def connection(self) -> Any:
         """An admin openstacksdk connection (imported here: only the
@@ -138,6 +186,7 @@ class Cloud:
 
     def _wait_computes(self) -> None:
         assert self.plane is not None and self.compute_procs is not None
+        compute_procs = self.compute_procs
         conn = self.connection()
         names = {c.name for c in self.computes}
 
@@ -148,8 +197,8 @@ class Cloud:
 
         def check() -> None:
             for c in self.computes:
-                self.compute_procs.check(f"nova-compute-{c.name}")
-                self.compute_procs.check(f"agent-{c.name}")
+                compute_procs.check(f"nova-compute-{c.name}")
+                compute_procs.check(f"agent-{c.name}")
 
         log = self.plane.log_dir
         procs.wait_for("nova-compute services", services_up, 180, log,

@@ -49,10 +49,10 @@ def write_ini(path: Path, sections: dict[str, dict[str, object]]) -> None:
         cp.write(f)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status < 500
+            return bool(resp.status < 500)
     except urllib.error.HTTPError as err:
         return err.code < 500
 
@@ -178,7 +178,7 @@ class ControlPlane:
         self._uwsgi("keystone", "keystone.wsgi.api:application",
                     PORTS["keystone"], {"OS_KEYSTONE_CONFIG_DIR":
                                         str(conf_dir)})
-        procs.wait_for("keystone", lambda: _http_ok(self.url(
+        procs.wait_for("keystone", lambda: http_ok(self.url(
             "keystone", "/v3")), 120, self.log_dir / "keystone.log",
             lambda: self.procs.check("keystone"))
         spec = {"password": self.password, "users": list(SERVICE_USERS),
@@ -291,9 +291,12 @@ class ControlPlane:
                              ("glance", self.url("glance")),
                              ("neutron-stub", self.url("neutron")),
                              ("nova-api", self.url("nova", "/v2.1"))):
-            procs.wait_for(service, lambda u=url: _http_ok(u), 120,
-                           self.log_dir / f"{service}.log",
-                           lambda s=service: self.procs.check(s))
+            self._wait_http(service, url)
+
+    def _wait_http(self, service: str, url: str) -> None:
+        procs.wait_for(service, lambda: http_ok(url), 120,
+                       self.log_dir / f"{service}.log",
+                       lambda: self.procs.check(service))
 
     def discover_hosts(self) -> None:
         self._run([str(self.bin / "nova-manage"), "--config-file",

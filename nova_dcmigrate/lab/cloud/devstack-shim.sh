@@ -69,3 +69,22 @@ function get_or_create_endpoint {
     "$CLOUD_VENV/bin/python" -m nova_dcmigrate.lab.cloud.catalog \
         endpoint "$1" "$2" "$3"
 }
+
+function create_service_user {
+    "$CLOUD_VENV/bin/python" -m nova_dcmigrate.lab.cloud.catalog \
+        user "$1" "$SERVICE_PASSWORD" "${2:-service}"
+}
+
+# devstack lib/keystone: keystonemiddleware auth_token with a service user.
+function configure_keystone_authtoken_middleware {
+    local file=$1 user=$2 section=${3:-keystone_authtoken}
+    iniset "$file" "$section" auth_type password
+    iniset "$file" "$section" interface public
+    iniset "$file" "$section" auth_url "$KEYSTONE_SERVICE_URI"
+    iniset "$file" "$section" www_authenticate_uri "$KEYSTONE_SERVICE_URI"
+    iniset "$file" "$section" username "$user"
+    iniset "$file" "$section" password "$SERVICE_PASSWORD"
+    iniset "$file" "$section" user_domain_name "$SERVICE_DOMAIN_NAME"
+    iniset "$file" "$section" project_name "$SERVICE_PROJECT_NAME"
+    iniset "$file" "$section" project_domain_name "$SERVICE_DOMAIN_NAME"
+}

@@ -31,6 +31,7 @@ def run_functions(repo: Path, functions: list[str], env: dict[str, str],
               + "".join(f"{func}\n" for func in functions))
     full = {"CLOUD_VENV": sys.prefix, "DEST": str(repo.parent),
             "DCMIGRATE_DIR": str(repo), "ENABLE_DEBUG_LOG_LEVEL": "False",
+            "DATA_DIR": str(log.parent.parent / "data"),
             "PATH": f"{sys.prefix}/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     full.update(env)
     procs.run(["bash", "-c", script], log, env=full, timeout=120)

@@ -49,7 +49,8 @@ def _api(conn: Any, method: str, url: str, **kwargs: Any) -> Any:
 
 
 def _server(conn: Any, sid: str) -> dict[str, Any]:
-    return _api(conn, "get", f"/servers/{sid}")["server"]
+    server: dict[str, Any] = _api(conn, "get", f"/servers/{sid}")["server"]
+    return server
 
 
 def _wait(conn: Any, sid: str, status: str, timeout: float = 300,

@@ -67,6 +67,8 @@ def configure(plane: control.ControlPlane, info: dict[str, Any],
             "vnc_console": "False", "pause": "True"},
         "network-feature-enabled": {"api_extensions": ""},
         "validation": {"run_validation": "False"},
+        "dcmigrate": {"image_ref": info["images"]["lab-guest-busy"],
+                      "flavor_ref": "43"},
     })
     devstack.run_functions(repo, ["configure_tempest_for_dcmigrate"], {
         "CLOUD_ENABLED_SERVICES": "dcmigrate-agent,dcmigrate-scheduler"
