@@ -51,12 +51,15 @@ def bootstrap(spec: dict[str, Any]) -> None:
     conn = _conn()
     project = conn.identity.find_project("service") or \
         conn.identity.create_project(name="service", domain_id="default")
-    admin = conn.identity.find_role("admin")
+    # "service": keystonemiddleware requires it in service tokens
+    # (service_token_roles_required defaults to True).
+    roles = [conn.identity.find_role(name) for name in ("admin", "service")]
     for name in spec["users"]:
         user = conn.identity.find_user(name) or conn.identity.create_user(
             name=name, password=spec["password"], domain_id="default",
             default_project_id=project.id)
-        conn.identity.assign_project_role_to_user(project, user, admin)
+        for role in roles:
+            conn.identity.assign_project_role_to_user(project, user, role)
     for name, type_, url in spec["services"]:
         svc = _service(conn, name, type_, name)
         _endpoint(conn, svc, "RegionOne", url)
