@@ -89,7 +89,10 @@ class DcmigrateBaseTest(base.BaseV2ComputeAdminTest):
         while time.monotonic() < deadline:
             migs = self.in_progress_migrations(server_id)
             for mig in migs:
-                if mig["status"] == "running":
+                # Memory moving (the source's monitor has reported it,
+                # every 5 s): the migration is in its copy phase.
+                if (mig["status"] == "running" and
+                        mig.get("memory_processed_bytes")):
                     return mig
             time.sleep(CONF.dcmigrate.build_interval)
         self.fail("live migration of %s never reported 'running' in %d s"
@@ -129,18 +132,20 @@ class DcmigrateBaseTest(base.BaseV2ComputeAdminTest):
                 return mig
         self.fail("migration %s not listed" % migration_uuid)
 
-    def redirect_events(self, server_id: str) -> list[dict]:
+    def redirect_events(self, server_id: str, redirect_id: str
+                        ) -> list[dict]:
+        """The events of a redirect's own instance action
+        (``dcmigrate-redirect``, request id ``req-<redirect id>``)."""
         actions = self.admin_servers.list_instance_actions(
             server_id)["instanceActions"]
-        events = []
-        for action in actions:
-            if action["action"] != "live-migration":
-                continue
-            detail = self.admin_servers.show_instance_action(
-                server_id, action["request_id"])["instanceAction"]
-            events += [e for e in detail.get("events", [])
-                       if e["event"] == "dcmigrate_redirect"]
-        return events
+        request_id = "req-%s" % redirect_id
+        self.assertIn(request_id, [a["request_id"] for a in actions
+                                   if a["action"] == "dcmigrate-redirect"],
+                      actions)
+        detail = self.admin_servers.show_instance_action(
+            server_id, request_id)["instanceAction"]
+        return [e for e in detail.get("events", [])
+                if e["event"] == "dcmigrate_redirect"]
 
     # -- checks ----------------------------------------------------------
 

@@ -33,17 +33,17 @@ class RedirectScenarioTest(base.DcmigrateBaseTest):
         migration = self.live_migrate(server["id"], dst)
         return server, hosts, migration, before
 
-    def _check_moved(self, server, migration, host, old, before):
+    def _check_moved(self, server, migration, host, old, before,
+                     redirect_id):
         sid = server["id"]
         self.wait_active(sid)
         self.assertEqual(host, self.get_host_for_server(sid))
         record = self.migration_record(migration["uuid"])
         self.assertEqual("completed", record["status"], record)
         self.assertEqual(host, record["dest_compute"], record)
-        events = self.redirect_events(sid)
-        self.assertTrue(events, "no dcmigrate_redirect instance action "
-                                "event")
-        self.assertEqual("Success", events[-1]["result"], events)
+        events = self.redirect_events(sid, redirect_id)
+        self.assertEqual(1, len(events), events)
+        self.assertEqual("Success", events[0]["result"], events)
         self.assert_guest_alive(sid, before)
         self.assert_only_allocation_on(sid, host)
         self.assertNotIn(old, [host])
@@ -60,7 +60,8 @@ class RedirectScenarioTest(base.DcmigrateBaseTest):
         self.assertEqual(hosts[1], record["old_destination"])
         final = self.wait_redirect(server["id"], record["id"])
         self.assertEqual(migration["uuid"], final["migration_id"])
-        self._check_moved(server, migration, new, hosts[1], before)
+        self._check_moved(server, migration, new, hosts[1], before,
+                          record["id"])
         listed = self.redirects.list_redirects(server["id"])["redirects"]
         self.assertEqual(record["id"], listed[0]["id"])
 
@@ -72,7 +73,8 @@ class RedirectScenarioTest(base.DcmigrateBaseTest):
         final = self.wait_redirect(server["id"], record["id"])
         # Three hosts: the scheduler ignores source and old destination.
         self.assertEqual(hosts[2], final["new_destination"], final)
-        self._check_moved(server, migration, hosts[2], hosts[1], before)
+        self._check_moved(server, migration, hosts[2], hosts[1], before,
+                          record["id"])
 
     @decorators.attr(type="multinode")
     @decorators.idempotent_id("6c1d0a55-3f3e-4a8e-a3d2-8c7b0c1e2b03")
@@ -85,7 +87,8 @@ class RedirectScenarioTest(base.DcmigrateBaseTest):
         second = self.redirects.create_redirect(
             server["id"], host=hosts[1])["redirect"]
         self.wait_redirect(server["id"], second["id"])
-        self._check_moved(server, migration, hosts[1], hosts[2], before)
+        self._check_moved(server, migration, hosts[1], hosts[2], before,
+                          second["id"])
 
     def _wait_running_again(self, server_id, redirect_id):
         deadline = time.monotonic() + CONF.dcmigrate.build_timeout
