@@ -39,7 +39,7 @@ class DcmigrateTempestPlugin(plugins.TempestPlugin):
         params.update({
             "name": "dcmigrate",
             "service_version": "dcmigrate.v1",
-            "module_path": "tempest_plugin.services.redirect_client",
+            "module_path": __package__ + ".services.redirect_client",
             "client_names": ["RedirectClient"],
         })
         return [params]

@@ -28,5 +28,8 @@ source "$HERE/devstack/settings"
 source "$HERE/devstack/lib/dcmigrate"
 "$VENV/bin/python" -m pip uninstall -q -y nova-dcmigrate 2>/dev/null || true
 install_dcmigrate
-"$VENV/bin/python" -c 'import nova.virt.dcmigrate, tempest_plugin.plugin' 
+# The lab tools themselves (dcmigrate-lab: pyroute2, QMP...), which a
+# compute host does not need.
+pip_install "$(ls "$DCMIGRATE_WHEEL_DIR"/nova_dcmigrate-*.whl)[lab]"
+"$VENV/bin/python" -c 'import nova.virt.dcmigrate, nova_dcmigrate_tempest_plugin.plugin' 
 echo "installed $(ls "$DCMIGRATE_WHEEL_DIR")"

@@ -20,11 +20,12 @@ from nova_dcmigrate.lab.cloud import control
 from nova_dcmigrate.lab.cloud import devstack
 from nova_dcmigrate.lab.cloud import procs
 
-#: What ``make tempest`` runs (stestr regex).
+#: What ``make tempest`` runs (stestr regex; the plugin's package is
+#: installed as ``nova_dcmigrate_tempest_plugin``).
 DEFAULT_REGEX = (
-    r"^(tempest\.api\.compute\.admin\.test_live_migration\."
+    r"^tempest\.api\.compute\.admin\.test_live_migration\."
     r"(LiveAutoBlockMigrationV225Test|LiveMigrationManagerWorkflowTest)"
-    r"|tempest_plugin\.)")
+    r"|^nova_dcmigrate_tempest_plugin\.tests\.")
 
 
 def configure(plane: control.ControlPlane, info: dict[str, Any],

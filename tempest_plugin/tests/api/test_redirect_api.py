@@ -7,7 +7,7 @@ from tempest import config
 from tempest.lib import decorators
 from tempest.lib import exceptions as lib_exc
 
-from tempest_plugin.tests import base
+from .. import base
 
 CONF = config.CONF
 

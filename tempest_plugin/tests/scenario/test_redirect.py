@@ -12,7 +12,7 @@ import time
 from tempest import config
 from tempest.lib import decorators
 
-from tempest_plugin.tests import base
+from .. import base
 
 CONF = config.CONF
 
