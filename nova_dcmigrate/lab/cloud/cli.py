@@ -116,7 +116,10 @@ def _tempest(args: argparse.Namespace) -> int:
         assert cloud.plane is not None
         tdir = tempest.configure(cloud.plane, info, cloud.repo,
                                  api_enabled=cloud.api)
-        rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
+        try:
+            rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
+        finally:
+            tempest.forget(tdir)
         peak = max(peak, _peak_rss_mib())
         if not args.no_ramcheck and not _ramcheck(cloud):
             rc = rc or 1

@@ -83,7 +83,7 @@ def _pmemsave(conn: libvirt.virConnect, domain: str, size: int,
         raise procs.CloudError(reason=f"RAM dump {path} is short")
 
 
-def redirect_ram_check(cloud: Any, slow_rate: str = "40mbit"
+def redirect_ram_check(cloud: Any, slow_rate: str | None = None
                        ) -> RedirectRamResult:
     """hosta -> hostb, redirected to hostc; RAM compared (paused guest)."""
     started = time.monotonic()
@@ -108,7 +108,8 @@ def redirect_ram_check(cloud: Any, slow_rate: str = "40mbit"
         dst_dump = Path(plane.dir) / "ram-dst"
         _pmemsave(hosts[src].libvirt.conn, domain, size, src_dump)
         lab_src = hosts[src].libvirt.host
-        cloud.lab.set_rate(lab_src, f"{slow_rate}/{cloud.rate}")
+        if slow_rate:
+            cloud.lab.set_rate(lab_src, f"{slow_rate}/{cloud.rate}")
         try:
             _api(conn, "post", f"/servers/{sid}/action", json={
                 "os-migrateLive": {"host": old, "block_migration": "auto"}})
@@ -139,7 +140,8 @@ def redirect_ram_check(cloud: Any, slow_rate: str = "40mbit"
                                        f"{out.stderr[-1500:]}")
             server = _wait(conn, sid, "PAUSED", host=new)
         finally:
-            cloud.lab.set_rate(lab_src, cloud.rate)
+            if slow_rate:
+                cloud.lab.set_rate(lab_src, cloud.rate)
         _pmemsave(hosts[new].libvirt.conn, domain, size, dst_dump)
         result = ramcheck.compare_files(src_dump, dst_dump, size)
         for dump in (src_dump, dst_dump):

@@ -31,8 +31,10 @@ DEFAULT_REGEX = (
 def configure(plane: control.ControlPlane, info: dict[str, Any],
               repo: Path, api_enabled: bool) -> Path:
     tdir = plane.dir / "tempest"
-    procs.run([f"{sys.prefix}/bin/tempest", "init", str(tdir)],
-              plane.setup_log)
+    # Workspaces are registered by name in ~/.tempest: one per cloud run,
+    # removed again by forget().
+    procs.run([f"{sys.prefix}/bin/tempest", "init", "--name",
+               plane.dir.name, str(tdir)], plane.setup_log)
     conf = tdir / "etc" / "tempest.conf"
     image = info["images"]["lab-guest"]
     control.write_ini(conf, {
@@ -78,6 +80,13 @@ def configure(plane: control.ControlPlane, info: dict[str, Any],
         "TEMPEST_CONFIG": str(conf),
     }, plane.setup_log)
     return tdir
+
+
+def forget(tdir: Path) -> None:
+    """Unregister the workspace made by configure() (~/.tempest)."""
+    subprocess.run([f"{sys.prefix}/bin/tempest", "workspace", "remove",
+                    "--name", tdir.parent.name], capture_output=True,
+                   check=False)
 
 
 def run(tdir: Path, regex: str = DEFAULT_REGEX,
