@@ -16,7 +16,6 @@ Without ``--redirect`` the hook returns the arguments untouched.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from cliff import help as cliff_help
 from cliff import hooks

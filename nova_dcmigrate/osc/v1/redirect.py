@@ -67,8 +67,8 @@ class MappingColumn(format_columns.DictColumn):
         return None if self._value is None else dict(self._value)
 
 
-def show_columns(record: dict[str, Any]) -> tuple[tuple[str, ...],
-                                                   tuple[Any, ...]]:
+def show_columns(
+        record: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
     """ShowOne data of a record (unknown extra fields are shown too)."""
     names = RECORD_FIELDS + tuple(
         sorted(k for k in record if k not in RECORD_FIELDS))
