@@ -30,13 +30,21 @@ NOAUTH_DEFAULTS = {'user': 'noauth', 'project': 'noauth', 'roles': 'admin'}
 
 
 def _noauth_headers(config: dict[str, Any]) -> dict[str, str]:
-    """Identity headers the API trusts in its lab-only noauth mode."""
+    """Identity headers the API trusts in its lab-only noauth mode.
+
+    A token, if given, is passed on: the API forwards it to Nova (e.g.
+    ``admin:<project>`` for a Nova API in its own noauth2 mode).
+    """
     def value(key: str) -> str:
         return str(config.get('dcmigrate_noauth_' + key)
                    or NOAUTH_DEFAULTS[key])
-    return {'X-User-Id': value('user'),
-            'X-Project-Id': value('project'),
-            'X-Roles': value('roles')}
+    headers = {'X-User-Id': value('user'),
+               'X-Project-Id': value('project'),
+               'X-Roles': value('roles')}
+    token = config.get('dcmigrate_noauth_token')
+    if token:
+        headers['X-Auth-Token'] = str(token)
+    return headers
 
 
 def make_client(instance: Any) -> rest.RedirectClient:
@@ -89,4 +97,11 @@ def build_option_parser(
             help='With --os-auth-type none only (lab API in noauth mode): '
                  'the %s sent to the dcmigrate API, default "%s" '
                  '(Env: %s)' % (what, NOAUTH_DEFAULTS[key], env))
+    parser.add_argument(
+        '--os-dcmigrate-noauth-token',
+        metavar='<token>',
+        default=utils.env('OS_DCMIGRATE_NOAUTH_TOKEN'),
+        help='With --os-auth-type none only: an X-Auth-Token the '
+             'dcmigrate API passes on to Nova, e.g. "admin:<project>" for '
+             'a Nova API in noauth2 mode (Env: OS_DCMIGRATE_NOAUTH_TOKEN)')
     return parser

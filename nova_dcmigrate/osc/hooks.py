@@ -16,6 +16,7 @@ Without ``--redirect`` the hook returns the arguments untouched.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cliff import help as cliff_help
 from cliff import hooks
@@ -56,8 +57,8 @@ class RedirectMigrationHook(hooks.CommandHook):
                     '%s cannot be used with --redirect (it describes a new '
                     'migration; --redirect changes the running one)'
                     % option)
-        app = self.cmd.app
-        client = app.client_manager.dcmigrate
+        app: Any = self.cmd.app
+        client = redirect.dcmigrate_client(app)
         server_id = redirect.resolve_server(app, parsed_args.server)
         record = client.create(server_id, host=parsed_args.host)
         app.stdout.write(progress.describe(record) + '\n')

@@ -14,13 +14,15 @@ from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import Any
 
+from cliff import columns
 from openstack import exceptions as sdk_exc
-from osc_lib.cli import format_columns
 from osc_lib.command import command
 from osc_lib import exceptions
+from osc_lib import utils
 from oslo_utils import uuidutils
 
 from nova_dcmigrate.osc import progress
+from nova_dcmigrate.osc.v1 import rest
 
 LOG = logging.getLogger(__name__)
 
@@ -57,14 +59,21 @@ class RedirectFailed(exceptions.CommandError):
             self.redirect_id, self.state, detail))
 
 
-class MappingColumn(format_columns.DictColumn):
+class MappingColumn(columns.FormattableColumn[Any]):
     """A mapping; ``null`` stays ``null`` in JSON/YAML (DictColumn: {})."""
 
     def human_readable(self) -> str:
-        return '' if self._value is None else super().human_readable()
+        if self._value is None:
+            return ''
+        return str(utils.format_dict(self._value))
 
     def machine_readable(self) -> Any:
         return None if self._value is None else dict(self._value)
+
+
+def dcmigrate_client(app: Any) -> rest.RedirectClient:
+    """The plugin client OSC builds with :func:`..client.make_client`."""
+    return app.client_manager.dcmigrate  # type: ignore[no-any-return]
 
 
 def show_columns(
@@ -110,7 +119,7 @@ def resolve_server(app: Any, name_or_id: str) -> str:
     return str(server.id)
 
 
-def follow(client: Any, server_id: str, record: dict[str, Any],
+def follow(client: rest.RedirectClient, server_id: str, record: dict[str, Any],
            stream: Any) -> dict[str, Any]:
     """``--wait``: poll the record until it ends, with live progress."""
     redirect_id = str(record['id'])
@@ -156,7 +165,7 @@ class CreateRedirect(command.ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[
             Sequence[str], Iterable[Any]]:
-        client = self.app.client_manager.dcmigrate
+        client = dcmigrate_client(self.app)
         server_id = resolve_server(self.app, parsed_args.server)
         record = client.create(server_id, host=parsed_args.host,
                                reason=parsed_args.reason)
@@ -185,7 +194,7 @@ class ListRedirect(command.Lister):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[
             Sequence[str], Iterable[Any]]:
-        client = self.app.client_manager.dcmigrate
+        client = dcmigrate_client(self.app)
         server_id = resolve_server(self.app, parsed_args.server)
         records = client.list(server_id)
         headers = tuple(h for h, _ in LIST_COLUMNS)
@@ -206,6 +215,6 @@ class ShowRedirect(command.ShowOne):
 
     def take_action(self, parsed_args: argparse.Namespace) -> tuple[
             Sequence[str], Iterable[Any]]:
-        client = self.app.client_manager.dcmigrate
+        client = dcmigrate_client(self.app)
         server_id = resolve_server(self.app, parsed_args.server)
         return show_columns(client.get(server_id, parsed_args.redirect))

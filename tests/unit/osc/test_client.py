@@ -73,6 +73,12 @@ def test_make_client_noauth_identity():
         'X-User-Id': 'noauth', 'X-Project-Id': 'p9', 'X-Roles': 'admin'}
 
 
+def test_make_client_noauth_token_passed_on():
+    c = client.make_client(_instance(auth_type='none',
+                                     dcmigrate_noauth_token='admin:p1'))
+    assert c._adapter.additional_headers['X-Auth-Token'] == 'admin:p1'
+
+
 def test_make_client_refuses_unknown_version():
     with pytest.raises(exceptions.CommandError,
                        match='dcmigrate API version 2 is not supported'):
