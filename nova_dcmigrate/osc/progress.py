@@ -91,7 +91,8 @@ def describe(record: dict[str, Any]) -> str:
         parts.append('deduplicated %d pages' % f.deduplicated)
         parts.append('remaining %s' % (
             '-' if f.remaining is None else _mib(f.remaining)))
-        parts.append(f.eta_text())
+        if f.state not in TERMINAL_STATES:
+            parts.append(f.eta_text())
     error = record.get('error')
     if error:
         parts.append('error %s: %s' % (error.get('code'),

@@ -18,7 +18,6 @@ from cliff import columns
 from openstack import exceptions as sdk_exc
 from osc_lib.command import command
 from osc_lib import exceptions
-from osc_lib import utils
 from oslo_utils import uuidutils
 
 from nova_dcmigrate.osc import progress
@@ -63,12 +62,26 @@ class MappingColumn(columns.FormattableColumn[Any]):
     """A mapping; ``null`` stays ``null`` in JSON/YAML (DictColumn: {})."""
 
     def human_readable(self) -> str:
+        # One ``key=value`` per line (nested keys dotted): the progress
+        # mapping stays readable in a table.
         if self._value is None:
             return ''
-        return str(utils.format_dict(self._value))
+        return '\n'.join(_flatten(self._value))
 
     def machine_readable(self) -> Any:
         return None if self._value is None else dict(self._value)
+
+
+def _flatten(value: dict[str, Any], prefix: str = '') -> list[str]:
+    lines: list[str] = []
+    for key in sorted(value):
+        item = value[key]
+        if isinstance(item, dict) and item:
+            lines.extend(_flatten(item, prefix + key + '.'))
+        else:
+            lines.append('%s%s=%s' % (prefix, key,
+                                      '' if item is None else item))
+    return lines
 
 
 def dcmigrate_client(app: Any) -> rest.RedirectClient:

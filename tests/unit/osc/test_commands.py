@@ -56,8 +56,10 @@ def test_create_table_shows_progress_mapping(mock, capsys):
     rc, out, err = run(capsys, *NOAUTH, 'server', 'migration', 'redirect',
                        SERVER)
     assert rc == 0, err
-    assert "bytes_relayed.h2='2'" in out
-    assert "remaining_bytes='4'" in out
+    assert '| progress        | bytes_from_source=1' in out
+    assert '|                 | bytes_relayed.h2=2 ' in out
+    assert '|                 | estimated_completion= ' in out
+    assert '|                 | remaining_bytes=4 ' in out
 
 
 def test_list_json(mock, capsys):

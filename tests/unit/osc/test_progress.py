@@ -52,6 +52,7 @@ def test_describe_mentions_every_figure_and_the_error():
     r = rec(state='failed')
     r['error'] = {'code': 'RedirectPrepareFailed', 'message': 'no agent'}
     line = progress.describe(r)
+    assert 'estimate' not in line   # nothing left to estimate
     for part in ('redirect r1: failed', 'new destination h3',
                  'from source 10.0 MiB', 'relayed h2 30.0 MiB',
                  'deduplicated 7 pages', 'remaining 60.0 MiB',
