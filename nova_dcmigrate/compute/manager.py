@@ -7,6 +7,11 @@ target namespace. ``DCMigrateLibvirtDriver`` appends a
 :class:`RedirectEndpoint` there when nova-compute loads it, so each host
 running the driver answers the redirect API
 (:mod:`nova_dcmigrate.compute.rpcapi`).
+
+``instance`` and ``migration`` arguments are Nova objects (callers that run
+inside Nova, through :class:`~nova_dcmigrate.compute.rpcapi.\
+ComputeRedirectAPI`) or their UUID strings (the dcmigrate-api service,
+which does not import Nova: :mod:`nova_dcmigrate.api.compute_rpc`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from nova_dcmigrate.compute import exception
+from nova_dcmigrate.compute import records
 from nova_dcmigrate.compute import rpcapi
 
 if TYPE_CHECKING:
@@ -54,23 +60,31 @@ class RedirectEndpoint:
 
     @_expected
     def redirect_live_migration(self, context: Any, instance: Any,
-                                migration: Any,
-                                host: str | None = None) -> dict[str, Any]:
+                                migration: Any, host: str | None = None,
+                                reason: str | None = None,
+                                requested_by: str | None = None
+                                ) -> dict[str, Any]:
         """Queue a redirect of the instance's running live migration.
 
+        :param reason: free text kept in the redirect record (1.1).
+        :param requested_by: ``user:<id>`` or ``trigger:<name>`` (1.1);
+            None: ``user:<the context's user>``.
         :raises RedirectError: (a subclass) if the request is refused.
-        :returns: the run's status once the request is queued.
+        :returns: 1.1 callers (``requested_by`` given): the redirect record
+            (``RedirectRecord.to_dict``); 1.0 callers: the run's status.
         """
-        run = self._driver.dcmigrate_runs.get(instance.uuid)
+        instance_uuid = _uuid(instance)
+        migration_uuid = _uuid(migration)
+        run = self._driver.dcmigrate_runs.get(instance_uuid)
         if run is None:
             raise exception.UnknownLiveMigration(
-                instance=instance.uuid, host=self._driver.dcmigrate_host)
+                instance=instance_uuid, host=self._driver.dcmigrate_host)
         try:
             # The caller's copy may be stale: decide on the record.
-            current = objects.Migration.get_by_uuid(context, migration.uuid)
+            current = objects.Migration.get_by_uuid(context, migration_uuid)
         except nova_exception.MigrationNotFound as err:
             raise exception.UnknownMigration(
-                migration=migration.uuid, instance=instance.uuid,
+                migration=migration_uuid, instance=instance_uuid,
                 running=run.migration.uuid) from err
         with run.lock:
             run.check_redirectable(current, host)
@@ -79,13 +93,34 @@ class RedirectEndpoint:
         with run.lock:
             # Checked again: another request may have won meanwhile.
             run.check_redirectable(current, host)
-            run.request(host)
-        LOG.info("Redirect of live migration %(migration)s from %(dest)s "
-                 "to %(host)s requested", {
-                     "migration": current.uuid, "dest": run.dest,
-                     "host": host or "a host nova-scheduler picks"},
-                 instance=instance)
-        return run.status()
+            record = run.request(
+                host, reason=reason, context=context,
+                requested_by=requested_by or records.user_requester(
+                    getattr(context, "user_id", None)))
+        LOG.info("Redirect %(id)s of live migration %(migration)s from "
+                 "%(dest)s to %(host)s requested by %(by)s: %(reason)s", {
+                     "id": record.id, "migration": current.uuid,
+                     "dest": run.dest, "by": record.requested_by,
+                     "host": host or "a host nova-scheduler picks",
+                     "reason": reason or "no reason given"},
+                 instance_uuid=instance_uuid)
+        if requested_by is None:
+            return run.status()
+        return record.to_dict()
+
+    @_expected
+    def list_redirects(self, context: Any, instance: Any,
+                       migration: Any = None) -> list[dict[str, Any]]:
+        """The instance's redirect records known here, newest first (1.1).
+
+        Records of running redirects carry their live progress. An
+        instance this host never redirected has none (an empty list).
+        """
+        instance_uuid = _uuid(instance)
+        migration_uuid = None if migration is None else _uuid(migration)
+        found = self._driver.dcmigrate_runs.records(instance_uuid,
+                                                    migration_uuid)
+        return [record.to_dict() for record in found]
 
     @_expected
     def get_redirect_status(self, context: Any, instance: Any,
@@ -95,12 +130,18 @@ class RedirectEndpoint:
         :raises UnknownLiveMigration: when this host neither runs nor
             recently finished a live migration of the instance.
         """
-        run = self._driver.dcmigrate_runs.get(instance.uuid)
+        instance_uuid = _uuid(instance)
+        run = self._driver.dcmigrate_runs.get(instance_uuid)
         if run is not None:
             return run.status()
-        status = self._driver.dcmigrate_runs.finished_status(instance.uuid)
+        status = self._driver.dcmigrate_runs.finished_status(instance_uuid)
         if status is None or (migration is not None and
-                              status["migration"] != migration.uuid):
+                              status["migration"] != _uuid(migration)):
             raise exception.UnknownLiveMigration(
-                instance=instance.uuid, host=self._driver.dcmigrate_host)
+                instance=instance_uuid, host=self._driver.dcmigrate_host)
         return status
+
+
+def _uuid(obj: Any) -> str:
+    """The UUID of a Nova object sent over RPC, or the UUID sent instead."""
+    return obj if isinstance(obj, str) else str(obj.uuid)

@@ -46,6 +46,7 @@ import collections
 import contextlib
 import dataclasses
 import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,7 +58,9 @@ from nova.scheduler import utils as scheduler_utils
 from nova import servicegroup
 from oslo_log import log as logging
 
+from nova_dcmigrate.compute import events
 from nova_dcmigrate.compute import exception
+from nova_dcmigrate.compute import records
 import nova_dcmigrate.conf
 from nova_dcmigrate.scheduler import exception as scheduler_exception
 from nova_dcmigrate.scheduler import repick
@@ -100,7 +103,8 @@ class LiveMigrationRun:
 
     def __init__(self, instance_uuid: str, migration: Any, source: str,
                  dest: str, migrate_data: Any, source_bdms: Any) -> None:
-        self.lock = threading.Lock()
+        # Reentrant: request() takes it, also when its caller holds it.
+        self.lock = threading.RLock()
         self.instance_uuid = instance_uuid
         self.migration = migration
         self.source = source
@@ -123,6 +127,16 @@ class LiveMigrationRun:
         self.stopping = False
         #: (destination, migrate_data) of the next attempt, once committed.
         self.switch: tuple[str, Any] | None = None
+        # -- redirect records (branch api) --
+        #: Record of the request being acted on (requested/preparing).
+        self.pending_record: records.RedirectRecord | None = None
+        #: Record of the redirect the current attempt runs for.
+        self.running_record: records.RedirectRecord | None = None
+        #: Where new records go (set by Registry.add); None: nowhere.
+        self.history: records.RedirectHistory | None = None
+        #: Writes Nova instance actions (set by Registry.add).
+        self.actions: events.ActionRecorder | None = None
+        # -- end redirect records --
 
     @property
     def dest(self) -> str:
@@ -170,12 +184,48 @@ class LiveMigrationRun:
                 migration=mig.uuid, host=host,
                 reason="it is the current destination")
 
-    def request(self, host: str | None) -> None:
-        """Queue a validated redirect for the monitor thread."""
-        self.requested_host = host
-        self.request_pending = True
-        self.phase = REQUESTED
-        self.last_error = None
+    def request(self, host: str | None, *, requested_by: str | None = None,
+                reason: str | None = None,
+                evidence: dict[str, Any] | None = None,
+                context: Any = None) -> records.RedirectRecord:
+        """Queue a validated redirect for the monitor thread.
+
+        Call after :meth:`check_redirectable` (both under ``lock``).
+
+        :param requested_by: ``user:<id>`` or ``trigger:<name>``
+            (:func:`records.user_requester`, :func:`records.trigger_requester`).
+        :param context: a Nova RequestContext; with one, the redirect gets
+            its Nova instance action (:mod:`.events`).
+        :returns: the new record (state ``requested``).
+        """
+        with self.lock:
+            self.requested_host = host
+            self.request_pending = True
+            self.phase = REQUESTED
+            self.last_error = None
+            record = records.RedirectRecord(
+                server_id=self.instance_uuid,
+                migration_id=self.migration.uuid, source=self.source,
+                old_destination=self.dest, new_destination=host,
+                requested_by=requested_by or "unknown", reason=reason,
+                evidence=evidence)
+            self.pending_record = record
+            if self.history is not None:
+                self.history.add(record)
+        if context is not None and self.actions is not None:
+            self.actions.start(context, record)
+        return record
+
+    def _record_to(self, record: records.RedirectRecord | None,
+                   state: records.RedirectState,
+                   error: BaseException | dict[str, str] | None = None
+                   ) -> None:
+        # Under self.lock. A record already final stays as it is.
+        if record is None or record.finished:
+            return
+        record.transition(state, error=error)
+        if record.finished and self.actions is not None:
+            self.actions.finish(record)
 
     def take_request(self) -> tuple[bool, str | None]:
         """Return ``(pending, host)`` and mark a pending request taken."""
@@ -185,6 +235,8 @@ class LiveMigrationRun:
             self.request_pending = False
             self.phase = PREPARING
             self.target = self.requested_host
+            self._record_to(self.pending_record,
+                            records.RedirectState.PREPARING)
             return True, self.requested_host
 
     def failed(self, err: BaseException) -> None:
@@ -195,6 +247,9 @@ class LiveMigrationRun:
             self.last_error = {"type": type(err).__name__,
                                "message": str(err),
                                "data": dict(getattr(err, "kwargs", {}))}
+            self._record_to(self.pending_record,
+                            records.RedirectState.FAILED, err)
+            self.pending_record = None
 
     def redirected(self, dest: str, migrate_data: Any) -> None:
         """Record the committed switch to ``dest``."""
@@ -204,6 +259,15 @@ class LiveMigrationRun:
             self.switch = (dest, migrate_data)
             self.redirects += 1
             self.phase = SWITCHING
+            record = self.pending_record
+            if record is not None:
+                record.new_destination = dest
+                # The earlier redirect was carried out; this one takes
+                # the migration further.
+                self._record_to(self.running_record,
+                                records.RedirectState.COMPLETED)
+                self._record_to(record, records.RedirectState.RUNNING)
+                self.running_record, self.pending_record = record, None
 
     def take_switch(self) -> tuple[str, Any] | None:
         """Return and clear the committed switch, if any."""
@@ -243,14 +307,27 @@ class LiveMigrationRun:
 class Registry:
     """The live migrations this source runs, plus recently finished ones."""
 
-    def __init__(self, finished_entries: int) -> None:
+    def __init__(self, finished_entries: int,
+                 history: records.RedirectHistory | None = None,
+                 actions: events.ActionRecorder | None = None) -> None:
         self._lock = threading.Lock()
         self._running: dict[str, LiveMigrationRun] = {}
         self._finished: collections.OrderedDict[str, dict[str, Any]] = (
             collections.OrderedDict())
         self._finished_entries = finished_entries
+        group = CONF.dcmigrate_compute
+        #: Redirect records of every instance, running and finished.
+        self.history = history or records.RedirectHistory(
+            group.redirect_history_per_instance,
+            group.redirect_history_instances)
+        self.actions = actions or events.ActionRecorder()
+        #: ``progress(instance_uuid) -> dict | None`` of the running
+        #: attempt (the driver's, which knows the transport); None: none.
+        self.progress: Callable[[str], dict[str, Any] | None] | None = None
 
     def add(self, run: LiveMigrationRun) -> None:
+        run.history = self.history
+        run.actions = self.actions
         with self._lock:
             self._running[run.instance_uuid] = run
             self._finished.pop(run.instance_uuid, None)
@@ -261,9 +338,11 @@ class Registry:
 
     def finish(self, run: LiveMigrationRun, phase: str) -> None:
         """Forget a run, keeping its last status."""
+        self.update_progress(run)
         with run.lock:
             run.phase = phase
             run.request_pending = False
+            _finish_records(run, phase)
         status = run.status()
         with self._lock:
             if self._running.get(run.instance_uuid) is run:
@@ -276,6 +355,52 @@ class Registry:
     def finished_status(self, instance_uuid: str) -> dict[str, Any] | None:
         with self._lock:
             return self._finished.get(instance_uuid)
+
+    def records(self, instance_uuid: str, migration_uuid: str | None = None
+                ) -> list[records.RedirectRecord]:
+        """The instance's redirect records, newest first; the running
+        one with fresh progress."""
+        run = self.get(instance_uuid)
+        if run is not None:
+            self.update_progress(run)
+        return self.history.list(instance_uuid, migration_uuid)
+
+    def update_progress(self, run: LiveMigrationRun) -> None:
+        """Refresh the progress of the run's running redirect."""
+        record = run.running_record
+        if self.progress is None or record is None:
+            return
+        try:
+            record.set_progress(self.progress(run.instance_uuid))
+        except Exception as err:  # noqa: BLE001 - progress is best effort
+            LOG.debug("No redirect progress for %(id)s: %(err)s",
+                      {"id": record.id, "err": err})
+
+
+def _finish_records(run: LiveMigrationRun, phase: str) -> None:
+    # The live migration ended (run.lock held): its open records end too.
+    pending = run.pending_record
+    if pending is not None:
+        if phase == COMPLETED:
+            run._record_to(pending, records.RedirectState.FAILED,
+                           exception.SwitchingOver(
+                               migration=run.migration.uuid,
+                               destination=run.dest, status=COMPLETED))
+        else:
+            run._record_to(pending, records.RedirectState.ROLLED_BACK, {
+                "code": "LiveMigrationRolledBack",
+                "message": "the live migration was rolled back to %s "
+                           "before the redirect ran" % run.source})
+    running = run.running_record
+    if running is not None:
+        if phase == COMPLETED:
+            run._record_to(running, records.RedirectState.COMPLETED)
+        else:
+            run._record_to(running, records.RedirectState.ROLLED_BACK, {
+                "code": "LiveMigrationRolledBack",
+                "message": "the live migration to %s failed and was rolled "
+                           "back to %s" % (run.dest, run.source)})
+    run.pending_record = run.running_record = None
 
 
 @dataclasses.dataclass

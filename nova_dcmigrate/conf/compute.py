@@ -46,6 +46,26 @@ OPTS: list[cfg.Opt] = [
              "first.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: none."),
+    cfg.IntOpt(
+        "redirect_history_per_instance",
+        default=20,
+        min=1,
+        help="How many redirect records (list_redirects, the redirect "
+             "REST API) a nova-compute keeps per instance it ran live "
+             "migrations of as the source, oldest dropped first. The "
+             "records live in memory: a restart of nova-compute forgets "
+             "them (the dcmigrate-api service keeps its own copy).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: redirect_history_instances."),
+    cfg.IntOpt(
+        "redirect_history_instances",
+        default=1000,
+        min=1,
+        help="How many instances a nova-compute keeps redirect records "
+             "of; the instance whose records were touched longest ago is "
+             "dropped first.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: redirect_history_per_instance."),
     cfg.StrOpt(
         "transport",
         default="agents",

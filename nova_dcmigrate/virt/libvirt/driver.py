@@ -112,6 +112,7 @@ from nova_dcmigrate.compute import redirect
 import nova_dcmigrate.conf
 from nova_dcmigrate.scheduler import constants as scheduler_constants
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
+from nova_dcmigrate.virt.libvirt import progress as redirect_progress
 from nova_dcmigrate.virt.libvirt import transport
 
 if TYPE_CHECKING:
@@ -172,6 +173,9 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         #: Live migrations this host runs as the source.
         self.dcmigrate_runs = redirect.Registry(
             CONF.dcmigrate_compute.finished_status_entries)
+        # Live progress of redirect records (branch api).
+        self.dcmigrate_runs.progress = functools.partial(
+            redirect_progress.redirect_progress, self)
         #: Runs and stops the libvirt job of each attempt
         #: (``[dcmigrate_compute] transport``).
         self.dcmigrate_transport: transport.MigrationTransport
