@@ -154,7 +154,11 @@ class OSCTest(test_redirect.RedirectTestBase):
         table = self.openstack("server", "migration", "redirect", "show",
                                server, record["id"])
         self.assertEqual(0, table.returncode, table.stderr)
-        self.assertIn("| state            | running", table.stdout)
+        rows = dict((cell.strip() for cell in line.split("|")[1:3])
+                    for line in table.stdout.splitlines()
+                    if line.startswith("| ") and line.count("|") == 3)
+        self.assertEqual(("running", "dest2"),
+                         (rows["state"], rows["new_destination"]))
         self._assert_running_to("dest2", ("dest1",), volume=False)
 
         self._finish(attempt, "dest2")
