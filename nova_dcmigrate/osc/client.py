@@ -56,7 +56,8 @@ def make_client(instance: Any) -> rest.RedirectClient:
             % (version, ', '.join(sorted(API_VERSIONS))))
     config = instance.get_configuration()
     headers: dict[str, str] = {}
-    if config.get('auth_type') == 'none':
+    noauth = config.get('auth_type') == 'none'
+    if noauth:
         headers = _noauth_headers(config)
     endpoint = config.get('dcmigrate_endpoint') or None
     LOG.debug('dcmigrate client: endpoint override %s, interface %s, '
@@ -68,7 +69,8 @@ def make_client(instance: Any) -> rest.RedirectClient:
         interface=instance.interface,
         region_name=instance.region_name,
         endpoint_override=endpoint,
-        headers=headers)
+        headers=headers,
+        authenticated=False if noauth else None)
 
 
 def build_option_parser(

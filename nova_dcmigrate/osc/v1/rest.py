@@ -86,7 +86,11 @@ class RedirectClient:
                  interface: str | None = None,
                  region_name: str | None = None,
                  endpoint_override: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None,
+                 authenticated: bool | None = None) -> None:
+        # authenticated=False (noauth): the session adds no token of its
+        # own (keystoneauth's "none" plugin would send "notused").
+        self._authenticated = authenticated
         self._adapter = adapter.Adapter(
             session, service_type=service_type, interface=interface,
             region_name=region_name, endpoint_override=endpoint_override,
@@ -122,7 +126,8 @@ class RedirectClient:
         try:
             resp = self._adapter.request(
                 url, method, json=body, raise_exc=False, timeout=TIMEOUT,
-                headers={'Accept': 'application/json'})
+                headers={'Accept': 'application/json'},
+                authenticated=self._authenticated)
         except (ks_exc.ConnectFailure, ks_exc.ConnectionError,
                 ks_exc.RequestTimeout) as exc:
             raise APIConnectionError(url, str(exc)) from None

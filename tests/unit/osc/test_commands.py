@@ -31,20 +31,23 @@ def test_create_json(mock, capsys):
     assert rc == 0, err
     assert json.loads(out) == record()
     assert mock.last_request.json() == {'host': 'h3', 'reason': 'slow link'}
-    # noauth mode sends the identity the lab API trusts.
+    # noauth mode sends the identity the lab API trusts, and no token
+    # (keystoneauth's "none" plugin would add X-Auth-Token: notused).
     assert mock.last_request.headers['X-Roles'] == 'admin'
+    assert 'X-Auth-Token' not in mock.last_request.headers
 
 
 def test_create_noauth_identity_options(mock, capsys):
     mock.post(URL, status_code=202, json={'redirect': record()})
     rc, _, err = run(capsys, *NOAUTH, '--os-dcmigrate-noauth-roles',
                      'reader', '--os-dcmigrate-noauth-project', 'p1',
-                     '--os-dcmigrate-noauth-user', 'u1', 'server',
+                     '--os-dcmigrate-noauth-user', 'u1',
+                     '--os-dcmigrate-noauth-token', 'tok1', 'server',
                      'migration', 'redirect', SERVER)
     assert rc == 0, err
     h = mock.last_request.headers
-    assert (h['X-Roles'], h['X-Project-Id'], h['X-User-Id']) == (
-        'reader', 'p1', 'u1')
+    assert (h['X-Roles'], h['X-Project-Id'], h['X-User-Id'],
+            h['X-Auth-Token']) == ('reader', 'p1', 'u1', 'tok1')
 
 
 def test_create_table_shows_progress_mapping(mock, capsys):
