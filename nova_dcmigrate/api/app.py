@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import flask
+from keystoneauth1.identity import access as access_plugin
 from keystoneauth1 import token_endpoint
 from keystonemiddleware import auth_token
 from oslo_config import cfg
@@ -71,7 +72,12 @@ def _caller() -> redirect_service.Caller:
         return redirect_service.Caller(ctxt, auth)
     if env.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
         raise errors.Unauthorized(reason="no valid X-Auth-Token")
-    return redirect_service.Caller(ctxt, env["keystone.token_auth"])
+    # The caller's token and catalog only: keystonemiddleware's own plugin
+    # would add a service token of its own ([keystone_authtoken]
+    # credentials); ours comes from [service_user] (NovaLookup).
+    user = env["keystone.token_auth"].user
+    return redirect_service.Caller(ctxt,
+                                   access_plugin.AccessInfoPlugin(user))
 
 
 def _service() -> redirect_service.RedirectService:
@@ -180,9 +186,9 @@ class JsonErrors:
             "content-type", "")
         if code >= 400 and not ctype.startswith(JSON):
             cls = errors.ServiceUnavailable if code >= 500 else errors.ApiError
-            err = cls(reason=status.split(" ", 1)[-1])
-            err.status = 503 if code >= 500 else code
-            return self._answer(start_response, err)
+            api_err = cls(reason=status.split(" ", 1)[-1])
+            api_err.status = 503 if code >= 500 else code
+            return self._answer(start_response, api_err)
         start_response(status, headers)
         return [body]
 

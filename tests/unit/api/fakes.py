@@ -92,9 +92,9 @@ class FakeLookup(nova_api.NovaLookup):
         self.world = world
 
     def client(self, user_auth: Any) -> FakeNova:
-        # noauth: a plain token; keystone: keystonemiddleware's plugin.
-        user = getattr(user_auth, "user", None)
-        token = user.auth_token if user is not None else user_auth.token
+        # noauth: a plain token; keystone: the caller's AccessInfo.
+        ref = getattr(user_auth, "auth_ref", None)
+        token = ref.auth_token if ref is not None else user_auth.token
         return FakeNova(self.world, token)
 
 
