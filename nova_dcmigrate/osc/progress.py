@@ -5,6 +5,10 @@ plus relayed by the holders) against the total, and the API's estimated
 completion; without a terminal (logs, CI, pipes) one plain line is printed
 each time the record changes.  Progress goes to stderr so that ``-f json``
 on stdout stays machine-readable.
+
+rich is not a requirement of nova-dcmigrate on compute hosts (it is in the
+``lab`` extra); inside OSC it is always there (cliff 4 -> cmd2 -> rich), and
+without it ``--wait`` falls back to plain lines.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from typing import Any
 from typing import Protocol
 from typing import TextIO
 
-from rich import console as rich_console
-from rich import progress as rich_progress
+try:
+    from rich import console as rich_console
+    from rich import progress as rich_progress
+except ImportError:  # pragma: no cover - OSC always brings rich
+    rich_console = None  # type: ignore[assignment]
+    rich_progress = None  # type: ignore[assignment]
 
 #: Seconds between two polls of the record.
 POLL_INTERVAL = 1.0
@@ -129,7 +137,7 @@ class BarView:
     """A rich progress bar: bytes moved of the total, and the estimate."""
 
     def __init__(self, stream: TextIO,
-                 console: rich_console.Console | None = None) -> None:
+                 console: Any = None) -> None:
         self._console = console or rich_console.Console(file=stream)
         self._bar = rich_progress.Progress(
             rich_progress.TextColumn('{task.description}'),
@@ -156,7 +164,7 @@ class BarView:
 
 def make_view(stream: TextIO) -> View:
     isatty = getattr(stream, 'isatty', None)
-    if isatty is not None and isatty():
+    if rich_progress is not None and isatty is not None and isatty():
         return BarView(stream)
     return PlainView(stream)
 
