@@ -302,14 +302,14 @@ def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
     att = cluster.attempt
     cluster.attempt += 1
     dq = FakeDestQemu()
-    listen = free_port()
     slow = dict(cluster.holder("a"), rate=1e6)
-    cluster.agents["b"].prepare_destination(
-        None, cluster.mid, cluster.secret, dq.port, att, [slow],
+    d = cluster.agents["b"].prepare_destination(
+        None, cluster.mid, cluster.secret, None, att, [slow],
         True, 100e6)
-    cluster.agents["src"].prepare_source(
-        None, cluster.mid, cluster.secret, listen, "127.0.0.1",
-        cluster.agents["b"].listener.port, att)
+    dq.listen(d["socket"])
+    listen = cluster.agents["src"].prepare_source(
+        None, cluster.mid, cluster.secret, "127.0.0.1",
+        cluster.agents["b"].listener.port, att)["socket"]
     FakeSourceQemu(listen, s1.data).start()
     src = cluster.agents["src"].sessions[(cluster.mid, att)]
     dst = cluster.agents["b"].sessions[(cluster.mid, att)]
