@@ -198,7 +198,8 @@ def _filter_run(case: dict[str, Any]) -> Any:
         records_per_section=case["records_per_section"],
         use_continue=case["use_continue"])
     layout = Layout.from_start(stream.ram_start)
-    conf = types.SimpleNamespace(assist_buffer_mib=0)
+    conf = types.SimpleNamespace(assist_buffer_mib=0,
+                                 socket_dir="/run/dcmigrate-unused")
     s = sess.SourceSession(conf, "00000000-0000-0000-0000-000000000001",
                            "secret", 1, 0, "127.0.0.1", 0)
     try:

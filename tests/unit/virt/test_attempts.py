@@ -87,57 +87,54 @@ def test_wait_relayed_gives_up_at_the_deadline():
     assert not done.relayed and not done.ended
 
 
-class PortAgents:
-    """prepare_source refuses the first ``taken`` ports it is given."""
+class SocketAgents:
+    """Agents that answer prepare_* with a socket path, or refuse."""
 
-    def __init__(self, taken: int, error: Exception | None = None) -> None:
-        self.taken = taken
+    def __init__(self, src_socket: str = "/run/dcmigrate/m.0/s",
+                 dst_socket: str = "/run/dcmigrate/m.0/s",
+                 error: Exception | None = None) -> None:
+        self.src_socket = src_socket
+        self.dst_socket = dst_socket
         self.error = error
-        self.ports: list[int] = []
         self.aborted: list[str] = []
 
-    def prepare_source(self, host: str, mid: str, secret: str, port: int,
-                       *args: Any) -> None:
-        self.ports.append(port)
+    def prepare_destination(self, *args: Any) -> dict[str, str]:
+        return {"socket": self.dst_socket}
+
+    def prepare_source(self, *args: Any) -> dict[str, str]:
         if self.error is not None:
             raise self.error
-        if len(self.ports) <= self.taken:
-            raise agent_exception.PortUnavailable(
-                migration_id=mid, address="127.0.0.1", port=port,
-                reason="Address already in use")
-
-    def prepare_destination(self, *args: Any) -> None:
-        pass
+        return {"socket": self.src_socket}
 
     def abort(self, host: str, mid: str, reason: str) -> None:
         self.aborted.append(host)
 
 
-def _prepare(agents: Any) -> int | None:
+def _prepare(agents: Any) -> str:
     return attempts.prepare_agents(
         agents, "mid", "s", 0, "src", "dst", "10.0.0.2", 4000, [], True,
-        None, range(100, 110), [])
+        None)
 
 
-def test_prepare_agents_skips_ports_that_are_taken():
-    agents = PortAgents(taken=2)
-    port = _prepare(agents)
-    assert port == agents.ports[-1] and len(set(agents.ports)) == 3
+def test_prepare_agents_returns_the_common_socket():
+    agents = SocketAgents()
+    assert _prepare(agents) == agents.src_socket
+    assert agents.aborted == []
 
 
-def test_prepare_agents_gives_up_after_port_tries():
-    agents = PortAgents(taken=100)
-    assert _prepare(agents) is None
-    assert len(agents.ports) == attempts.PORT_TRIES
+def test_prepare_agents_refuses_different_socket_dirs():
+    agents = SocketAgents(dst_socket="/elsewhere/m.0/s")
+    with pytest.raises(attempts.SocketPathMismatch):
+        _prepare(agents)
+    assert sorted(agents.aborted) == ["dst", "src"]
 
 
-def test_prepare_agents_raises_other_refusals():
-    # Another InvalidRequest (not a taken port) is not retried.
-    agents = PortAgents(0, agent_exception.InvalidRequest(
+def test_prepare_agents_raises_refusals_and_aborts_both():
+    agents = SocketAgents(error=agent_exception.InvalidRequest(
         migration_id="mid", reason="bad destination address"))
     with pytest.raises(agent_exception.InvalidRequest):
         _prepare(agents)
-    assert len(agents.ports) == 1
+    assert sorted(agents.aborted) == ["dst", "src"]
 
 
 def test_wait_relayed_backs_off_and_wakes_on_stop():
