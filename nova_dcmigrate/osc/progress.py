@@ -154,8 +154,9 @@ class BarView:
         if self._task is None:
             self._bar.start()
             self._task = self._bar.add_task(text, total=f.total, eta='')
+        eta = '' if f.state in TERMINAL_STATES else f.eta_text()
         self._bar.update(self._task, description=text, total=f.total,
-                         completed=f.moved, eta=f.eta_text())
+                         completed=f.moved, eta=eta)
         self._bar.refresh()
 
     def close(self) -> None:
