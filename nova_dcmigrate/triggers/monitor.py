@@ -43,6 +43,7 @@ from stevedore import named
 
 from nova_dcmigrate.compute import exception as redirect_exception
 from nova_dcmigrate.compute import records
+from nova_dcmigrate.compute import redirect
 import nova_dcmigrate.conf
 from nova_dcmigrate.triggers import base
 from nova_dcmigrate.triggers import progress as progress_mod
@@ -154,7 +155,7 @@ class TriggerMonitor:
             LOG.debug("Redirect triggers: %s", err)
         if (watch.busy or
                 now - watch.last_evaluation < CONF.dcmigrate_auto.interval
-                or run.request_pending or run.phase != "running"):
+                or run.request_pending or run.phase != redirect.RUNNING):
             return
         watch.busy = True
         watch.last_evaluation = now
