@@ -21,6 +21,19 @@ from setuptools.command import build_py
 
 SHIM_PACKAGE = 'nova.virt.dcmigrate'
 SHIM_SOURCE = os.path.join('nova_dcmigrate', 'virt', 'nova_virt_shim')
+#: The tempest plugin: folder tempest_plugin/, importable package name
+#: nova_dcmigrate_tempest_plugin (no clash with other projects' plugins).
+TEMPEST_PACKAGE = 'nova_dcmigrate_tempest_plugin'
+TEMPEST_SOURCE = 'tempest_plugin'
+
+
+def _tempest_packages():
+    """{package: directory} of the plugin and its subpackages."""
+    found = {TEMPEST_PACKAGE: TEMPEST_SOURCE}
+    for sub in setuptools.find_packages(TEMPEST_SOURCE):
+        found['%s.%s' % (TEMPEST_PACKAGE, sub)] = os.path.join(
+            TEMPEST_SOURCE, *sub.split('.'))
+    return found
 
 
 class BuildPy(build_py.build_py):
@@ -30,10 +43,14 @@ class BuildPy(build_py.build_py):
 
     def finalize_options(self):
         super().finalize_options()
+        self.packages = list(self.packages or [])
+        self.package_dir = dict(self.package_dir or {})
+        for package, source in _tempest_packages().items():
+            self.packages.append(package)
+            self.package_dir[package] = source
         if getattr(self, 'editable_mode', False):
             return
-        self.packages = list(self.packages or []) + [SHIM_PACKAGE]
-        self.package_dir = dict(self.package_dir or {})
+        self.packages.append(SHIM_PACKAGE)
         self.package_dir[SHIM_PACKAGE] = SHIM_SOURCE
 
 

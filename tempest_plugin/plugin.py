@@ -6,14 +6,17 @@ import os
 
 from tempest.test_discover import plugins
 
-from tempest_plugin import config as dcm_config
+# Relative: the folder tempest_plugin/ is installed as the package
+# nova_dcmigrate_tempest_plugin (setup.py).
+from . import config as dcm_config
 
 
 class DcmigrateTempestPlugin(plugins.TempestPlugin):
     def load_tests(self):
-        base = os.path.split(os.path.dirname(os.path.abspath(__file__)))[0]
-        test_dir = "tempest_plugin/tests"
-        return os.path.join(base, test_dir), base
+        # Wherever the package is installed, under whatever name.
+        package_dir = os.path.dirname(os.path.abspath(__file__))
+        base = os.path.dirname(package_dir)
+        return os.path.join(package_dir, "tests"), base
 
     def register_opts(self, conf):
         conf.register_opt(dcm_config.service_option,

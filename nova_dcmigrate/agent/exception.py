@@ -37,5 +37,18 @@ class SessionFailed(AgentError):
     msg_fmt = "Migration %(migration_id)s failed: %(reason)s"
 
 
+class PeerAborted(SessionFailed):
+    """The peer agent's session was aborted on request (ABORT frame): the
+    attempt was stopped on purpose, e.g. for a redirect."""
+
+
 class InvalidRequest(AgentError):
     msg_fmt = "Invalid request for migration %(migration_id)s: %(reason)s"
+
+
+class PortUnavailable(InvalidRequest):
+    """The source agent cannot listen on the loopback port asked for
+    (taken): the caller tries another one."""
+
+    msg_fmt = ("Migration %(migration_id)s: cannot listen on "
+               "%(address)s:%(port)d: %(reason)s")

@@ -249,10 +249,9 @@ class AgentManager:
         except OSError as err:
             with self._lock:
                 self.sessions.pop((migration_id, int(attempt)), None)
-            raise exception.InvalidRequest(
-                migration_id=migration_id,
-                reason="cannot listen on %s:%d: %s"
-                % (self.conf.local_address, listen_port, err)) from err
+            raise exception.PortUnavailable(
+                migration_id=migration_id, address=self.conf.local_address,
+                port=int(listen_port), reason=str(err)) from err
         LOG.info("migration %(mid)s attempt %(att)d: source prepared on "
                  "port %(port)d -> %(dest)s:%(dport)d",
                  {"mid": migration_id, "att": attempt, "port": listen_port,

@@ -148,17 +148,21 @@ class MigrationSession:
             self.finished_at = time.monotonic()
             self.done.set()
 
-    def fail(self, reason: str) -> None:
-        """Enter FAILED (unless already final) and close every socket."""
+    def fail(self, reason: str, expected: bool = False) -> None:
+        """Enter FAILED (unless already final) and close every socket.
+
+        :param expected: the peer stopped the attempt on purpose (an
+            abort): logged at INFO, operators alert on ERROR.
+        """
         with self._lock:
             if self.state in FINAL_STATES:
                 return
             self.error = reason
             self._set(SessionState.FAILED)
-        LOG.error("migration %(mid)s attempt %(att)d %(role)s failed: "
-                  "%(reason)s", {"mid": self.migration_id,
-                                 "att": self.attempt,
-                                 "role": self.role.value, "reason": reason})
+        log = LOG.info if expected else LOG.error
+        log("migration %(mid)s attempt %(att)d %(role)s failed: "
+            "%(reason)s", {"mid": self.migration_id, "att": self.attempt,
+                           "role": self.role.value, "reason": reason})
         self._close_all()
         self.log_counters()
 
@@ -236,6 +240,8 @@ class MigrationSession:
             func(*args)
         except StreamError as err:
             self.fail("invalid migration stream: %s" % err)
+        except exception.PeerAborted as err:
+            self.fail(str(err), expected=True)
         except exception.AgentError as err:
             self.fail(str(err))
         except OSError as err:
@@ -792,7 +798,7 @@ class SourceSession(MigrationSession):
                     self._complete()
                     return
             elif ftype == FrameType.ABORT:
-                raise exception.SessionFailed(
+                raise exception.PeerAborted(
                     migration_id=self.migration_id,
                     reason="destination aborted: %s"
                     % bytes(payload).decode(errors="replace"))
@@ -956,7 +962,7 @@ class DestinationSession(MigrationSession):
                                  ftype: FrameType, payload: Any) -> NoReturn:
         """Fail the session for an ABORT or a frame out of place."""
         if ftype == FrameType.ABORT:
-            raise exception.SessionFailed(
+            raise exception.PeerAborted(
                 migration_id=self.migration_id,
                 reason="source aborted: %s"
                 % bytes(payload).decode(errors="replace"))
@@ -1023,6 +1029,9 @@ class DestinationSession(MigrationSession):
                 layout = p.layout
             elif (p.layout.names, p.layout.lengths) != \
                     (layout.names, layout.lengths):
+                # Flagged in the status: the controller retries without it.
+                p.failed = "different RAM layout"
+                self.pullers.append(p)
                 raise exception.SessionFailed(
                     migration_id=self.migration_id,
                     reason="holder %s has a different RAM layout" % p.host)
@@ -1404,6 +1413,7 @@ class DestinationSession(MigrationSession):
                     % (p.host, p.failed))
             missing = self._missing(p.index)
             if missing:
+                p.failed = "%d pages not delivered" % len(missing)
                 raise exception.SessionFailed(
                     migration_id=self.migration_id,
                     reason="holder %s did not deliver %d pages"

@@ -186,9 +186,9 @@ class JsonErrors:
             "content-type", "")
         if code >= 400 and not ctype.startswith(JSON):
             cls = errors.ServiceUnavailable if code >= 500 else errors.ApiError
-            err = cls(reason=status.split(" ", 1)[-1])
-            err.status = 503 if code >= 500 else code
-            return self._answer(start_response, err)
+            api_err = cls(reason=status.split(" ", 1)[-1])
+            api_err.status = 503 if code >= 500 else code
+            return self._answer(start_response, api_err)
         start_response(status, headers)
         return [body]
 

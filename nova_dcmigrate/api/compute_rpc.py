@@ -4,9 +4,11 @@ The same calls as :class:`nova_dcmigrate.compute.rpcapi.ComputeRedirectAPI`
 on the same wire: topic ``compute``, namespace ``dcmigrate_compute``,
 server = the migration's source host, exchange ``nova`` (Nova's
 ``control_exchange``), version 1.1 capped by ``[dcmigrate_compute]
-rpc_version_cap``. Instances and migrations go as UUID strings (RPC 1.1),
-the request context as the dict Nova's ``RequestContext.from_dict``
-reads, so the API process needs neither Nova nor its object registry.
+rpc_version_cap``. Instances and migrations go as minimal versioned-object
+primitives holding only their UUID (:func:`nova_object`), the request
+context as the dict Nova's ``RequestContext.from_dict`` reads, so the API
+process needs neither Nova nor its object registry. (Plain UUID strings
+would not do: nova-compute's RPC task tracking reads ``instance.uuid``.)
 """
 
 from __future__ import annotations
@@ -31,18 +33,39 @@ EXCEPTION_MODULES = [
 ]
 
 
-def get_transport(conf: cfg.ConfigOpts) -> messaging.RPCTransport:
-    """Nova's bus, as Nova's services see it (exchange ``nova``)."""
+def get_transport(conf: cfg.ConfigOpts,
+                  url: str | None = None) -> messaging.RPCTransport:
+    """Nova's bus, as Nova's services see it (exchange ``nova``).
+
+    :param url: instead of ``[DEFAULT] transport_url``.
+    """
     messaging.set_transport_defaults(control_exchange="nova")
+    # The API's ConfigOpts is its own: oslo.messaging's tracing options
+    # are registered on the global one only.
+    rpc._register_tracing_opts(conf)
     return messaging.get_rpc_transport(
-        conf, allowed_remote_exmods=EXCEPTION_MODULES)
+        conf, url=url, allowed_remote_exmods=EXCEPTION_MODULES)
 
 
-class _ContextSerializer(messaging.NoOpSerializer):
+class _ContextSerializer(messaging.NoOpSerializer):  # type: ignore[misc]
     """Sends the context as Nova's RequestContext.to_dict would."""
 
     def serialize_context(self, ctxt: Any) -> dict[str, Any]:
         return cast(dict[str, Any], ctxt)
+
+
+#: Versions sent: the oldest of each object's current major version, which
+#: any Nova of that major accepts (oslo.versionedobjects compatibility).
+OBJECT_VERSIONS = {"Instance": "2.0", "Migration": "1.0"}
+
+
+def nova_object(name: str, uuid: str) -> dict[str, Any]:
+    """A Nova object holding only ``uuid``, in oslo.versionedobjects'
+    wire form; the compute loads anything else it needs by UUID."""
+    return {"nova_object.name": name, "nova_object.namespace": "nova",
+            "nova_object.version": OBJECT_VERSIONS[name],
+            "nova_object.data": {"uuid": uuid},
+            "nova_object.changes": ["uuid"]}
 
 
 def nova_context(ctxt: oslo_context.RequestContext) -> dict[str, Any]:
@@ -80,7 +103,8 @@ class ComputeClient:
         cctxt = self._client.prepare(server=source, version="1.1")
         return cast(dict[str, Any], cctxt.call(
             nova_context(ctxt), "redirect_live_migration",
-            instance=server_id, migration=migration_id, host=host,
+            instance=nova_object("Instance", server_id),
+            migration=nova_object("Migration", migration_id), host=host,
             reason=reason, requested_by=requested_by))
 
     def list(self, ctxt: oslo_context.RequestContext, source: str,
@@ -88,4 +112,5 @@ class ComputeClient:
         """Every redirect record ``source`` keeps of the server."""
         cctxt = self._client.prepare(server=source, version="1.1")
         return cast(list[dict[str, Any]], cctxt.call(
-            nova_context(ctxt), "list_redirects", instance=server_id))
+            nova_context(ctxt), "list_redirects",
+            instance=nova_object("Instance", server_id)))

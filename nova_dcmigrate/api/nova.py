@@ -11,7 +11,9 @@ migrations (admins, by Nova's defaults) see them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from keystoneauth1 import exceptions as ks_exceptions
@@ -99,29 +101,22 @@ class NovaLookup:
         return None
 
 
-class _nova_errors:
+@contextlib.contextmanager
+def _nova_errors(server_id: str) -> Iterator[None]:
     """Nova's answers as API errors."""
-
-    def __init__(self, server_id: str) -> None:
-        self.server_id = server_id
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc is None or isinstance(exc, errors.ApiError):
-            return False
-        if isinstance(exc, nova_exceptions.NotFound):
-            raise errors.ServerNotFound(server=self.server_id) from exc
-        if isinstance(exc, nova_exceptions.Forbidden):
-            raise errors.Forbidden(
-                action="this request (Nova refused: %s)" % exc) from exc
-        if isinstance(exc, nova_exceptions.Unauthorized):
-            raise errors.Unauthorized(reason="Nova refused the token") \
-                from exc
-        if isinstance(exc, (nova_exceptions.ClientException,
-                            ks_exceptions.ClientException)):
-            LOG.warning("Nova lookup of server %(server)s failed: %(err)s",
-                        {"server": self.server_id, "err": exc})
-            raise errors.NovaUnavailable(reason=str(exc)) from exc
-        return False
+    try:
+        yield
+    except errors.ApiError:
+        raise
+    except nova_exceptions.NotFound as exc:
+        raise errors.ServerNotFound(server=server_id) from exc
+    except nova_exceptions.Forbidden as exc:
+        raise errors.Forbidden(
+            action="this request (Nova refused: %s)" % exc) from exc
+    except nova_exceptions.Unauthorized as exc:
+        raise errors.Unauthorized(reason="Nova refused the token") from exc
+    except (nova_exceptions.ClientException,
+            ks_exceptions.ClientException) as exc:
+        LOG.warning("Nova lookup of server %(server)s failed: %(err)s",
+                    {"server": server_id, "err": exc})
+        raise errors.NovaUnavailable(reason=str(exc)) from exc

@@ -143,7 +143,7 @@ class RedirectService:
     def list(self, caller: Caller, server_id: str) -> list[dict[str, Any]]:
         nova, server = self._server(caller, server_id, redirect_policy.LIST)
         self._refresh(caller, nova, server.id)
-        return self.store.list(server.id)
+        return self.store.list_server(server.id)
 
     def show(self, caller: Caller, server_id: str,
              redirect_id: str) -> dict[str, Any]:

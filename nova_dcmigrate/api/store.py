@@ -60,7 +60,7 @@ class RecordStore:
                 if not done.rowcount:
                     conn.execute(REDIRECTS.insert().values(**row))
 
-    def list(self, server_id: str) -> list[dict[str, Any]]:
+    def list_server(self, server_id: str) -> list[dict[str, Any]]:
         """The server's records, newest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -81,7 +81,7 @@ class RecordStore:
     def sources(self, server_id: str) -> list[str]:
         """Source hosts of the server's records, newest first."""
         out: list[str] = []
-        for rec in self.list(server_id):
+        for rec in self.list_server(server_id):
             if rec["source"] not in out:
                 out.append(rec["source"])
         return out

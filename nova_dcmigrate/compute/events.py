@@ -17,12 +17,16 @@ Nova's events carry no free text on success; the redirect's ``reason``
 stays in the redirect record (``GET /v1/servers/{id}/redirects/{id}``),
 which the action's request id names.
 
-Best effort: a failure to write the action is logged, never raised --
-the redirect itself must not fail because of its audit trail.
+Best effort and off the caller's thread: the writes (conductor calls) go
+to one worker thread, in order, so a slow conductor never holds up the
+run's lock or Nova's migration monitor. A failure to write the action is
+logged, never raised -- the redirect itself must not fail because of its
+audit trail.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from typing import Any
 
@@ -49,24 +53,18 @@ class ActionRecorder:
         self._lock = threading.Lock()
         #: Contexts of started actions, by redirect id, until finished.
         self._contexts: dict[str, Any] = {}
+        self._worker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="dcmigrate-actions")
 
     def start(self, context: Any, record: records.RedirectRecord) -> None:
         """Create the action and start its event (at request time)."""
         ctxt = context.elevated()
         ctxt.request_id = request_id(record)
         record.request_id = ctxt.request_id
-        try:
-            objects.InstanceAction.action_start(
-                ctxt, record.server_id, ACTION, want_result=False)
-            objects.InstanceActionEvent.event_start(
-                ctxt, record.server_id, EVENT, want_result=False,
-                host=record.source)
-        except Exception as err:  # noqa: BLE001 - audit only
-            LOG.warning("Redirect %(id)s: cannot record instance action: "
-                        "%(err)s", {"id": record.id, "err": err})
-            return
         with self._lock:
             self._contexts[record.id] = ctxt
+        self._worker.submit(self._start, ctxt, record.server_id,
+                            record.source, record.id)
 
     def finish(self, record: records.RedirectRecord) -> None:
         """Finish the event once the record reached a final state."""
@@ -74,22 +72,41 @@ class ActionRecorder:
             ctxt = self._contexts.pop(record.id, None)
         if ctxt is None:
             return
+        self._worker.submit(self._finish, ctxt, record.server_id,
+                            record.id, record.state, dict(record.error or {}))
+
+    def wait(self) -> None:
+        """Until every write queued so far is done (tests)."""
+        self._worker.submit(lambda: None).result()
+
+    @staticmethod
+    def _start(ctxt: Any, server_id: str, host: str, rid: str) -> None:
         try:
-            if record.state == records.RedirectState.COMPLETED:
+            objects.InstanceAction.action_start(
+                ctxt, server_id, ACTION, want_result=False)
+            objects.InstanceActionEvent.event_start(
+                ctxt, server_id, EVENT, want_result=False, host=host)
+        except Exception as err:  # noqa: BLE001 - audit only
+            LOG.warning("Redirect %(id)s: cannot record instance action: "
+                        "%(err)s", {"id": rid, "err": err})
+
+    @staticmethod
+    def _finish(ctxt: Any, server_id: str, rid: str,
+                state: records.RedirectState, error: dict[str, str]) -> None:
+        try:
+            if state == records.RedirectState.COMPLETED:
                 objects.InstanceActionEvent.event_finish(
-                    ctxt, record.server_id, EVENT, want_result=False)
+                    ctxt, server_id, EVENT, want_result=False)
             else:
-                err = record.error or {}
                 message = "redirect %s: %s" % (
-                    record.state.value,
-                    err.get("message") or "no error recorded")
+                    state.value, error.get("message") or "no error recorded")
                 objects.InstanceActionEvent.event_finish_with_failure(
-                    ctxt, record.server_id, EVENT, exc_val=message,
-                    exc_tb="%s: %s" % (err.get("code", "RedirectError"),
+                    ctxt, server_id, EVENT, exc_val=message,
+                    exc_tb="%s: %s" % (error.get("code", "RedirectError"),
                                        message),
                     want_result=False)
             objects.InstanceAction.action_finish(
-                ctxt, record.server_id, want_result=False)
+                ctxt, server_id, want_result=False)
         except Exception as err:  # noqa: BLE001 - audit only
             LOG.warning("Redirect %(id)s: cannot finish instance action: "
-                        "%(err)s", {"id": record.id, "err": err})
+                        "%(err)s", {"id": rid, "err": err})

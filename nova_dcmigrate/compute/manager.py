@@ -8,17 +8,18 @@ target namespace. ``DCMigrateLibvirtDriver`` appends a
 running the driver answers the redirect API
 (:mod:`nova_dcmigrate.compute.rpcapi`).
 
-``instance`` and ``migration`` arguments are Nova objects (callers that run
-inside Nova, through :class:`~nova_dcmigrate.compute.rpcapi.\
-ComputeRedirectAPI`) or their UUID strings (the dcmigrate-api service,
-which does not import Nova: :mod:`nova_dcmigrate.api.compute_rpc`).
+``instance`` and ``migration`` arguments are Nova objects; the
+dcmigrate-api service, which does not import Nova, sends objects holding
+only their UUID (:mod:`nova_dcmigrate.api.compute_rpc`), so only
+``uuid`` is read from them (strings are accepted too, for callers that
+bypass nova-compute's RPC wrapper).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from typing import Any
+from typing import Protocol
 from typing import TypeVar
 from typing import cast
 
@@ -29,10 +30,9 @@ import oslo_messaging as messaging
 
 from nova_dcmigrate.compute import exception
 from nova_dcmigrate.compute import records
+from nova_dcmigrate.compute import redirect
 from nova_dcmigrate.compute import rpcapi
-
-if TYPE_CHECKING:
-    from nova_dcmigrate.virt.libvirt import driver as dcm_driver
+from nova_dcmigrate.compute import run as run_state
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +42,25 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 #: DEBUG instead of ERROR with a traceback.
 _expected = cast(Callable[[_F], _F],
                  messaging.expected_exceptions(exception.RedirectError))
+
+
+class RedirectHost(Protocol):
+    """What the endpoint needs from the service it runs in.
+
+    The compute driver provides it and hands itself in when it registers
+    the endpoint; nothing here knows which driver that is.
+    """
+
+    @property
+    def dcmigrate_runs(self) -> run_state.Registry:
+        """The live migrations this host runs as the source."""
+
+    @property
+    def dcmigrate_host(self) -> str:
+        """This compute service's host name."""
+
+    def dcmigrate_redirector(self) -> redirect.Redirector:
+        """The redirect orchestrator bound to the compute manager."""
 
 
 class RedirectEndpoint:
@@ -55,7 +74,7 @@ class RedirectEndpoint:
                               version=rpcapi.ComputeRedirectAPI.
                               RPC_API_VERSION)
 
-    def __init__(self, driver: dcm_driver.DCMigrateLibvirtDriver) -> None:
+    def __init__(self, driver: RedirectHost) -> None:
         self._driver = driver
 
     @_expected
@@ -88,6 +107,7 @@ class RedirectEndpoint:
                 running=run.migration.uuid) from err
         with run.lock:
             run.check_redirectable(current, host)
+        redirect.check_supported_instance(context, instance, current)
         if host is not None:
             self._driver.dcmigrate_redirector().check_host(context, run, host)
         with run.lock:
@@ -97,6 +117,9 @@ class RedirectEndpoint:
                 host, reason=reason, context=context,
                 requested_by=requested_by or records.user_requester(
                     getattr(context, "user_id", None)))
+            # As queued: the monitor may take it as soon as the lock goes.
+            answer = (run.status() if requested_by is None
+                      else record.to_dict())
         LOG.info("Redirect %(id)s of live migration %(migration)s from "
                  "%(dest)s to %(host)s requested by %(by)s: %(reason)s", {
                      "id": record.id, "migration": current.uuid,
@@ -104,9 +127,7 @@ class RedirectEndpoint:
                      "host": host or "a host nova-scheduler picks",
                      "reason": reason or "no reason given"},
                  instance_uuid=instance_uuid)
-        if requested_by is None:
-            return run.status()
-        return record.to_dict()
+        return answer
 
     @_expected
     def list_redirects(self, context: Any, instance: Any,

@@ -11,8 +11,9 @@ API version history:
 * 1.0 - Initial version: redirect_live_migration, get_redirect_status.
 * 1.1 - redirect_live_migration takes ``reason`` and ``requested_by`` and,
   when ``requested_by`` is given, returns the redirect record; new
-  list_redirects. ``instance``/``migration`` may be sent as UUID strings
-  (the dcmigrate-api service does not import Nova).
+  list_redirects. Only ``uuid`` of ``instance``/``migration`` is read (the
+  dcmigrate-api service, which does not import Nova, sends objects holding
+  just that).
 """
 
 from __future__ import annotations

@@ -155,6 +155,50 @@ OPTS: list[cfg.Opt] = [
              "agents.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: agent_port_min."),
+    cfg.IntOpt(
+        "housekeeping_interval",
+        default=30,
+        min=1,
+        help="Seconds between two runs of the driver's background "
+             "housekeeping: refreshing whether the local dcmigrate agent "
+             "answers (for the placement trait; never done inside the "
+             "resource tracker's provider tree update) and retrying "
+             "failed clean-up steps of redirects.\n\n"
+             "Services that use this: nova-compute.\n\n"
+             "Related options: agent_check_interval, "
+             "cleanup_retry_interval."),
+    cfg.IntOpt(
+        "cleanup_retries",
+        default=10,
+        min=0,
+        help="How many more times a failed clean-up step of a redirect "
+             "(releasing the old destination's volume attachments, "
+             "domain, port bindings, claims or placement allocation) is "
+             "retried before an ERROR asks the operator to finish it by "
+             "hand. Each failure is logged at ERROR and listed in the "
+             "redirect status (cleanup_pending).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: cleanup_retry_interval."),
+    cfg.IntOpt(
+        "cleanup_retry_interval",
+        default=60,
+        min=1,
+        help="Seconds between two tries of a failed redirect clean-up "
+             "step.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: cleanup_retries, housekeeping_interval."),
+    cfg.IntOpt(
+        "relay_wait_timeout",
+        default=900,
+        min=1,
+        help="Longest time a redirected attempt holds the switchover back "
+             "while earlier destinations relay their pages. After it the "
+             "hold is lifted (a WARNING is logged) and Nova's own "
+             "downtime steps apply, so a stuck relay can never keep a "
+             "migration from converging. The new destination is polled "
+             "with a backoff from 50 ms to 1 s.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: transport."),
 ]
 
 

@@ -9,8 +9,6 @@ with ``etc/nova-dcmigrate/dcmigrate-policy-generator.conf``) and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from oslo_config import cfg
 from oslo_policy import policy
 
@@ -18,7 +16,7 @@ from nova_dcmigrate.policies import base
 from nova_dcmigrate.policies import redirect
 
 
-def list_rules() -> Iterable[policy.RuleDefault]:
+def list_rules() -> list[policy.RuleDefault]:
     return [*base.list_rules(), *redirect.list_rules()]
 
 

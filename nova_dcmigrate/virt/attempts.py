@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from oslo_log import log as logging
 
-from nova_dcmigrate.exception import DcmigrateError
+from nova_dcmigrate.agent import exception as agent_exception
 
 LOG = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -42,8 +43,10 @@ PORT_TRIES = 5
 
 #: Attempt states after which an agent does nothing more for an attempt.
 FINAL_STATES = frozenset({"failed", "aborted", "completed"})
-#: Seconds between two status polls while waiting for relays.
+#: Seconds before the first status poll while waiting for relays ...
 POLL_S = 0.05
+#: ... and the longest wait between two polls (backoff).
+POLL_MAX_S = 1.0
 
 
 def holders_for(destinations: Iterable[str], host: str,
@@ -75,9 +78,11 @@ def failed_holders(agents: Any, dst_host: str, migration_id: str,
                    number: int, holders: Iterable[str]) -> set[str]:
     """Holders the destination of attempt ``number`` saw fail.
 
-    Counted: holders flagged ``failed`` in the destination's relay status,
-    and holders named in the attempt's error.  An unreachable destination
-    agent yields an empty set (nothing is known to have failed).
+    Counted: holders flagged ``failed`` in the destination's relay status
+    (the destination flags every holder it gave up on, whatever the
+    reason).  An unreachable destination agent yields an empty set
+    (nothing is known to have failed).  ``holders`` is kept for the
+    callers' signature; the status names the failed ones.
     """
     try:
         status = agents.get_status(dst_host, migration_id)
@@ -88,8 +93,6 @@ def failed_holders(agents: Any, dst_host: str, migration_id: str,
         for host, h in (a.get("redirect") or {}).get("holders", {}).items():
             if h.get("failed"):
                 dead.add(host)
-        err = a.get("error") or ""
-        dead |= {h for h in holders if "holder %s" % h in err}
     return dead
 
 
@@ -108,23 +111,29 @@ class RelayWait:
 
 def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                  number: int, running: Callable[[], bool], *,
-                 timeout: float = 3600.0) -> RelayWait:
+                 timeout: float = 3600.0,
+                 stop: threading.Event | None = None) -> RelayWait:
     """Poll the new destination until the relays of attempt ``number`` are
     in, the attempt ended, or ``timeout`` passed.
 
     Why: the controllers hold the switchover back (a 1 ms downtime limit)
     while holders relay, so the relay backlog never lands in the guest's
-    downtime; this says when to restore the real limit.  Status errors
-    (agent busy or restarting) are retried until the deadline.
+    downtime; this says when to restore the real limit.  Polls start at
+    :data:`POLL_S` and back off to :data:`POLL_MAX_S` (most relays end
+    within the first seconds; a long one is not polled 20 times a
+    second).  Status errors (agent busy or restarting) are retried until
+    the deadline.  Setting ``stop`` (the attempt ended) wakes the wait at
+    once.
     """
     deadline = time.monotonic() + timeout
     rate = 0.0
+    delay = POLL_S
+    wake = stop if stop is not None else threading.Event()
     while running() and time.monotonic() < deadline:
         try:
             status = agents.get_status(dst_host, migration_id)
         except Exception:  # noqa: BLE001 - keep polling
-            time.sleep(0.2)
-            continue
+            status = {}
         for a in attempt_entries(status, number):
             red = a.get("redirect") or {}
             rate = float(red.get("source_rate") or rate)
@@ -132,7 +141,8 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                 return RelayWait(True, False, rate)
             if a.get("state") in FINAL_STATES:
                 return RelayWait(False, True, rate)
-        time.sleep(POLL_S)
+        wake.wait(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(POLL_MAX_S, delay * 1.5)
     return RelayWait(False, not running(), rate)
 
 
@@ -160,9 +170,8 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
             agents.prepare_source(source, migration_id, secret, port,
                                   dest_address, dest_port, number)
             break
-        except DcmigrateError as err:
-            if "cannot listen" not in str(err):
-                raise
+        except agent_exception.PortUnavailable:
+            continue
     else:
         return None
     try:

@@ -63,6 +63,7 @@ Choices made for the agent transport
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import copy
 import dataclasses
 import secrets
@@ -84,6 +85,9 @@ CONF = nova_dcmigrate.conf.CONF
 
 #: Maximum downtime (ms) that holds switchover back while holders relay.
 GATE_DOWNTIME_MS = 1
+#: Threads waiting for relays (one per gated attempt at a time; Nova runs
+#: max_concurrent_live_migrations at once, more wait their turn).
+GATE_WORKERS = 16
 LOOPBACK = "127.0.0.1"
 #: libvirt's VIR_MIGRATE_PARAM_* values (fakelibvirt lacks some of them).
 PARAM_URI = "migrate_uri"
@@ -223,9 +227,22 @@ class AgentAttempt:
     dest: AgentEndpoint
     port: int
     holders: list[str]
-    running: bool = True
     #: Bytes/s the source link moved, measured by the destination agent.
     source_rate: float = 0.0
+    #: Set when the attempt's job ended (wakes the relay wait at once).
+    ended: threading.Event = dataclasses.field(
+        default_factory=threading.Event)
+
+    @property
+    def running(self) -> bool:
+        return not self.ended.is_set()
+
+    @running.setter
+    def running(self, value: bool) -> None:
+        if value:
+            self.ended.clear()
+        else:
+            self.ended.set()
 
 
 @dataclasses.dataclass
@@ -302,6 +319,7 @@ class AgentTransport(MigrationTransport):
     def __init__(self, agents: Any = None) -> None:
         self._agents = agents
         self._lock = threading.Lock()
+        self._gates: concurrent.futures.ThreadPoolExecutor | None = None
         #: Running migrations by instance uuid.
         self.migrations: dict[str, AgentMigration] = {}
 
@@ -379,9 +397,18 @@ class AgentTransport(MigrationTransport):
             attempt.running = False
 
     def stop_attempt(self, guest: Any) -> None:
+        """Abort the attempt's agent sessions, then libvirt's job.
+
+        Sessions first: both agents then see the stream end as the abort
+        it is (INFO), not as QEMU failing under them (ERROR). The
+        destination keeps its pages either way.
+        """
         mig = self.migrations.get(guest.uuid)
         if mig is not None and mig.attempts:
-            self._note_link_rate(mig, mig.attempts[-1], guest)
+            attempt = mig.attempts[-1]
+            self._note_link_rate(mig, attempt, guest)
+            if attempt.running:
+                self._abort_agents(mig, [mig.source, attempt.dest.host])
         guest.abort_job()
 
     def configure_downtime(self, guest: Any, downtime_ms: int) -> None:
@@ -482,20 +509,37 @@ class AgentTransport(MigrationTransport):
     def _gate(self, mig: AgentMigration, attempt: AgentAttempt,
               guest: Any) -> None:
         """Hold switchover back until the new destination has every
-        relayed page, so the relay backlog never lands in the downtime."""
+        relayed page, so the relay backlog never lands in the downtime.
+
+        The wait runs in the transport's small thread pool (one task per
+        gated attempt, woken as soon as the attempt ends, bounded by
+        ``relay_wait_timeout``)."""
         with mig.lock:
             mig.gated = True
         guest.migrate_configure_max_downtime(GATE_DOWNTIME_MS)
-        threading.Thread(target=self._ungate_when_relayed,
-                         args=(mig, attempt, guest), daemon=True,
-                         name="dcmigrate-gate-%s" % mig.migration_id[:8]
-                         ).start()
+        self._gate_pool().submit(self._ungate_when_relayed, mig, attempt,
+                                 guest)
+
+    def _gate_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._gates is None:
+                self._gates = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=GATE_WORKERS,
+                    thread_name_prefix="dcmigrate-gate")
+            return self._gates
 
     def _ungate_when_relayed(self, mig: AgentMigration,
                              attempt: AgentAttempt, guest: Any) -> None:
+        timeout = CONF.dcmigrate_compute.relay_wait_timeout
         done = attempts.wait_relayed(
             self.agents, attempt.dest.host, mig.migration_id,
-            attempt.number, lambda: attempt.running)
+            attempt.number, lambda: attempt.running, timeout=timeout,
+            stop=attempt.ended)
+        if not done.relayed and not done.ended:
+            LOG.warning("migration %(mid)s attempt %(n)d: relays not in "
+                        "after %(t)d s; switchover no longer held back",
+                        {"mid": mig.migration_id, "n": attempt.number,
+                         "t": timeout})
         attempt.source_rate = done.source_rate
         with mig.lock:
             if mig.attempts[-1] is not attempt:

@@ -145,12 +145,24 @@ class ApiTest(test_redirect.RedirectTestBase):
             time.sleep(0.2)
 
     def _action(self, record: dict[str, Any]) -> dict[str, Any]:
-        rid = events.request_id(record)
-        actions = {a["request_id"]: a for a in
-                   self.admin_api.get_instance_actions(self.server["id"])}
-        self.assertEqual(events.ACTION, actions[rid]["action"])
-        return dict(self.admin_api.get_instance_action_details(
-            self.server["id"], rid))
+        """The redirect's Nova instance action, once its event finished
+        (the source writes it off its monitor thread)."""
+        rid = record["request_id"]
+        self.assertEqual("req-%s" % record["id"], rid)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            actions = {a["request_id"]: a for a in
+                       self.admin_api.get_instance_actions(
+                           self.server["id"])}
+            if rid in actions:
+                self.assertEqual(events.ACTION, actions[rid]["action"])
+                action = dict(self.admin_api.get_instance_action_details(
+                    self.server["id"], rid))
+                if all(e["result"] for e in action["events"]):
+                    return action
+            if time.monotonic() > deadline:
+                self.fail("instance action %s never finished" % rid)
+            time.sleep(0.2)
 
     def _redirect_via_api(self, body: dict[str, Any]) -> dict[str, Any]:
         resp = self._call("POST", self._url(), body=body)
