@@ -43,6 +43,7 @@ from stevedore import named
 
 from nova_dcmigrate.compute import exception as redirect_exception
 from nova_dcmigrate.compute import records
+from nova_dcmigrate.compute import run as run_state
 import nova_dcmigrate.conf
 from nova_dcmigrate.triggers import base
 from nova_dcmigrate.triggers import progress as progress_mod
@@ -152,9 +153,10 @@ class TriggerMonitor:
             watch.meter.add(progress_mod.sample_from_job(now, info))
         except base.TriggerInputError as err:
             LOG.debug("Redirect triggers: %s", err)
+        # Not while a redirect is requested, prepared or switched.
         if (watch.busy or
                 now - watch.last_evaluation < CONF.dcmigrate_auto.interval
-                or run.request_pending or run.phase != "running"):
+                or run.phase != run_state.RUNNING):
             return
         watch.busy = True
         watch.last_evaluation = now

@@ -202,6 +202,10 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         else:
             self.dcmigrate_transport = transport.AgentTransport()
         self._dcmigrate_redirector: redirect.Redirector | None = None
+        #: Automatic redirect triggers ([dcmigrate_auto]).
+        self.dcmigrate_triggers = trigger_monitor.TriggerMonitor(
+            lambda: self.dcmigrate_host,
+            lambda: self.dcmigrate_redirector().reportclient)
         #: Failed clean-up steps of redirects, retried by the housekeeping.
         self.dcmigrate_cleanups = cleanup.CleanupQueue(
             group.cleanup_retries, group.cleanup_retry_interval)
@@ -213,10 +217,6 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             lambda: CONF.dcmigrate_compute.housekeeping_interval,
             "dcmigrate-housekeeping")
         self._dcmigrate_log_filter = housekeeping.stopped_job_filter()
-        #: Automatic redirect triggers ([dcmigrate_auto]).
-        self.dcmigrate_triggers = trigger_monitor.TriggerMonitor(
-            lambda: self.dcmigrate_host,
-            lambda: self.dcmigrate_redirector().reportclient)
         manager = self._compute_manager()
         if manager is not None:
             manager.additional_endpoints.append(
