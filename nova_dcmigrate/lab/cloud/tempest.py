@@ -24,7 +24,7 @@ from nova_dcmigrate.lab.cloud import procs
 #: installed as ``nova_dcmigrate_tempest_plugin``).
 DEFAULT_REGEX = (
     r"^tempest\.api\.compute\.admin\.test_live_migration\."
-    r"(LiveAutoBlockMigrationV225Test|LiveMigrationManagerWorkflowTest)"
+    r"LiveAutoBlockMigrationV225Test"
     r"|^nova_dcmigrate_tempest_plugin\.tests\.")
 
 
