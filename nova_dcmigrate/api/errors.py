@@ -84,6 +84,10 @@ class NovaUnavailable(ServiceUnavailable):
 
 
 #: Refusals of the source compute, by class name, and their status.
+#: Suffix of the classes oslo.messaging rebuilds remote errors as
+#: (``oslo_messaging._drivers.common._REMOTE_POSTFIX``, private there).
+_REMOTE_POSTFIX = "_Remote"
+
 _REDIRECT_STATUS: dict[str, type[ApiError]] = {
     "InvalidRedirectTarget": BadRequest,
     "UnknownLiveMigration": NotFound,
@@ -99,6 +103,20 @@ _REDIRECT_STATUS: dict[str, type[ApiError]] = {
 }
 
 
+def _remote_message(err: BaseException) -> str:
+    """The error's own message, without the remote traceback.
+
+    oslo.messaging rebuilds a remote error as a subclass of its class
+    (named ``<class>_Remote``) whose ``__str__`` appends the compute's
+    traceback; the message of the class it was rebuilt from is the one
+    for the caller.
+    """
+    cls = type(err)
+    if cls.__name__.endswith(_REMOTE_POSTFIX) and len(cls.__mro__) > 1:
+        return cls.__mro__[1].__str__(err)
+    return str(err)
+
+
 def from_compute(err: BaseException) -> ApiError | None:
     """The API error for a refusal of the source compute, or None.
 
@@ -108,7 +126,7 @@ def from_compute(err: BaseException) -> ApiError | None:
     if isinstance(err, redirect_exception.RedirectError) or (
             type(err).__name__ in _REDIRECT_STATUS):
         name = type(err).__name__
-        message = str(err)
+        message = _remote_message(err)
     else:
         name = getattr(err, "exc_type", None) or ""
         message = str(getattr(err, "value", None) or err)

@@ -8,6 +8,7 @@ server = the source host, version 1.1 and its cap, the arguments.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from oslo_config import cfg
@@ -16,6 +17,7 @@ import oslo_messaging as messaging
 import pytest
 
 from nova_dcmigrate.api import compute_rpc
+from nova_dcmigrate.api import errors
 from nova_dcmigrate.compute import exception as redirect_exception
 from nova_dcmigrate.conf import api as api_conf
 
@@ -86,6 +88,27 @@ def test_refusals_are_rebuilt(bus):
                         client.redirect, _ctxt(), "src", "srv", "mig",
                         "src", None, "user:u1").value
     assert err.kwargs["reason"] == "it is the source"
+
+
+def test_refusal_message_has_no_remote_traceback():
+    # Over a real broker the refusal is rebuilt as a "_Remote" subclass
+    # whose str() carries the compute's traceback (oslo.messaging's own
+    # serialisation, run here directly); the API answers with the error's
+    # own message only.
+    from oslo_messaging._drivers import common as rpc_common
+    try:
+        raise redirect_exception.InvalidRedirectTarget(
+            migration="m", host="src", reason="it is the source")
+    except redirect_exception.InvalidRedirectTarget:
+        wire = rpc_common.serialize_remote_exception(sys.exc_info())
+    err = rpc_common.deserialize_remote_exception(
+        wire, ["nova_dcmigrate.compute.exception"])
+    assert isinstance(err, redirect_exception.InvalidRedirectTarget)
+    assert "Traceback" in str(err)
+    api_error = errors.from_compute(err)
+    assert api_error is not None and api_error.status == 400
+    assert "it is the source" in api_error.message
+    assert "Traceback" not in api_error.message
 
 
 def test_version_cap(bus):
