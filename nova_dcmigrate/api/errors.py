@@ -112,8 +112,8 @@ def _remote_message(err: BaseException) -> str:
     for the caller.
     """
     cls = type(err)
-    if cls.__name__.endswith(_REMOTE_POSTFIX) and len(cls.__mro__) > 1:
-        return cls.__mro__[1].__str__(err)
+    if cls.__name__.endswith(_REMOTE_POSTFIX):
+        return super(cls, err).__str__()
     return str(err)
 
 
