@@ -8,6 +8,8 @@ API version history:
         (redirect relays, optimised split on/off).
 * 1.2 - prepare_destination: new ``source_rate`` argument and an optional
         ``rate`` per holder (expected upload rates for the first plan).
+* 1.3 - prepare_destination: new ``guest_memory`` argument (the domain's
+        memory, bounding the RAM blocks a stream may announce).
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ TOPIC = "dcmigrate-agent"
 
 
 class AgentAPI:
-    RPC_API_VERSION = "1.2"
+    RPC_API_VERSION = "1.3"
 
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
-        target = messaging.Target(topic=TOPIC, version="1.2")
+        target = messaging.Target(topic=TOPIC, version="1.3")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
@@ -58,10 +60,12 @@ class AgentAPI:
                             qemu_port: int, attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
-                            source_rate: float | None = None
+                            source_rate: float | None = None,
+                            guest_memory: int | None = None
                             ) -> dict[str, Any]:
         """Prepare a destination; rate hints are dropped (not an error)
-        when the version cap predates them, they only tune the plan."""
+        when the version cap predates them, they only tune the plan, and
+        so is ``guest_memory`` (an older agent does not check it)."""
         kwargs: dict[str, Any] = {
             "migration_id": migration_id, "secret": secret,
             "qemu_port": qemu_port, "attempt": attempt}
@@ -81,6 +85,9 @@ class AgentAPI:
                            for h in holders]
             kwargs["holders"] = holders
             kwargs["split"] = split
+        if guest_memory is not None and self.client.can_send_version("1.3"):
+            version = "1.3"
+            kwargs["guest_memory"] = guest_memory
         return cast(dict[str, Any], self._call(
             host, "prepare_destination", version=version, **kwargs))
 

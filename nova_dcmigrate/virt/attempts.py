@@ -140,13 +140,16 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
                    number: int, source: str, dest: str, dest_address: str,
                    dest_port: int, holders: Sequence[Mapping[str, Any]],
                    split: bool, source_rate: float | None,
-                   ports: Iterable[int], used: Iterable[int]) -> int | None:
+                   ports: Iterable[int], used: Iterable[int], *,
+                   guest_memory: int | None = None) -> int | None:
     """Prepare the source and destination agents of attempt ``number``.
 
     The source agent listens on a loopback port P picked at random from
     ``ports`` (not in ``used``); a port it cannot listen on is skipped.
     If the destination refuses, the source session is aborted again.
 
+    :param guest_memory: the domain's memory in bytes (the destination
+        refuses a stream announcing more RAM than that allows).
     :returns: P, or None when no free port was found.
     :raises: whatever the destination's ``prepare_destination`` raised.
     """
@@ -165,9 +168,13 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
                 raise
     else:
         return None
+    extra: dict[str, Any] = {}
+    if guest_memory is not None:
+        extra["guest_memory"] = int(guest_memory)
     try:
         agents.prepare_destination(dest, migration_id, secret, port, number,
-                                   list(holders), split, source_rate)
+                                   list(holders), split, source_rate,
+                                   **extra)
     except Exception:
         abort_agents(agents, migration_id, [source])
         raise

@@ -212,7 +212,8 @@ class RedirectableMigration:
                 info.agent_port, specs, self.split,
                 self.source_link_rate or self.source.upload_rate,
                 range(self.port_range[0], self.port_range[1] + 1),
-                (a.port for a in self.attempts))
+                (a.port for a in self.attempts),
+                guest_memory=self._guest_memory())
             if port is None:
                 raise ControllerError(migration_id=self.migration_id,
                                       reason="no free loopback port")
@@ -246,6 +247,17 @@ class RedirectableMigration:
             threading.Thread(target=self._ungate_when_relayed,
                              args=(attempt,), daemon=True).start()
         return attempt
+
+    def _guest_memory(self) -> int | None:
+        """The domain's memory (bytes): the destination agent refuses a
+        stream announcing more RAM than that allows."""
+        try:
+            return int(self.dom.maxMemory()) * 1024
+        except libvirt.libvirtError as err:
+            LOG.warning("migration %(mid)s: cannot read the domain's "
+                        "memory, RAM blocks are not bounded: %(err)s",
+                        {"mid": self.migration_id, "err": err})
+            return None
 
     def _run_attempt(self, attempt: Attempt, params: dict[str, Any]) -> None:
         try:

@@ -244,6 +244,8 @@ class AgentMigration:
     wanted_downtime: int | None = None
     #: Bytes/s the source's link really moved (0: not measured yet).
     link_rate: float = 0.0
+    #: The flavor's memory (bytes); bounds the RAM a stream may announce.
+    guest_memory: int | None = None
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
@@ -421,6 +423,10 @@ class AgentTransport(MigrationTransport):
                 migration = _field(migrate_data, "migration")
                 mid = str(getattr(migration, "uuid", None) or uuid.uuid4())
                 mig = AgentMigration(mid, secrets.token_hex(32), source)
+                memory_mb = getattr(getattr(instance, "flavor", None),
+                                    "memory_mb", None)
+                if isinstance(memory_mb, int) and memory_mb > 0:
+                    mig.guest_memory = memory_mb * 1024 * 1024
                 self.migrations[instance.uuid] = mig
             return mig
 
@@ -467,7 +473,8 @@ class AgentTransport(MigrationTransport):
                 self.agents, mig.migration_id, mig.secret, number,
                 mig.source, dest, endpoint.address, endpoint.port, specs,
                 True, mig.link_rate or None, range(lo, hi + 1),
-                (a.port for a in mig.attempts))
+                (a.port for a in mig.attempts),
+                guest_memory=mig.guest_memory)
             if port is None:
                 raise AgentTransportError(reason="no free loopback port in "
                                                  "%d-%d" % (lo, hi))

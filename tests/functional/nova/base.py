@@ -88,13 +88,15 @@ class InProcessAgents:
                             qemu_port: int, attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
-                            source_rate: float | None = None
+                            source_rate: float | None = None,
+                            guest_memory: int | None = None
                             ) -> dict[str, Any]:
         return self._call(host, "prepare_destination",
                           migration_id=migration_id, secret=secret,
                           qemu_port=qemu_port, attempt=attempt,
                           holders=holders, split=split,
-                          source_rate=source_rate)
+                          source_rate=source_rate,
+                          guest_memory=guest_memory)
 
     def prepare_source(self, host: str, migration_id: str, secret: str,
                        listen_port: int, dest_address: str, dest_port: int,
