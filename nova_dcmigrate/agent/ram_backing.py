@@ -27,6 +27,7 @@ import os
 import socket
 import stat
 import struct
+import time
 
 from oslo_log import log as logging
 
@@ -108,7 +109,8 @@ def _tcp_inode(sock: socket.socket) -> int | None:
             for line in f:
                 parts = line.split()
                 if (parts[1], parts[2]) == want:
-                    return int(parts[9])
+                    # 0 while the connection waits in the accept queue.
+                    return int(parts[9]) or None
     except (OSError, StopIteration, IndexError, ValueError):
         return None
     return None
@@ -218,12 +220,19 @@ def open_qemu_ram(pid: int) -> QemuRam:
     return QemuRam(pid, files)
 
 
-def attach(sock: socket.socket) -> QemuRam:
+def attach(sock: socket.socket, wait: float = 3.0) -> QemuRam:
     """Open the RAM of the QEMU at the other end of ``sock``.
 
+    :param wait: seconds to wait for QEMU to accept the connection (until
+        then no process holds its end).
     :raises BackingUnavailable: see :func:`open_qemu_ram`.
     """
-    pid = peer_pid(sock)
+    deadline = time.monotonic() + wait
+    while True:
+        pid = peer_pid(sock)
+        if pid is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
     if pid is None:
         raise exception.BackingUnavailable(
             pid=0, reason="cannot tell which process the migration "

@@ -831,6 +831,8 @@ class DestinationSession(MigrationSession):
         self.split = split
         self._stream_done = False
         self._return_done = False
+        #: Why the QEMU's RAM could not be held (None: held or not tried).
+        self.backing_error: str | None = None
         # Redirect state (merge mode).
         self.pullers: list[merge.RelayPuller] = []
         self.feed: merge.QemuFeed | None = None
@@ -915,6 +917,7 @@ class DestinationSession(MigrationSession):
             ram = ram_backing.attach(qsock)
         except exception.BackingUnavailable as err:
             self.counters["ram_backing"] = 0
+            self.backing_error = str(err)
             LOG.warning("migration %(mid)s attempt %(att)d: %(err)s. This "
                         "agent keeps its own copy of the pages it forwards "
                         "instead (up to [dcmigrate_agent] "
@@ -1518,6 +1521,8 @@ class DestinationSession(MigrationSession):
         sc = self.store.counters()
         st["store"] = {"pages": sc.pages, "zero_pages": sc.zero_pages,
                        "bytes_held": sc.bytes_held}
+        if self.backing_error:
+            st["ram_backing_error"] = self.backing_error
         if self.holders or self.feed is not None:
             feed = self.feed
             st["redirect"] = {
