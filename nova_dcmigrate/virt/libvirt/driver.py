@@ -112,6 +112,7 @@ from nova_dcmigrate.compute import redirect
 import nova_dcmigrate.conf
 from nova_dcmigrate.scheduler import constants as scheduler_constants
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
+from nova_dcmigrate.virt.libvirt import memory_backing
 from nova_dcmigrate.virt.libvirt import transport
 
 if TYPE_CHECKING:
@@ -424,6 +425,8 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         would put the instance in ERROR.
         """
         run = self.dcmigrate_runs.get(instance.uuid)
+        guest = memory_backing.keep_backing(
+            guest, CONF.dcmigrate_compute.memory_backing, instance)
         try:
             self.dcmigrate_transport.run_attempt(
                 self, context, instance, dest, block_migration,
@@ -435,6 +438,17 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                          instance=instance)
                 return
             raise
+
+    def _get_guest_memory_backing_config(
+            self, inst_topology: Any, numatune: Any, flavor: Any,
+            image_meta: Any) -> Any:
+        """Nova's backing, made shareable for the dcmigrate agents
+        (``[dcmigrate_compute] memory_backing``, see
+        :mod:`.memory_backing`)."""
+        membacking = super()._get_guest_memory_backing_config(
+            inst_topology, numatune, flavor, image_meta)
+        return memory_backing.configure(
+            membacking, CONF.dcmigrate_compute.memory_backing)
 
     def live_migration_abort(self, instance: Any) -> None:
         """Abort, also while a redirect is being prepared or switched.
