@@ -8,7 +8,9 @@ the backing's source and access (libvirt would refuse the migration).
 
 from __future__ import annotations
 
+import fixtures
 from lxml import etree
+from nova.tests.fixtures import libvirt as fakelibvirt
 
 from tests.functional.nova.test_driver import _DriverTestBase
 
@@ -24,13 +26,39 @@ def _backing(xml: str) -> tuple[str | None, str | None]:
 
 
 class MemoryBackingTest(_DriverTestBase):
+    """fakelibvirt regenerates a domain's XML from what it parsed, without
+    memoryBacking: the XML Nova defines is recorded here, and the running
+    domain's full XML (flags 0, which the driver reads to keep the
+    backing) returns it, as real libvirt does."""
+
+    def setUp(self) -> None:
+        self.defined: dict[str, str] = {}
+        define = fakelibvirt.Connection.defineXML
+        xmldesc = fakelibvirt.Domain.XMLDesc
+        defined = self.defined
+
+        def spy_define(conn, xml):
+            dom = define(conn, xml)
+            defined[dom.UUIDString()] = xml
+            return dom
+
+        def full_xml(dom, flags):
+            if flags == 0 and dom.UUIDString() in defined:
+                return defined[dom.UUIDString()]
+            return xmldesc(dom, flags)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.tests.fixtures.libvirt.Connection.defineXML", spy_define))
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.tests.fixtures.libvirt.Domain.XMLDesc", full_xml))
+        super().setUp()
 
     def _domain_xml(self, server: dict) -> str:
-        conn = self.computes["src"].driver._host.get_connection()
-        return conn.lookupByUUIDString(server["id"]).XMLDesc(0)
+        return self.defined[server["id"]]
 
     def _boot_and_migrate(self) -> tuple[str, dict]:
         server = self._create_server(host="src", networks="none")
+        self.server = server        # LibvirtMigrationMixin's stub needs it
         xml = self._domain_xml(server)
         self._live_migrate(server, migration_expected_state="completed")
         self._wait_for_state_change(server, "ACTIVE")
