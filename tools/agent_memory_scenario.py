@@ -64,7 +64,7 @@ def _store(agents: LabAgents, host: str, mid: str) -> dict[str, Any]:
     try:
         return dict(agents.api.get_status(host, mid).get("store") or {})
     except Exception as err:  # noqa: BLE001 - reported
-        return {"error": str(err)}
+        return {"error": str(err).splitlines()[0]}
 
 
 def scenario(lab: Lab, hosts: dict, agents: LabAgents, img: Any,

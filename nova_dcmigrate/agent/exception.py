@@ -55,4 +55,3 @@ class RamLayoutTooLarge(AgentError):
 class HeldPageChanged(AgentError):
     msg_fmt = ("Migration %(migration_id)s: held page %(page)d of RAM block "
                "%(block)s no longer has the content this agent announced")
-

@@ -295,16 +295,19 @@ class PageStore:
         step = max(1, len(samples) // SAMPLES)
         samples = samples[::step][:SAMPLES]
         for f in cands:
-            if all(self._read(f, p) is not None and
-                   xxhash.xxh3_128_digest(self._read(f, p), self.seed) ==
-                   bytes(bs.digests[p * DIGEST_LEN:(p + 1) * DIGEST_LEN])
-                   for p in samples):
+            if all(self._matches(f, bs, p) for p in samples):
                 return f
         LOG.warning("migration %(mid)s: no RAM file of QEMU pid %(pid)d "
                     "holds block %(block)s; its pages are not kept",
                     {"mid": self.migration_id, "pid": ram.pid,
                      "block": bs.block.name})
         return None
+
+    def _matches(self, f: RamFile, bs: _BlockStore, page: int) -> bool:
+        data = self._read(f, page)
+        di = page * DIGEST_LEN
+        return data is not None and xxhash.xxh3_128_digest(
+            data, self.seed) == bs.digests[di:di + DIGEST_LEN]
 
     def _drop_location(self, loc: int, idx: int) -> None:
         bs = self._blocks[idx]

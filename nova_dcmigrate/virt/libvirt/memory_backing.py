@@ -73,7 +73,7 @@ def configure(membacking: Any, mode: str, instance: Any = None) -> Any:
 _CLASSES: dict[type, type] = {}
 
 
-def _memfd_class(base: type) -> type:
+def _memfd_class(base: Any) -> type:
     """A subclass of Nova's config class that can say ``memfd``."""
     if base not in _CLASSES:
         def format_dom(self: Any) -> Any:
@@ -138,7 +138,7 @@ def fix_xml(xml: str, running_xml: str, mode: str) -> str:
             before.addprevious(el)
         else:
             mb.append(el)
-    return etree.tostring(doc, encoding="unicode")
+    return str(etree.tostring(doc, encoding="unicode"))
 
 
 class _KeepBackingDomain:
