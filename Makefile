@@ -9,7 +9,8 @@ TOX_VENV := .venv-tox
 TOX := $(TOX_VENV)/bin/tox
 PYTHON ?= python3
 
-.PHONY: demo test system-deps guest-image tox unit functional bench clean
+.PHONY: demo test system-deps guest-image tox unit functional bench clean \
+	cloud-venv cloud-up cloud-down tempest
 
 demo: system-deps tox guest-image
 	$(TOX) -e functional --notest -q
@@ -41,6 +42,27 @@ functional: system-deps tox guest-image
 
 bench: system-deps tox guest-image
 	$(TOX) -e bench -- $(BENCH_ARGS)
+
+# The lab cloud (doc/source/lab-cloud.rst): a real OpenStack on the lab,
+# nova-dcmigrate installed from a wheel of a clone of this tree through
+# the devstack plugin's install function.
+CLOUD := .tox/cloud/bin/dcmigrate-lab cloud --repo $(CURDIR)
+
+cloud-venv: system-deps tox guest-image
+	$(TOX) -e cloud --notest -q
+	bash tools/cloud-install.sh .tox/cloud
+
+# Bring the cloud up in the background (source the printed openrc).
+cloud-up: cloud-venv
+	$(CLOUD) up
+
+cloud-down:
+	$(CLOUD) down
+
+# Up, tempest (Nova's applicable live-migration tests + our plugin), the
+# lab's RAM check after a redirect, down: also on failure and Ctrl-C.
+tempest: cloud-venv
+	$(CLOUD) tempest $(TEMPEST_ARGS)
 
 clean:
 	rm -rf .tox $(TOX_VENV) .venv build *.egg-info

@@ -11,6 +11,12 @@ directory. Only nova's ``nova/virt/`` directory is extended: no
 RECORD removes the shim on uninstall. Editable installs skip it, because
 an editable finder for a package inside ``nova`` could shadow nova itself;
 use a wheel (``tox -e nova-functional`` does) to run nova-compute.
+
+The wheel (and an editable install) also builds the optional C extension
+``nova_dcmigrate.stream._speedups`` (the agents' per-page work; gcc,
+``python3-dev`` and ``libxxhash-dev`` from bindep.txt).  It is optional: a
+failed build logs a warning and the agents use the pure-Python code
+(``nova_dcmigrate/stream/fastpath.py``).
 """
 
 import os
@@ -21,6 +27,27 @@ from setuptools.command import build_py
 
 SHIM_PACKAGE = 'nova.virt.dcmigrate'
 SHIM_SOURCE = os.path.join('nova_dcmigrate', 'virt', 'nova_virt_shim')
+#: The tempest plugin: folder tempest_plugin/, importable package name
+#: nova_dcmigrate_tempest_plugin (no clash with other projects' plugins).
+TEMPEST_PACKAGE = 'nova_dcmigrate_tempest_plugin'
+TEMPEST_SOURCE = 'tempest_plugin'
+
+
+def _tempest_packages():
+    """{package: directory} of the plugin and its subpackages."""
+    found = {TEMPEST_PACKAGE: TEMPEST_SOURCE}
+    for sub in setuptools.find_packages(TEMPEST_SOURCE):
+        found['%s.%s' % (TEMPEST_PACKAGE, sub)] = os.path.join(
+            TEMPEST_SOURCE, *sub.split('.'))
+    return found
+
+
+SPEEDUPS = setuptools.Extension(
+    'nova_dcmigrate.stream._speedups',
+    sources=['nova_dcmigrate/stream/_speedups.c'],
+    extra_compile_args=['-O3', '-std=gnu11'],
+    # A missing compiler or header must not fail the install.
+    optional=True)
 
 
 class BuildPy(build_py.build_py):
@@ -30,14 +57,19 @@ class BuildPy(build_py.build_py):
 
     def finalize_options(self):
         super().finalize_options()
+        self.packages = list(self.packages or [])
+        self.package_dir = dict(self.package_dir or {})
+        for package, source in _tempest_packages().items():
+            self.packages.append(package)
+            self.package_dir[package] = source
         if getattr(self, 'editable_mode', False):
             return
-        self.packages = list(self.packages or []) + [SHIM_PACKAGE]
-        self.package_dir = dict(self.package_dir or {})
+        self.packages.append(SHIM_PACKAGE)
         self.package_dir[SHIM_PACKAGE] = SHIM_SOURCE
 
 
 if __name__ == '__main__':
     # setup.cfg names setup.BuildPy: make this file importable as "setup".
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    setuptools.setup(setup_requires=['pbr>=6.0.0'], pbr=True)
+    setuptools.setup(setup_requires=['pbr>=6.0.0'], pbr=True,
+                     ext_modules=[SPEEDUPS])

@@ -1,10 +1,13 @@
 #!/bin/bash
 # devstack plugin for nova-dcmigrate: dispatch only; see lib/dcmigrate.
+#
+# Services: dcmigrate-agent (every compute node: driver, agent),
+# dcmigrate-api (the controller: redirect REST API) and
+# dcmigrate-scheduler (the controller: trait and weigher in the scheduler).
 
 source "$DEST/nova-dcmigrate/devstack/lib/dcmigrate"
-DCMIGRATE_BIN_DIR=$(get_python_exec_prefix)
 
-if is_service_enabled dcmigrate-agent; then
+if is_service_enabled dcmigrate-agent dcmigrate-api dcmigrate-scheduler; then
     if [[ "$1" == "stack" && "$2" == "install" ]]; then
         install_dcmigrate
     elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then

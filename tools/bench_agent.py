@@ -50,6 +50,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+from pathlib import Path
 import resource
 import secrets
 import shutil
@@ -78,6 +79,9 @@ from nova_dcmigrate.agent import session as sess  # noqa: E402
 from nova_dcmigrate.agent.page_store import PageStore  # noqa: E402
 from nova_dcmigrate.stream import StreamReader  # noqa: E402
 from nova_dcmigrate.stream import StreamVisitor  # noqa: E402
+from nova_dcmigrate.stream import fastpath  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import bench_paths  # noqa: E402
 
 MB = 1e6
 MIB = 1 << 20
@@ -345,6 +349,8 @@ def _run_cases(data: bytes, cases: list[tuple[str, str, Callable[[], Any]]],
         wall = median(walls)
         results[key] = {"what": what, "wall_s": wall, "cpu_s": median(cpus),
                         "mb_s": len(data) / wall / MB,
+                        "mb_per_cpu_s": len(data) / max(median(cpus), 1e-9)
+                        / MB,
                         "pages_s": pages / wall if pages else None}
     return results
 
@@ -370,6 +376,13 @@ def make_conf(**overrides: Any) -> Any:
     conf([], project="nova-dcmigrate-bench", default_config_files=[])
     conf.set_override("peer_listen_address", "127.0.0.1", "dcmigrate_agent")
     conf.set_override("peer_port", 0, "dcmigrate_agent")
+    # Both agents on one filesystem: one socket_dir each; QEMU stand-ins
+    # run as root.
+    conf.set_override("socket_dir", tempfile.mkdtemp(prefix="dcm-b-"),
+                      "dcmigrate_agent")
+    os.chmod(conf.dcmigrate_agent.socket_dir, 0o755)
+    conf.set_override("qemu_user", "root", "dcmigrate_agent")
+    conf.set_override("qemu_group", "root", "dcmigrate_agent")
     conf.set_override("connect_timeout", 10.0, "dcmigrate_agent")
     conf.set_override("session_timeout", 60.0, "dcmigrate_agent")
     for k, v in overrides.items():
@@ -377,9 +390,11 @@ def make_conf(**overrides: Any) -> Any:
     return conf.dcmigrate_agent
 
 
-def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
+def _agent_proc(conn: Any, host: str, overrides: dict[str, Any],
+                native: bool) -> None:
     """An agent host: AgentManager driven over the pipe, no RPC."""
     from nova_dcmigrate.agent.manager import AgentManager
+    fastpath.set_native(native)
     mgr = AgentManager(make_conf(**overrides), host)
     mgr.start()
     conn.send(("ok", mgr.listener.port))
@@ -401,6 +416,7 @@ def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
                                       - (s.started_at or time.monotonic()))}
             elif cmd == "stop":
                 mgr.stop()
+                shutil.rmtree(mgr.conf.socket_dir, ignore_errors=True)
                 conn.send(("ok", None))
                 return
             else:
@@ -411,10 +427,12 @@ def _agent_proc(conn: Any, host: str, overrides: dict[str, Any]) -> None:
         conn.send(("ok", result))
 
 
-def _feeder_proc(conn: Any, data: bytes, port: int, chunk: int) -> None:
+def _feeder_proc(conn: Any, data: bytes, path: str, chunk: int) -> None:
     """Plays the source QEMU: sends the stream, reads the return path."""
     c0 = _cpu_seconds()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(path)
     sock.settimeout(None)
     t_connect = time.monotonic()
     returned = bytearray()
@@ -443,11 +461,13 @@ def _feeder_proc(conn: Any, data: bytes, port: int, chunk: int) -> None:
 
 
 def _sink_proc(conn: Any) -> None:
-    """Plays the destination QEMU: listens, reads to EOF, replies SHUT."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
+    """Plays the destination QEMU: listens on the UNIX socket path it is
+    sent, reads to EOF, replies SHUT."""
+    path = conn.recv()
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
     lsock.listen(1)
-    conn.send(("ok", lsock.getsockname()[1]))
+    conn.send(("ok", path))
     lsock.settimeout(60)
     c, _ = lsock.accept()
     lsock.close()
@@ -474,22 +494,22 @@ def _sink_proc(conn: Any) -> None:
                       "digest": h.hexdigest(), "cpu": _cpu_seconds() - c0}))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
-                         socket_buffer: int, feed_chunk: int
-                         ) -> dict[str, Any]:
+                         socket_buffer: int, feed_chunk: int,
+                         tls: dict[str, Any] | None = None,
+                         native: bool = True) -> dict[str, Any]:
+    """:param tls: ``peer_tls*`` options: the pair talks TLS 1.3.
+
+    :param native: run the agents on the native per-page code.
+    """
     data = stream.data
     digest = xxhash.xxh3_64_hexdigest(data)
-    overrides = {"chunk_size": chunk, "socket_buffer": socket_buffer}
+    overrides = {"chunk_size": chunk, "socket_buffer": socket_buffer,
+                 **(tls or {})}
     src_proc, src = _start_child(_agent_proc, "bench-src", overrides,
-                                 name="bench-src-agent")
+                                 native, name="bench-src-agent")
     dst_proc, dst = _start_child(_agent_proc, "bench-dst", overrides,
-                                 name="bench-dst-agent")
+                                 native, name="bench-dst-agent")
     runs: list[dict[str, Any]] = []
     stopped = False
     try:
@@ -497,7 +517,7 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
         dst_peer_port = _reply(dst, 30, "destination agent start")
         for i in range(repeat):
             runs.append(_one_pair_run(src, dst, dst_peer_port, data, digest,
-                                      feed_chunk))
+                                      feed_chunk, bool(tls)))
             r = runs[-1]
             out("    run %d: %.2f s wall, %.0f MB/s; source agent %.2f CPU-s "
                 "(%.2f user + %.2f sys), destination agent %.2f CPU-s "
@@ -521,27 +541,29 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
             "dst_pages_per_cpu_s", "feeder_cpu_s", "sink_cpu_s"]
     return {"runs": runs,
             "median": {k: median([r[k] for r in runs]) for k in keys},
-            "chunk_size": chunk, "socket_buffer": socket_buffer}
+            "chunk_size": chunk, "socket_buffer": socket_buffer,
+            "peer_tls": bool(tls)}
 
 
 def _one_pair_run(src: Any, dst: Any, dst_peer_port: int, data: bytes,
-                  digest: str, feed_chunk: int) -> dict[str, Any]:
+                  digest: str, feed_chunk: int, tls: bool = False
+                  ) -> dict[str, Any]:
     mid = str(uuid.uuid4())
     secret = secrets.token_hex(32)
     sink_proc, sink = _start_child(_sink_proc, name="bench-sink")
     feeder_proc = feeder = None
     try:
-        sink_port = _reply(sink, 10, "sink start")
         src.send(("cpu",))
         src_cpu0 = _reply(src, 10, "source cpu")
         dst.send(("cpu",))
         dst_cpu0 = _reply(dst, 10, "destination cpu")
-        dst.send(("call", "prepare_destination", mid, secret, sink_port, 0))
-        _reply(dst, 10, "prepare_destination")
-        listen = _free_port()
-        src.send(("call", "prepare_source", mid, secret, listen, "127.0.0.1",
-                  dst_peer_port, 0))
-        _reply(src, 10, "prepare_source")
+        dst.send(("call", "prepare_destination", mid, secret, None, 0, None,
+                  True, None, tls))
+        sink.send(_reply(dst, 10, "prepare_destination")["socket"])
+        _reply(sink, 10, "sink start")
+        src.send(("call", "prepare_source", mid, secret, "127.0.0.1",
+                  dst_peer_port, 0, None, tls))
+        listen = _reply(src, 10, "prepare_source")["socket"]
         feeder_proc, feeder = _start_child(_feeder_proc, data, listen,
                                            feed_chunk, name="bench-feeder")
         sink_res = _reply(sink, 300, "sink")
@@ -619,42 +641,77 @@ def throughput_part(args: argparse.Namespace, workdir: str
                    "sections": probe.sections, "record_s": stream.record_s,
                    "qemu": stream.meta.get("qemu")},
     }
-    out("  in-process micro benchmarks (single thread, %d KiB chunks, "
-        "median of %d):" % (args.chunk_size >> 10, args.repeat))
-    micro = micro_benchmarks(stream, args.chunk_size, args.repeat)
-    result["micro"] = micro
-    out(table(["case", "what", "MB/s", "pages/s", "wall s"], [
-        [k, v["what"], round(v["mb_s"]),
-         round(v["pages_s"]) if v["pages_s"] else None, v["wall_s"]]
-        for k, v in micro.items()], indent="    "))
-    out("  agent pair: source and destination AgentManager in separate "
-        "processes, fake QEMUs in two more (chunk_size %d KiB, "
-        "socket_buffer %s):" % (args.chunk_size >> 10,
-                                args.socket_buffer or "kernel default"))
-    pair = agent_pair_benchmark(stream, args.repeat, args.chunk_size,
-                                args.socket_buffer, args.feed_chunk)
-    result["pair"] = pair
-    m = pair["median"]
-    out(table(["measure (median of %d)" % args.repeat, "MB/s", "pages/s",
-               "CPU-s"], [
-        ["pipeline wall (4 procs on %d cores)" % (os.cpu_count() or 0),
-         round(m["wall_mb_s"]), round(m["pages_s"]), None],
-        ["source agent per core (parse+digest+frame+MAC+send)",
-         round(m["src_mb_per_cpu_s"]), round(m["src_pages_per_cpu_s"]),
-         m["src_cpu_s"]],
-        ["destination agent per core (MAC+parse+store+forward)",
-         round(m["dst_mb_per_cpu_s"]), round(m["dst_pages_per_cpu_s"]),
-         m["dst_cpu_s"]],
-        ["fake source QEMU (feeder)", None, None, m["feeder_cpu_s"]],
-        ["fake destination QEMU (sink)", None, None, m["sink_cpu_s"]],
-    ], indent="    "))
+    tls = None
+    if args.peer_tls:
+        from nova_dcmigrate.lab.certs import LabCA
+        cert = LabCA(Path(workdir) / "pki").issue("bench", ["127.0.0.1"])
+        tls = {"peer_tls": True, "peer_tls_ca_file": str(cert.ca_file),
+               "peer_tls_cert_file": str(cert.cert_file),
+               "peer_tls_key_file": str(cert.key_file)}
+        out("  agent pair with mutual TLS 1.3 (peer_tls)")
+    result["micro"] = {}
+    result["pair_by_path"] = {}
+    for name in bench_paths.paths():
+        out("  [%s per-page code] in-process micro benchmarks (single "
+            "thread, %d KiB chunks, median of %d):"
+            % (name, args.chunk_size >> 10, args.repeat))
+        # The pure-Python path is the reference: one run of each is
+        # enough (keeps make bench short).
+        reps = args.repeat if name == "native" else 1
+        with bench_paths.path(name):
+            micro = micro_benchmarks(stream, args.chunk_size, reps)
+        result["micro"][name] = micro
+        out(table(["case", "what", "MB/CPU-s", "wall MB/s", "CPU s"], [
+            [k, v["what"], round(v["mb_per_cpu_s"]), round(v["mb_s"]),
+             v["cpu_s"]]
+            for k, v in micro.items()], indent="    "))
+        out("  [%s per-page code] agent pair: source and destination "
+            "AgentManager in separate processes, fake QEMUs in two more "
+            "(chunk_size %d KiB, socket_buffer %s):"
+            % (name, args.chunk_size >> 10,
+               args.socket_buffer or "kernel default"))
+        pair = agent_pair_benchmark(stream, reps, args.chunk_size,
+                                    args.socket_buffer, args.feed_chunk,
+                                    tls, native=name == "native")
+        result["pair_by_path"][name] = pair
+        m = pair["median"]
+        out(table(["measure (median of %d)" % reps, "MB/s",
+                   "pages/s", "CPU-s"], [
+            ["pipeline wall (4 procs on %d cores)" % (os.cpu_count() or 0),
+             round(m["wall_mb_s"]), round(m["pages_s"]), None],
+            ["source agent per core (parse+digest+frame+MAC+send)",
+             round(m["src_mb_per_cpu_s"]), round(m["src_pages_per_cpu_s"]),
+             m["src_cpu_s"]],
+            ["destination agent per core (MAC+parse+store+forward)",
+             round(m["dst_mb_per_cpu_s"]), round(m["dst_pages_per_cpu_s"]),
+             m["dst_cpu_s"]],
+            ["fake source QEMU (feeder)", None, None, m["feeder_cpu_s"]],
+            ["fake destination QEMU (sink)", None, None, m["sink_cpu_s"]],
+        ], indent="    "))
+    out("  source agent filtering a redirected attempt (in-process: parse "
+        "+ digest + filter + re-encode + frame MAC; held: lower half of "
+        "the pages, frontier at a quarter):")
+    filt = bench_paths.filter_benchmark(stream.data, args.chunk_size,
+                                        args.repeat)
+    result["redirect_filter"] = filt
+    out(table(["path", "MB/CPU-s", "CPU s", "runs", "pages dropped",
+               "held sent", "kept", "MB out"], [
+        [k, round(v["mb_per_cpu_s"]), v["cpu_s"], v["runs"], v["dropped"],
+         v["forwarded_held"], v["kept"], round(v["bytes_out"] / MB)]
+        for k, v in filt.items()], indent="    "))
+    # The pair's headline figures: the best path this build has.
+    best = bench_paths.paths()[0]
+    result["pair"] = result["pair_by_path"][best]
+    result["path"] = best
+    result["native_reason"] = fastpath.reason
+    m = result["pair"]["median"]
     per_core = min(m["src_mb_per_cpu_s"], m["dst_mb_per_cpu_s"])
     result["per_core_mb_s"] = per_core
     result["per_core_pass"] = per_core >= TARGET_PER_CORE_MBS
-    out("  agent path per core (slower agent): %.0f MB/s -> target >= %.0f "
-        "MB/s: %s; 10 GbE aim %.0f MB/s: %s" % (
-            per_core, TARGET_PER_CORE_MBS, verdict(result["per_core_pass"]),
-            AIM_PER_CORE_MBS,
+    out("  agent path per core (slower agent, %s): %.0f MB/s -> target >= "
+        "%.0f MB/s: %s; 10 GbE aim %.0f MB/s: %s" % (
+            best, per_core, TARGET_PER_CORE_MBS,
+            verdict(result["per_core_pass"]), AIM_PER_CORE_MBS,
             "met" if per_core >= AIM_PER_CORE_MBS else "not met"))
     del stream
     return result
@@ -834,38 +891,48 @@ def summary(results: dict[str, Any]) -> list[str]:
     lines = ["== summary =="]
     tp = results.get("throughput")
     if tp:
-        mi, pm = tp["micro"], tp["pair"]["median"]
-        lines += [
-            "stream                      %.1f MB, %d page records (%s)" % (
-                tp["stream"]["bytes"] / MB,
-                tp["stream"]["pages"] + tp["stream"]["zero_pages"],
-                tp["stream"]["source"]),
-            "parse-only (in-process)     %6.0f MB/s  %8.0f pages/s" % (
-                mi["parse-only"]["mb_s"], mi["parse-only"]["pages_s"]),
-            "parse+digest (in-process)   %6.0f MB/s  %8.0f pages/s" % (
-                mi["parse+digest"]["mb_s"], mi["parse+digest"]["pages_s"]),
-            "parse+store (in-process)    %6.0f MB/s  %8.0f pages/s"
-            "  (warm store: %.0f MB/s)" % (
-                mi["parse+store"]["mb_s"], mi["parse+store"]["pages_s"],
-                mi["parse+store warm"]["mb_s"]),
-            "frame MAC (in-process)      %6.0f MB/s" % mi["frame MAC"]["mb_s"],
-            "agent pair, wall            %6.0f MB/s  %8.0f pages/s"
-            "  (parse+digest+forward, 4 procs / %d cores)" % (
-                pm["wall_mb_s"], pm["pages_s"], os.cpu_count() or 0),
-            "source agent per core       %6.0f MB/s  %8.0f pages/s" % (
-                pm["src_mb_per_cpu_s"], pm["src_pages_per_cpu_s"]),
-            "destination agent per core  %6.0f MB/s  %8.0f pages/s" % (
-                pm["dst_mb_per_cpu_s"], pm["dst_pages_per_cpu_s"]),
-            "agent path per core         %6.0f MB/s  target >= %.0f: %s"
-            "  (x%.2f of target; 10 GbE aim %.0f: %s)" % (
-                tp["per_core_mb_s"], TARGET_PER_CORE_MBS,
-                verdict(tp["per_core_pass"]),
-                tp["per_core_mb_s"] / TARGET_PER_CORE_MBS,
-                AIM_PER_CORE_MBS,
-                "met" if tp["per_core_mb_s"] >= AIM_PER_CORE_MBS
-                else "not met (x%.2f)" % (tp["per_core_mb_s"]
-                                          / AIM_PER_CORE_MBS)),
-        ]
+        lines.append("stream                      %.1f MB, %d page records "
+                     "(%s)" % (tp["stream"]["bytes"] / MB,
+                               tp["stream"]["pages"]
+                               + tp["stream"]["zero_pages"],
+                               tp["stream"]["source"]))
+        lines.append("per core, CPU-seconds (valid under load; wall times "
+                     "above are not)")
+        for name, pair in tp["pair_by_path"].items():
+            mi, pm = tp["micro"][name], pair["median"]
+            filt = tp["redirect_filter"].get(name)
+            lines += [
+                "[%s] in-process MB/CPU-s: parse-only %.0f, parse+digest "
+                "%.0f, parse+store %.0f (warm %.0f), frame MAC %.0f" % (
+                    name, mi["parse-only"]["mb_per_cpu_s"],
+                    mi["parse+digest"]["mb_per_cpu_s"],
+                    mi["parse+store"]["mb_per_cpu_s"],
+                    mi["parse+store warm"]["mb_per_cpu_s"],
+                    mi["frame MAC"]["mb_per_cpu_s"]),
+                "[%s] destination agent       %6.0f MB/CPU-s  target >= "
+                "%.0f: %s" % (
+                    name, pm["dst_mb_per_cpu_s"],
+                    bench_paths.TARGET_DST_MB_S,
+                    verdict(pm["dst_mb_per_cpu_s"]
+                            >= bench_paths.TARGET_DST_MB_S)),
+                "[%s] source agent (plain)    %6.0f MB/CPU-s" % (
+                    name, pm["src_mb_per_cpu_s"]),
+            ]
+            if filt:
+                lines.append(
+                    "[%s] source agent filtering %6.0f MB/CPU-s  target >= "
+                    "%.0f: %s  (in-process, no socket calls)" % (
+                        name, filt["mb_per_cpu_s"],
+                        bench_paths.TARGET_FILTER_MB_S,
+                        verdict(filt["mb_per_cpu_s"]
+                                >= bench_paths.TARGET_FILTER_MB_S)))
+        if "native" not in tp["pair_by_path"]:
+            lines.append("native per-page code not measured: %s"
+                         % tp.get("native_reason"))
+        lines.append(
+            "agent path per core (%s)   %6.0f MB/s  target >= %.0f: %s" % (
+                tp["path"], tp["per_core_mb_s"], TARGET_PER_CORE_MBS,
+                verdict(tp["per_core_pass"])))
     elif "throughput_error" in results:
         lines.append("throughput                  ERROR: %s"
                      % results["throughput_error"])
@@ -908,6 +975,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "method in the lab (default 3)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-lab", action="store_true")
+    p.add_argument("--peer-tls", action="store_true",
+                   help="the agent pair of part 1 talks mutual TLS 1.3 "
+                        "(certificates made with openssl)")
     p.add_argument("--json", metavar="PATH", help="write every number here")
     p.add_argument("--stream", metavar="PATH",
                    help="use this recorded stream (raw or .gz) instead of "

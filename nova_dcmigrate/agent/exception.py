@@ -37,8 +37,32 @@ class SessionFailed(AgentError):
     msg_fmt = "Migration %(migration_id)s failed: %(reason)s"
 
 
+class PeerAborted(SessionFailed):
+    """The peer agent's session was aborted on request (ABORT frame): the
+    attempt was stopped on purpose, e.g. for a redirect."""
+
+
 class InvalidRequest(AgentError):
     msg_fmt = "Invalid request for migration %(migration_id)s: %(reason)s"
+
+
+class VersionMismatch(PeerProtocolError):
+    msg_fmt = ("Peer %(peer)s speaks agent protocol versions %(theirs)s, "
+               "this agent %(ours)s: no common version.")
+
+
+class SecretMismatch(InvalidRequest):
+    msg_fmt = ("Migration %(migration_id)s is already prepared here with "
+               "another secret; refusing the second prepare.")
+
+
+class LocalSocketError(AgentError):
+    msg_fmt = ("Migration %(migration_id)s: local migration socket "
+               "%(path)s: %(reason)s")
+
+
+class TLSConfigError(AgentError):
+    msg_fmt = "Agent peer TLS is misconfigured: %(reason)s"
 
 
 class BackingUnavailable(AgentError):

@@ -14,6 +14,7 @@ The store must be frozen (no attempt writing into it) while relaying.
 
 from __future__ import annotations
 
+import enum
 import threading
 from typing import Any
 
@@ -25,10 +26,28 @@ from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.protocol import FrameType
 from nova_dcmigrate.agent import relay_wire as wire
+from nova_dcmigrate.exception import MigrationStateError
 
 LOG = logging.getLogger(__name__)
 
 BATCH_BYTES = 256 * 1024
+
+
+class RelayState(enum.Enum):
+    INVENTORY = "inventory"    # sending the inventory, reading ASSIGN
+    RELAYING = "relaying"      # sending assigned pages
+    DONE = "done"              # RELAY_DONE sent, peer closed
+    FAILED = "failed"          # error; connection closed
+
+
+#: Every state a relay may enter from each state; nothing else.
+TRANSITIONS: dict[RelayState, frozenset[RelayState]] = {
+    RelayState.INVENTORY: frozenset({RelayState.RELAYING,
+                                     RelayState.FAILED}),
+    RelayState.RELAYING: frozenset({RelayState.DONE, RelayState.FAILED}),
+    RelayState.DONE: frozenset(),
+    RelayState.FAILED: frozenset(),
+}
 
 
 class HolderRelay:
@@ -50,8 +69,28 @@ class HolderRelay:
         self.bytes_sent = 0
         self.pages_skipped = 0
         self._assigned: list[bytearray] = []
-        self.state = "inventory"
+        self._state = RelayState.INVENTORY
         self.done = threading.Event()
+
+    @property
+    def state(self) -> str:
+        """The relay's state, as ``status()`` reports it."""
+        return self._state.value
+
+    def _move(self, new: RelayState) -> None:
+        """Enter ``new`` if :data:`TRANSITIONS` allows it.
+
+        :raises MigrationStateError: it does not.
+        """
+        with self._cond:
+            if new not in TRANSITIONS[self._state]:
+                raise MigrationStateError(
+                    migration_id=self.migration_id, state=self._state.value,
+                    operation="relay entering %s" % new.value,
+                    required="/".join(sorted(
+                        s.value for s, targets in TRANSITIONS.items()
+                        if new in targets)))
+            self._state = new
 
     def start(self) -> None:
         threading.Thread(target=self._guarded, name="holder-%s"
@@ -60,16 +99,16 @@ class HolderRelay:
     def _guarded(self) -> None:
         try:
             self._run()
-            self.state = "done"
+            self._move(RelayState.DONE)
         except exception.AgentError as err:
             self.error = str(err)
-            self.state = "failed"
+            self._move(RelayState.FAILED)
             LOG.warning("migration %(mid)s: relay to %(peer)s ended: "
                         "%(err)s", {"mid": self.migration_id,
                                     "peer": self.conn.peer, "err": err})
         except OSError as err:
             self.error = str(err)
-            self.state = "failed"
+            self._move(RelayState.FAILED)
         finally:
             with self._cond:
                 self._closed = True
@@ -110,7 +149,7 @@ class HolderRelay:
                 raise exception.PeerProtocolError(
                     peer=conn.peer, reason="expected ASSIGN, got %s"
                     % ftype.name)
-        self.state = "relaying"
+        self._move(RelayState.RELAYING)
         threading.Thread(target=self._control_loop, daemon=True,
                          name="holder-ctl").start()
         self._relay(assigned)

@@ -6,6 +6,7 @@ the authenticated agent-to-agent connections.
 
 from __future__ import annotations
 
+import hmac
 import math
 import threading
 import time
@@ -18,12 +19,15 @@ import oslo_messaging as messaging
 
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.holder import HolderRelay
+from nova_dcmigrate.agent import local_socket
 from nova_dcmigrate.agent.page_store import CopyBudget
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.peer_listener import PeerListener
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.rpcapi import AgentAPI
 from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.agent.tls import PeerTLS
+from nova_dcmigrate.stream import fastpath
 
 LOG = logging.getLogger(__name__)
 
@@ -66,11 +70,25 @@ class AgentManager:
         # Migration id -> monotonic time it was last seen in use.
         self.last_used: dict[str, float] = {}
         self._stopping = threading.Event()
+        self.tls = PeerTLS.from_conf(conf)
         self.listener = PeerListener(conf.peer_listen_address,
                                      conf.peer_port, self._resolve_peer,
-                                     conf.handshake_timeout)
+                                     conf.handshake_timeout,
+                                     conf.max_peer_connections, self.tls)
 
     def start(self) -> None:
+        local_socket.ensure_base(self.conf.socket_dir)
+        stale = local_socket.clear_stale(self.conf.socket_dir)
+        if stale:
+            LOG.info("removed %(n)d migration socket directories left in "
+                     "%(dir)s", {"n": stale, "dir": self.conf.socket_dir})
+        if not self.tls.enabled:
+            LOG.warning("[dcmigrate_agent] peer_tls is off: guest memory "
+                        "crosses the migration network unencrypted "
+                        "(frames are authenticated, not secret)")
+        # Which per-page code runs (native extension or pure Python).
+        LOG.info("per-page code: %s", fastpath.reason
+                 if fastpath.native is None else "native (_speedups)")
         self.listener.start()
         threading.Thread(target=self._expiry_loop, name="store-expiry",
                          daemon=True).start()
@@ -215,22 +233,57 @@ class AgentManager:
                 reason="secret must be a string of at least %d characters"
                 % MIN_SECRET_LEN)
 
+    def _bind_secret(self, migration_id: str, secret: str) -> None:
+        """Record the migration's secret, or check it against the one
+        recorded (constant time): a second prepare with another secret
+        must not take over a migration.  Caller holds the lock.
+
+        :raises SecretMismatch: the migration has another secret.
+        """
+        known = self.secrets.get(migration_id)
+        if known is None:
+            self.secrets[migration_id] = secret
+        elif not hmac.compare_digest(known.encode(), secret.encode()):
+            raise exception.SecretMismatch(migration_id=migration_id)
+
+    def _check_tls(self, tls: Any) -> None:
+        if tls and not self.tls.enabled:
+            raise exception.TLSConfigError(
+                reason="the migration requires TLS between agents but "
+                       "[dcmigrate_agent] peer_tls is off on host %s"
+                       % self.host)
+
+    @staticmethod
+    def _refuse_tcp(migration_id: str, port: Any) -> None:
+        if port is not None:
+            raise exception.InvalidRequest(
+                migration_id=migration_id,
+                reason="local TCP ports are no longer supported (any local "
+                       "process could connect); the caller must use RPC "
+                       "API 1.3 and the returned UNIX socket")
+
     # -- RPC API (see AgentAPI for the version history) ------------------
     @messaging.expose
     def ping(self, ctxt: Any) -> dict[str, Any]:
         return {"host": self.host, "version": AgentAPI.RPC_API_VERSION,
-                "peer_port": self.listener.port}
+                "peer_port": self.listener.port, "tls": self.tls.enabled}
 
     @messaging.expose
     def prepare_destination(self, ctxt: Any, migration_id: str, secret: str,
-                            qemu_port: int, attempt: int = 0,
+                            qemu_port: int | None = None, attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
                             source_rate: float | None = None,
+                            tls: bool = False,
                             guest_memory: int | None = None
                             ) -> dict[str, Any]:
         """Expect a stream for ``migration_id`` and feed it to the local
-        QEMU listening on ``local_address:qemu_port``.
+        QEMU, which listens on the returned UNIX socket ``socket`` (its
+        directory is created here, 0700 and owned by the QEMU user).
+
+        :param qemu_port: refused (RPC API < 1.3 used a loopback port).
+        :param tls: the caller requires TLS on the agents' links (refused
+            when ``peer_tls`` is off here).
 
         :param holders: agents holding pages of this migration
             (``{"host", "address", "port"}`` and optionally ``"rate"``, the
@@ -249,9 +302,11 @@ class AgentManager:
         """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
-        if not netutils.is_valid_port(qemu_port):
+        self._refuse_tcp(migration_id, qemu_port)
+        self._check_tls(tls)
+        if not isinstance(attempt, int) or attempt < 0:
             raise exception.InvalidRequest(migration_id=migration_id,
-                                           reason="bad port %r" % qemu_port)
+                                           reason="bad attempt %r" % attempt)
         holders = list(holders or [])
         for h in holders:
             if not isinstance(h, dict) or \
@@ -277,12 +332,7 @@ class AgentManager:
                     reason="bad guest memory %r" % (guest_memory,))
             ram_limit = guest_memory + self.conf.ram_overhead_mib * MIB
         with self._lock:
-            known = self.secrets.get(migration_id)
-            if known is not None and known != secret:
-                raise exception.InvalidRequest(
-                    migration_id=migration_id,
-                    reason="secret differs from the migration's")
-            self.secrets[migration_id] = secret
+            self._bind_secret(migration_id, secret)
             store = self.stores.get(migration_id)
             if store is None:
                 store = PageStore(sess.digest_seed(secret.encode()),
@@ -301,53 +351,72 @@ class AgentManager:
                     old.state not in sess.FINAL_STATES:
                 old.abort("superseded by attempt %d" % int(attempt))
         s = sess.DestinationSession(self.conf, migration_id, secret,
-                                    int(attempt), int(qemu_port), store,
+                                    int(attempt), store,
                                     holders, bool(split),
                                     None if source_rate is None
-                                    else float(source_rate))
+                                    else float(source_rate), self.tls)
         self._add((migration_id, int(attempt)), s)
+        try:
+            s.prepare_socket()
+        except exception.AgentError:
+            with self._lock:
+                self.sessions.pop((migration_id, int(attempt)), None)
+            s.close()
+            raise
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
-                 "(QEMU port %(port)d)", {"mid": migration_id,
-                                          "att": attempt, "port": qemu_port})
-        return {"peer_port": self.listener.port}
+                 "(QEMU socket %(path)s)", {"mid": migration_id,
+                                            "att": attempt,
+                                            "path": s.socket_path})
+        return {"peer_port": self.listener.port, "socket": s.socket_path}
 
     @messaging.expose
     def prepare_source(self, ctxt: Any, migration_id: str, secret: str,
-                       listen_port: int, dest_address: str, dest_port: int,
-                       attempt: int = 0) -> dict[str, Any]:
-        """Listen on ``local_address:listen_port`` for the local migration
-        connection and carry it to the agent at dest_address:dest_port."""
+                       dest_address: str, dest_port: int,
+                       attempt: int = 0,
+                       listen_port: int | None = None,
+                       tls: bool = False) -> dict[str, Any]:
+        """Listen on the returned UNIX socket ``socket`` (root-only
+        directory) for the local migration connection and carry it to the
+        agent at dest_address:dest_port.
+
+        :param listen_port: refused (RPC API < 1.3 used a loopback port).
+        """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
-        for p in (listen_port, dest_port):
-            if not netutils.is_valid_port(p):
-                raise exception.InvalidRequest(migration_id=migration_id,
-                                               reason="bad port %r" % p)
+        self._refuse_tcp(migration_id, listen_port)
+        self._check_tls(tls)
+        if not isinstance(attempt, int) or attempt < 0:
+            raise exception.InvalidRequest(migration_id=migration_id,
+                                           reason="bad attempt %r" % attempt)
+        if not netutils.is_valid_port(dest_port):
+            raise exception.InvalidRequest(migration_id=migration_id,
+                                           reason="bad port %r" % dest_port)
         if not netutils.is_valid_ip(dest_address):
             raise exception.InvalidRequest(
                 migration_id=migration_id,
                 reason="bad destination address %r" % dest_address)
         with self._lock:
-            self.secrets.setdefault(migration_id, secret)
+            self._bind_secret(migration_id, secret)
             self.last_used[migration_id] = time.monotonic()
         s = sess.SourceSession(self.conf, migration_id, secret, int(attempt),
-                               int(listen_port), dest_address,
-                               int(dest_port))
+                               dest_address, int(dest_port), self.tls)
         self._add((migration_id, int(attempt)), s)
         try:
             s.start()
-        except OSError as err:
+        except (OSError, exception.AgentError) as err:
             with self._lock:
                 self.sessions.pop((migration_id, int(attempt)), None)
-            raise exception.InvalidRequest(
-                migration_id=migration_id,
-                reason="cannot listen on %s:%d: %s"
-                % (self.conf.local_address, listen_port, err)) from err
+            s.close()
+            if isinstance(err, exception.AgentError):
+                raise
+            raise exception.LocalSocketError(
+                migration_id=migration_id, path=s.socket_path,
+                reason=str(err)) from err
         LOG.info("migration %(mid)s attempt %(att)d: source prepared on "
-                 "port %(port)d -> %(dest)s:%(dport)d",
-                 {"mid": migration_id, "att": attempt, "port": listen_port,
+                 "%(path)s -> %(dest)s:%(dport)d",
+                 {"mid": migration_id, "att": attempt, "path": s.socket_path,
                   "dest": dest_address, "dport": dest_port})
-        return {"listen_port": listen_port}
+        return {"socket": s.socket_path}
 
     @messaging.expose
     def get_status(self, ctxt: Any, migration_id: str) -> dict[str, Any]:
@@ -412,4 +481,5 @@ class AgentManager:
     @messaging.expose
     def peer_stats(self, ctxt: Any) -> dict[str, int]:
         return {"accepted": self.listener.accepted,
-                "rejected": self.listener.rejected}
+                "rejected": self.listener.rejected,
+                "over_limit": self.listener.over_limit}

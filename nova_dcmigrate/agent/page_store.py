@@ -42,6 +42,7 @@ import xxhash
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.ram_backing import QemuRam
 from nova_dcmigrate.agent.ram_backing import RamFile
+from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream import PAGE_SIZE
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
@@ -93,10 +94,20 @@ class CopyBudget:
         with self._lock:
             self.used -= n
 
+    def reserve(self, n: int) -> bool:
+        """Take ``n`` pages at once, or none (the native copy path
+        reserves the most a run of records can add, then gives back
+        what it did not use)."""
+        with self._lock:
+            if self.limit is not None and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
 
 class _BlockStore:
     __slots__ = ("block", "_data", "digests", "state", "held", "attempt",
-                 "where", "target", "copies")
+                 "where", "target", "copies", "remote")
 
     def __init__(self, block: RamBlock) -> None:
         self.block = block
@@ -113,6 +124,8 @@ class _BlockStore:
         self.target = COPY
         self.held = 0
         self.copies = 0
+        # DATA pages in a held QEMU RAM (where != COPY).
+        self.remote = 0
 
     @property
     def data(self) -> mmap.mmap:
@@ -367,6 +380,7 @@ class PageStore:
             bs.copies -= 1
             self.budget.give()
         else:
+            bs.remote -= 1
             self._unref(loc)
         bs.where[page] = COPY
 
@@ -425,6 +439,7 @@ class PageStore:
             bs.data[off:off + PAGE_SIZE] = data
         else:
             self._refs[loc] += 1
+            bs.remote += 1
             self._recent.append((idx, page))
         if st == ABSENT:
             bs.held += 1
@@ -435,6 +450,49 @@ class PageStore:
         di = page * DIGEST_LEN
         bs.digests[di:di + DIGEST_LEN] = d
         return d
+
+    def put_records(self, block: RamBlock, buf: bytearray, pos: int,
+                    end: int, attempt: int = 0) -> tuple[int, int, int]:
+        """Store a run of CONTINUE page/zero records of ``block`` from a
+        stream reader's buffer in native code (:mod:`fastpath`); same
+        effect as :meth:`put_page`/:meth:`put_zero` for each.
+
+        The native code copies pages, so it applies only to a block whose
+        pages are all the store's own copies and stay so: arriving pages
+        go to the copy area (no held QEMU RAM for the block), none of its
+        pages is in a held RAM, and the copy budget has room for every
+        page record the run can hold.  Otherwise nothing is consumed
+        (``pos`` is returned) and the reader calls :meth:`put_page` /
+        :meth:`put_zero` per record: pages forwarded into a held RAM
+        need their location and reference kept per page.
+
+        :returns: (position after the run, pages, zero pages).
+        """
+        native = fastpath.native
+        if native is None:
+            return pos, 0, 0
+        bs = self._blocks[block.index]
+        if bs.target != COPY or bs.remote:
+            return pos, 0, 0
+        # Most pages the run can add to the copies.
+        bound = (end - pos) // (PAGE_SIZE + 8)
+        if not self.budget.reserve(bound):
+            return pos, 0, 0
+        d_data = 0
+        try:
+            pos, pages, zeros, d_data, d_zero, d_held = \
+                native.store_records(
+                    buf, pos, end, block.used_length, bs.data, bs.digests,
+                    bs.state, bs.attempt, attempt, self.seed,
+                    self._zero_digest)
+        finally:
+            # Keep what the run really added (d_data < 0: it freed some).
+            self.budget.give(bound - d_data)
+        bs.copies += d_data
+        self._pages += d_data
+        self._zero_pages += d_zero
+        bs.held += d_held
+        return pos, pages, zeros
 
     def put_zero(self, block: RamBlock, page: int, attempt: int = 0) -> None:
         bs = self._blocks[block.index]

@@ -30,12 +30,25 @@ can never be raised.
 Held pages the source sends anyway (rewritten since they were held: the
 digests differ) are *superseded*: the holders are told to skip them, and
 the planner takes them off the holders' remaining work.
+
+Never worse than restarting: holders that would carry less than
+:data:`MIN_HOLDER_SHARE` of the remaining work at the current rates (a
+fast source, a slow holder) get nothing -- the frontier goes to where they
+are -- because what they could save is less than what a late relay costs
+(the source idles while the last held pages trickle in; the holders also
+take a share of the new destination's download).  The same when the new
+destination's stream thread has no CPU headroom (:data:`MAX_CPU_BUSY`):
+relayed pages cost it as much as the source's, so holders add nothing.
+Re-planning with measured rates brings them back when the source turns
+out slower or CPU frees up.
 """
 
 from __future__ import annotations
 
 import array
+from collections.abc import Callable
 from collections.abc import Sequence
+import time
 from dataclasses import dataclass
 
 from nova_dcmigrate.agent.layout import Layout
@@ -119,6 +132,35 @@ def assign(layout: Layout, inventories: Sequence[Inventory]) -> Assignment:
     return Assignment(layout, owner, state, digests)
 
 
+class CpuMeter:
+    """Share of a core a thread used over the last ``window`` seconds.
+
+    ``cpu_seconds`` returns the thread's CPU time so far (it updates it
+    itself: ``time.thread_time`` only reads the calling thread).
+    """
+
+    MIN_SPAN_S = 0.2
+
+    def __init__(self, cpu_seconds: Callable[[], float],
+                 window: float = 1.0) -> None:
+        self.cpu_seconds = cpu_seconds
+        self.window = window
+        self.samples: list[tuple[float, float]] = []
+
+    def sample(self) -> float | None:
+        """Take a sample; the use since the oldest one in the window, or
+        None before two samples ``MIN_SPAN_S`` apart."""
+        now, cpu = time.monotonic(), self.cpu_seconds()
+        self.samples.append((now, cpu))
+        while len(self.samples) > 2 and \
+                self.samples[0][0] < now - self.window:
+            self.samples.pop(0)
+        t0, c0 = self.samples[0]
+        if now - t0 < self.MIN_SPAN_S:
+            return None
+        return (cpu - c0) / (now - t0)
+
+
 class _CostTree:
     """Fenwick tree of page costs: add at a page, sum over a range."""
 
@@ -147,6 +189,32 @@ class _CostTree:
 
 def page_cost(state: int) -> int:
     return DATA_COST if state == 2 else ZERO_COST
+
+
+#: Smallest share of the remaining transfer worth giving to the holders:
+#: ``rate_holders / (rate_source + rate_holders)`` (see the module doc).
+MIN_HOLDER_SHARE = 0.1
+#: Share of a core the new destination's stream thread may be busy with
+#: before relays stop adding to what it takes in (a relayed page costs it
+#: the same CPU as one from the source: no headroom, no gain).
+MAX_CPU_BUSY = 0.9
+
+
+def holders_help(rate_source: float, rate_holders: float,
+                 cpu_busy: float | None = None,
+                 min_share: float = MIN_HOLDER_SHARE) -> bool:
+    """Whether the holders are fast enough, next to the source, to be
+    given work at all, and the destination has CPU headroom for them.
+
+    :param cpu_busy: the share of a core the destination's stream
+        thread used recently (None: not measured).
+    """
+    if rate_holders <= 0:
+        return False
+    if cpu_busy is not None and cpu_busy >= MAX_CPU_BUSY:
+        return False
+    rs = max(rate_source, 1.0)
+    return rate_holders / (rs + rate_holders) >= min_share
 
 
 class FrontierPlanner:
@@ -212,7 +280,8 @@ class FrontierPlanner:
 
     def plan(self, s_pos: int, a_pos: int, rate_source: float,
              rate_holders: float, source_page_cost: float | None = None,
-             frontier: int | None = None) -> int:
+             frontier: int | None = None,
+             cpu_busy: float | None = None) -> int:
         """Frontier X where both sides finish together.
 
         :param s_pos: next page of the source's first pass (the number of
@@ -225,10 +294,19 @@ class FrontierPlanner:
             it, the held pages in between are ones it skipped (and kept):
             X is then at least the frontier, and the source's share is
             counted from there.  Default: the source has not passed it.
+        :param cpu_busy: the share of a core the destination's stream
+            thread used recently (None: not measured), see
+            :func:`holders_help`.
+        :returns: ``a_pos`` (holders get nothing more) when they are too
+            slow to help or the destination has no CPU to spare
+            (:func:`holders_help`).
         """
         s_pos = max(0, min(s_pos, self.total))
         lo = s_pos if frontier is None else max(0, min(s_pos, frontier))
         a_pos = max(lo, min(a_pos, self.total))
+        if not holders_help(rate_source, rate_holders, cpu_busy):
+            # Never worse than restart: the holders get nothing more.
+            return a_pos
         rs = max(rate_source, 1.0)
         rh = max(rate_holders, 1.0)
         if source_page_cost is None:

@@ -7,14 +7,28 @@ also derives one key per direction.  Every frame after that carries a
 truncated HMAC over an implicit sequence number, so frames cannot be forged,
 replayed, reordered or dropped without the receiver noticing.
 
+Over TLS (``[dcmigrate_agent] peer_tls``) the same handshake runs inside
+the TLS session (the secret still binds the connection to one migration)
+and frames carry no MAC: TLS already authenticates every record.
+
+Versions: the connector offers a range.  The HELLO's version byte is the
+*lowest* version it speaks (so an agent of the release before range
+negotiation, which accepts exactly its own version, still accepts it) and
+the high byte of the former reserved field the highest (0: the same).  The
+acceptor picks the highest common version and proves it in CHALLENGE: for
+the lowest offered version the proof is unchanged, for a higher one the
+chosen version is appended to the MAC input, so the connector learns it
+from the one proof that verifies and nobody can downgrade it.
+
 Wire format (all integers big-endian)::
 
     HELLO      connector -> acceptor   60 bytes
-               "DCMG" u8 version u8 channel u16 0 uuid[16] u32 attempt
-               nonce[32]
+               "DCMG" u8 min_version u8 channel u8 max_version u8 0
+               uuid[16] u32 attempt nonce[32]
     CHALLENGE  acceptor -> connector   nonce[32] mac[32]
     RESPONSE   connector -> acceptor   mac[32]
     frames     u8 type u8 flags u16 0 u32 length  payload[length]  mac[16]
+               (no mac over TLS)
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import hashlib
 import hmac
 import os
 import socket
+import ssl
 import struct
 import threading
 import uuid
@@ -34,12 +49,18 @@ from nova_dcmigrate.agent import exception
 
 MAGIC = b"DCMG"
 #: 2: the source confirms every FRONTIER (frontier raises).
+#: 3: SKIP frames (holders skip pages the source sent itself).
 VERSION = 3
+#: Oldest version this release still speaks (a rolling upgrade mixes
+#: agents of two adjacent releases).
+MIN_VERSION = 3
+#: Newest version this release speaks.
+MAX_VERSION = VERSION
 NONCE_LEN = 32
 MAC_LEN = 16
 MAX_PAYLOAD = 8 * 1024 * 1024
 
-_HELLO = struct.Struct(">4sBBH16sI32s")
+_HELLO = struct.Struct(">4sBBBB16sI32s")
 _FRAME = struct.Struct(">BBHI")
 _SEQ = struct.Struct(">Q")
 HELLO_LEN = _HELLO.size
@@ -92,29 +113,57 @@ class Hello:
     attempt: int
     nonce: bytes
     raw: bytes
+    min_version: int = MIN_VERSION
+    max_version: int = MAX_VERSION
 
     @classmethod
-    def make(cls, channel: Channel, migration_id: str, attempt: int) -> Hello:
+    def make(cls, channel: Channel, migration_id: str, attempt: int,
+             versions: tuple[int, int] | None = None) -> Hello:
+        lo, hi = versions or (MIN_VERSION, MAX_VERSION)
         nonce = os.urandom(NONCE_LEN)
-        raw = _HELLO.pack(MAGIC, VERSION, int(channel), 0,
-                          uuid.UUID(migration_id).bytes, attempt, nonce)
-        return cls(channel, migration_id, attempt, nonce, raw)
+        raw = _HELLO.pack(MAGIC, lo, int(channel), hi if hi != lo else 0,
+                          0, uuid.UUID(migration_id).bytes, attempt, nonce)
+        return cls(channel, migration_id, attempt, nonce, raw, lo, hi)
 
     @classmethod
     def parse(cls, raw: bytes, peer: str) -> Hello:
-        magic, version, channel, _r, mid, attempt, nonce = _HELLO.unpack(raw)
+        magic, lo, channel, hi, _r, mid, attempt, nonce = \
+            _HELLO.unpack(raw)
         if magic != MAGIC:
             raise exception.PeerProtocolError(
                 peer=peer, reason="bad magic %r in HELLO" % magic)
-        if version != VERSION:
+        hi = hi or lo
+        if hi < lo:
             raise exception.PeerProtocolError(
-                peer=peer, reason="unsupported protocol version %d" % version)
+                peer=peer, reason="bad version range %d-%d" % (lo, hi))
         try:
             chan = Channel(channel)
         except ValueError:
             raise exception.PeerProtocolError(
                 peer=peer, reason="unknown channel %d" % channel) from None
-        return cls(chan, str(uuid.UUID(bytes=mid)), attempt, nonce, raw)
+        return cls(chan, str(uuid.UUID(bytes=mid)), attempt, nonce, raw,
+                   lo, hi)
+
+
+def negotiate(hello: Hello, peer: str,
+              versions: tuple[int, int] | None = None) -> int:
+    """The highest version both sides speak.
+
+    :raises VersionMismatch: the ranges do not overlap.
+    """
+    lo, hi = versions or (MIN_VERSION, MAX_VERSION)
+    best = min(hi, hello.max_version)
+    if best < max(lo, hello.min_version):
+        raise exception.VersionMismatch(
+            peer=peer, theirs="%d-%d" % (hello.min_version,
+                                         hello.max_version),
+            ours="%d-%d" % (lo, hi))
+    return best
+
+
+def _version_tag(hello: Hello, version: int) -> bytes:
+    """What a chosen version adds to the acceptor's proof."""
+    return b"" if version == hello.min_version else bytes([version])
 
 
 def _mac(key: bytes, *parts: bytes | bytearray | memoryview) -> bytes:
@@ -160,10 +209,19 @@ class FramedConnection:
     """
 
     def __init__(self, sock: socket.socket, peer: str, send_key: bytes,
-                 recv_key: bytes, hello: Hello) -> None:
+                 recv_key: bytes, hello: Hello, version: int = VERSION
+                 ) -> None:
         self.sock = sock
         self.peer = peer
         self.hello = hello
+        #: The negotiated protocol version.
+        self.version = version
+        #: TLS authenticates every record: no per-frame MAC then.
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        #: e.g. "TLSv1.3", None without TLS.
+        self.tls_version = sock.version() if isinstance(
+            sock, ssl.SSLSocket) else None
+        self.mac_len = 0 if self.tls else MAC_LEN
         self._send_key = send_key
         self._recv_key = recv_key
         self._send_seq = 0
@@ -183,18 +241,28 @@ class FramedConnection:
             raise ValueError("frame payload too large: %d" % n)
         header = _FRAME.pack(int(ftype), 0, 0, n)
         with self._send_lock:
-            mac = _mac(self._send_key, _SEQ.pack(self._send_seq), header,
-                       payload)[:MAC_LEN]
+            if self.tls:
+                parts: tuple[bytes | bytearray | memoryview, ...] = (
+                    header, payload)
+            else:
+                mac = _mac(self._send_key, _SEQ.pack(self._send_seq),
+                           header, payload)[:MAC_LEN]
+                parts = (header, payload, mac)
             self._send_seq += 1
             try:
-                self._sendall_parts((header, payload, mac))
+                self._sendall_parts(parts)
             except OSError as err:
                 raise exception.PeerClosed(peer=self.peer,
                                            reason=str(err)) from err
-            self.bytes_sent += n + FRAME_HEADER_LEN + MAC_LEN
+            self.bytes_sent += n + FRAME_HEADER_LEN + self.mac_len
 
     def _sendall_parts(self, parts: tuple[bytes | bytearray | memoryview, ...]
                        ) -> None:
+        if self.tls:
+            # SSLSocket has no sendmsg; one record per frame is cheaper
+            # than one per part anyway.
+            self.sock.sendall(b"".join(parts))
+            return
         total = sum(len(p) for p in parts)
         sent = self.sock.sendmsg(parts)
         if sent == total:
@@ -229,15 +297,16 @@ class FramedConnection:
                 self._scratch = bytearray(n)
             target = memoryview(self._scratch)[:n]
         recv_exact_into(self.sock, target, self.peer)
-        recv_exact_into(self.sock, memoryview(self._mac), self.peer)
-        expect = _mac(self._recv_key, _SEQ.pack(self._recv_seq), self._hdr,
-                      target)[:MAC_LEN]
-        if not hmac.compare_digest(expect, self._mac):
-            raise exception.PeerAuthError(
-                peer=self.peer, reason="bad frame MAC at frame %d"
-                % self._recv_seq)
+        if not self.tls:
+            recv_exact_into(self.sock, memoryview(self._mac), self.peer)
+            expect = _mac(self._recv_key, _SEQ.pack(self._recv_seq),
+                          self._hdr, target)[:MAC_LEN]
+            if not hmac.compare_digest(expect, self._mac):
+                raise exception.PeerAuthError(
+                    peer=self.peer, reason="bad frame MAC at frame %d"
+                    % self._recv_seq)
         self._recv_seq += 1
-        self.bytes_received += n + FRAME_HEADER_LEN + MAC_LEN
+        self.bytes_received += n + FRAME_HEADER_LEN + self.mac_len
         try:
             ftype = FrameType(ftype_raw)
         except ValueError:
@@ -255,24 +324,39 @@ class FramedConnection:
 
 
 def connect(sock: socket.socket, peer: str, secret: bytes, channel: Channel,
-            migration_id: str, attempt: int) -> FramedConnection:
+            migration_id: str, attempt: int,
+            versions: tuple[int, int] | None = None) -> FramedConnection:
     """Run the connector side of the handshake on a connected socket.
 
+    :param versions: (lowest, highest) protocol version offered; default
+        this release's range.
     :raises PeerAuthError: the acceptor does not know the secret.
     :raises PeerProtocolError, PeerClosed: the acceptor dropped us (unknown
-        migration or wrong secret on its side) or spoke garbage.
+        migration, wrong secret or no common version on its side) or
+        spoke garbage.
     """
-    hello = Hello.make(channel, migration_id, attempt)
-    sock.sendall(hello.raw)
+    hello = Hello.make(channel, migration_id, attempt, versions)
+    try:
+        sock.sendall(hello.raw)
+    except OSError as err:
+        raise exception.PeerClosed(peer=peer, reason=str(err)) from err
     challenge = recv_exact(sock, NONCE_LEN + 32, peer)
     nonce_a, mac_a = challenge[:NONCE_LEN], challenge[NONCE_LEN:]
-    expect = _mac(secret, b"dcmigrate-acceptor", hello.raw, nonce_a)
-    if not hmac.compare_digest(expect, mac_a):
+    for version in range(hello.max_version, hello.min_version - 1, -1):
+        expect = _mac(secret, b"dcmigrate-acceptor", hello.raw, nonce_a,
+                      _version_tag(hello, version))
+        if hmac.compare_digest(expect, mac_a):
+            break
+    else:
         raise exception.PeerAuthError(
             peer=peer, reason="acceptor does not prove the migration secret")
-    sock.sendall(_mac(secret, b"dcmigrate-connector", hello.raw, nonce_a))
+    try:
+        sock.sendall(_mac(secret, b"dcmigrate-connector", hello.raw,
+                          nonce_a))
+    except OSError as err:
+        raise exception.PeerClosed(peer=peer, reason=str(err)) from err
     c2a, a2c = _keys(secret, hello.raw, nonce_a)
-    return FramedConnection(sock, peer, c2a, a2c, hello)
+    return FramedConnection(sock, peer, c2a, a2c, hello, version)
 
 
 def read_hello(sock: socket.socket, peer: str) -> Hello:
@@ -281,18 +365,22 @@ def read_hello(sock: socket.socket, peer: str) -> Hello:
 
 
 def accept(sock: socket.socket, peer: str, hello: Hello,
-           secret: bytes) -> FramedConnection:
-    """Acceptor, step 2: prove our secret, check the connector's proof.
+           secret: bytes, versions: tuple[int, int] | None = None
+           ) -> FramedConnection:
+    """Acceptor, step 2: pick the version, prove our secret, check the
+    connector's proof.
 
+    :raises VersionMismatch: no common protocol version.
     :raises PeerAuthError: wrong secret; the caller drops the connection.
     """
+    version = negotiate(hello, peer, versions)
     nonce_a = os.urandom(NONCE_LEN)
     sock.sendall(nonce_a + _mac(secret, b"dcmigrate-acceptor", hello.raw,
-                                nonce_a))
+                                nonce_a, _version_tag(hello, version)))
     mac_c = recv_exact(sock, 32, peer)
     expect = _mac(secret, b"dcmigrate-connector", hello.raw, nonce_a)
     if not hmac.compare_digest(expect, mac_c):
         raise exception.PeerAuthError(
             peer=peer, reason="connector does not prove the migration secret")
     c2a, a2c = _keys(secret, hello.raw, nonce_a)
-    return FramedConnection(sock, peer, a2c, c2a, hello)
+    return FramedConnection(sock, peer, a2c, c2a, hello, version)

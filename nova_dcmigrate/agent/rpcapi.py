@@ -8,8 +8,14 @@ API version history:
         (redirect relays, optimised split on/off).
 * 1.2 - prepare_destination: new ``source_rate`` argument and an optional
         ``rate`` per holder (expected upload rates for the first plan).
-* 1.3 - prepare_destination: new ``guest_memory`` argument (the domain's
-        memory, bounding the RAM blocks a stream may announce).
+* 1.3 - prepare_destination and prepare_source: no loopback port any more
+        (``qemu_port``, ``listen_port`` refused); both return ``socket``,
+        the attempt's UNIX socket path (the same on both hosts), and
+        refuse a second prepare with another secret (SecretMismatch); new
+        ``tls`` argument (refused unless ``peer_tls`` is on); ``ping``
+        reports ``tls``. prepare_destination: new ``guest_memory``
+        argument (the domain's memory, bounding the RAM blocks a stream
+        may announce).
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from nova_dcmigrate.agent import exception
 from nova_dcmigrate import rpc
 
 TOPIC = "dcmigrate-agent"
+#: The exchange of the agent RPC, pinned in both Targets. nova-compute's
+#: ``control_exchange`` is ``nova`` (``nova.config``) while a standalone
+#: agent's would be oslo.messaging's default ``openstack``: unpinned, the
+#: two never met (found by the lab cloud, doc/source/lab-cloud.rst).
+EXCHANGE = "nova"
 
 
 class AgentAPI:
@@ -31,7 +42,8 @@ class AgentAPI:
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
-        target = messaging.Target(topic=TOPIC, version="1.3")
+        target = messaging.Target(exchange=EXCHANGE, topic=TOPIC,
+                                  version="1.3")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
@@ -56,49 +68,62 @@ class AgentAPI:
         return cast(dict[str, Any], self._call(host, "ping",
                                                timeout=timeout))
 
+    def _require_unix(self, migration_id: str) -> None:
+        if not self.client.can_send_version("1.3"):
+            raise exception.InvalidRequest(
+                migration_id=migration_id,
+                reason="RPC version cap is below 1.3: agents before 1.3 "
+                       "listen on loopback TCP ports, which any local "
+                       "process can reach")
+
     def prepare_destination(self, host: str, migration_id: str, secret: str,
-                            qemu_port: int, attempt: int = 0,
+                            attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
                             source_rate: float | None = None,
+                            tls: bool = False,
                             guest_memory: int | None = None
                             ) -> dict[str, Any]:
-        """Prepare a destination; rate hints are dropped (not an error)
-        when the version cap predates them, they only tune the plan, and
-        so is ``guest_memory`` (an older agent does not check it)."""
+        """Prepare a destination.
+
+        :param tls: refuse unless the agent's links use TLS.
+        :param guest_memory: the domain's memory in bytes; the destination
+            refuses a stream announcing more RAM than that allows.
+
+        :returns: ``peer_port`` and ``socket``, the UNIX socket path the
+            destination QEMU must listen on.
+        """
+        self._require_unix(migration_id)
         kwargs: dict[str, Any] = {
             "migration_id": migration_id, "secret": secret,
-            "qemu_port": qemu_port, "attempt": attempt}
-        version = "1.0"
+            "attempt": attempt, "split": split}
         if holders:
-            if not self.client.can_send_version("1.1"):
-                raise exception.InvalidRequest(
-                    migration_id=migration_id,
-                    reason="RPC version cap forbids relays from holders")
-            version = "1.1"
-            if self.client.can_send_version("1.2"):
-                version = "1.2"
-                if source_rate is not None:
-                    kwargs["source_rate"] = source_rate
-            else:
-                holders = [{k: v for k, v in h.items() if k != "rate"}
-                           for h in holders]
             kwargs["holders"] = holders
-            kwargs["split"] = split
-        if guest_memory is not None and self.client.can_send_version("1.3"):
-            version = "1.3"
-            kwargs["guest_memory"] = guest_memory
+        if source_rate is not None:
+            kwargs["source_rate"] = source_rate
+        if tls:
+            kwargs["tls"] = True
+        if guest_memory is not None:
+            kwargs["guest_memory"] = int(guest_memory)
         return cast(dict[str, Any], self._call(
-            host, "prepare_destination", version=version, **kwargs))
+            host, "prepare_destination", version="1.3", **kwargs))
 
     def prepare_source(self, host: str, migration_id: str, secret: str,
-                       listen_port: int, dest_address: str, dest_port: int,
-                       attempt: int = 0) -> dict[str, Any]:
+                       dest_address: str, dest_port: int,
+                       attempt: int = 0, tls: bool = False
+                       ) -> dict[str, Any]:
+        """Prepare a source.
+
+        :returns: ``socket``, the UNIX socket path libvirtd/QEMU connects
+            to.
+        """
+        self._require_unix(migration_id)
+        extra = {"tls": True} if tls else {}
         return cast(dict[str, Any], self._call(
-            host, "prepare_source", migration_id=migration_id,
-            secret=secret, listen_port=listen_port,
+            host, "prepare_source", version="1.3",
+            migration_id=migration_id, secret=secret,
             dest_address=dest_address, dest_port=dest_port,
-            attempt=attempt))
+            attempt=attempt, **extra))
 
     def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
         return cast(dict[str, Any],

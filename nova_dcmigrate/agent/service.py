@@ -10,6 +10,7 @@ from oslo_log import log as logging
 import oslo_messaging as messaging
 
 from nova_dcmigrate.agent.manager import AgentManager
+from nova_dcmigrate.agent.rpcapi import EXCHANGE
 from nova_dcmigrate.agent.rpcapi import TOPIC
 from nova_dcmigrate import rpc
 
@@ -29,7 +30,8 @@ class AgentService:
         self.host = agent_host(conf)
         self.manager = AgentManager(conf.dcmigrate_agent, self.host)
         self.transport = rpc.get_transport(conf)
-        target = messaging.Target(topic=TOPIC, server=self.host)
+        target = messaging.Target(exchange=EXCHANGE, topic=TOPIC,
+                                  server=self.host)
         self.server = rpc.get_server(self.transport, target, [self.manager])
         self._stopped = threading.Event()
 

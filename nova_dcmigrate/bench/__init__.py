@@ -7,7 +7,7 @@ at given fractions of the first attempt's progress, and the result is
 checked byte for byte.  Modules, one concept each:
 
 ``options``   command line and the validated :class:`BenchConfig`
-``bound``     lower bound, efficiency, medians and ratios (pure maths)
+``bound``     lower bound, link utilisation, medians, ratios (pure maths)
 ``counters``  what the agents' status says about one migration
 ``linkstats`` per-host interface byte counters, sampled while runs go
 ``methods``   dcmigrate, relay-only, restart and direct migrations

@@ -1,4 +1,4 @@
-"""Lower bound of the post-redirect time, efficiency, medians, ratios.
+"""Lower bound of the post-redirect time, link utilisation, medians.
 
 After a redirect the new destination needs ``total = S + H`` bytes:
 
@@ -8,6 +8,15 @@ After a redirect the new destination needs ``total = S + H`` bytes:
 ``H`` (held)
     what an earlier destination (a *holder*) has; either the source or a
     holder can send it.
+
+The benchmark's bound (:func:`scenario_bound`) counts them in pages by
+*final* content: ``S`` = non-zero pages whose final content no holder had
+at the redirect, ``H`` = the other non-zero pages (minus those the new
+destination held itself), each one page record on the wire.  That is a
+property of the scenario, not of how a method moved the bytes: a method
+that sends a page twice does not raise it.  :func:`lower_bound` applied
+to a run's *own* byte counters gives the time its bytes needed at the
+link rates; that over the measured time is the run's link utilisation.
 
 Whatever the split, no method can finish faster than::
 
@@ -96,12 +105,31 @@ def holders_rate(upload_bits: Mapping[str, int | None],
     return sum((bytes_per_s(upload_bits[h]) for h in holders), 0.0)
 
 
-def efficiency(bound_s: float | None, measured_s: float | None
-               ) -> float | None:
-    """``bound / measured`` (1.0: as fast as physically possible)."""
-    if bound_s is None or measured_s is None or measured_s <= 0:
+#: Wire bytes of one page record (8-byte header + 4 KiB).
+PAGE_RECORD_BYTES = 4096 + 8
+
+
+def scenario_bound(source_only_pages: int, held_pages: int,
+                   rate_src: float, rate_old: float,
+                   rate_new_in: float) -> Bound:
+    """The bound from page counts by final content (see module doc).
+
+    :raises ValueError: for negative counts or non-positive rates.
+    """
+    return lower_bound(source_only_pages * PAGE_RECORD_BYTES,
+                       held_pages * PAGE_RECORD_BYTES, rate_src, rate_old,
+                       rate_new_in)
+
+
+def link_utilisation(own_bytes_s: float | None, measured_s: float | None
+                     ) -> float | None:
+    """``own-bytes time / measured``: how busy the links were kept with
+    what the run chose to send (1.0: no idle link time).  Not a measure
+    of how close to the best possible a method is (that is the scenario
+    bound over the measured time)."""
+    if own_bytes_s is None or measured_s is None or measured_s <= 0:
         return None
-    return bound_s / measured_s
+    return own_bytes_s / measured_s
 
 
 def median(values: Iterable[float | None]) -> float | None:

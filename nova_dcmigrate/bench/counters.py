@@ -70,6 +70,11 @@ class AttemptCounters:
     split: dict[str, Any] = dataclasses.field(default_factory=dict)
     source_state: str | None = None
     destination_state: str | None = None
+    #: The destination's count of the pages it needed after the redirect,
+    #: by final content (``nonzero``, ``source_only``, ``held``,
+    #: ``local``; see ``DestinationSession.needed_pages``); None if not
+    #: reported.
+    needed: dict[str, int] | None = None
 
     @property
     def forwarded_held_bytes(self) -> int:
@@ -115,6 +120,8 @@ def attempt_counters(status: Mapping[str, Any], src_host: str, number: int,
         out.destination_state = dst.get("state")
         red = dst.get("redirect") or {}
         out.local_pages_injected = int(red.get("local_pages_injected", 0))
+        if red.get("needed"):
+            out.needed = {k: int(v) for k, v in red["needed"].items()}
         if red:
             out.split = {
                 "attempt": number,

@@ -8,14 +8,18 @@ redirect (the cancel of the attempt in progress) to completion; without
 decision to go to ``new`` is taken at time 0), and for ``direct`` in a
 redirect scenario it is ``null`` (direct never redirects).
 
-``lower_bound_s`` (see :mod:`nova_dcmigrate.bench.bound`) comes from the
-record's own agent counters (``lower_bound_from: "measured"``); with
-several redirects the time between the first and the last redirect is
-added (the scenario fixes it; no method can shorten it).  Records of
-methods without agents borrow the median bound of the run's ``dcmigrate``
-(else ``relay-only``) records, since the bound belongs to the scenario,
-not to a method (``lower_bound_from: "dcmigrate"``); without a redirect
-every method measures its own (bytes sent / slowest link).
+``lower_bound_s`` (see :mod:`nova_dcmigrate.bench.bound`) is the
+scenario's bound, the same for every record of a run
+(:func:`fill_scenario_bound`): the median over the run's samples.  A
+sample comes from a record whose new destination counted, by final
+content, the non-zero pages it needed and which of them a holder had at
+the (last) redirect (agent methods); with several redirects the time
+between the first and the last is added (the schedule fixes it).
+Without a redirect a sample is every non-zero page of the calibrated
+guest from the source.  ``time_over_bound`` is the post-redirect time
+over it.  ``link_utilisation`` is the run's *own* bytes (agents'
+counters, or QEMU's) at the link rates over its post-redirect time; a
+wasteful run can score well on it, so it is not compared with restart.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ SCHEMA = "nova-dcmigrate/bench/1"
 RECORD_FIELDS = (
     "method", "repeat", "total_time_s", "post_redirect_time_s",
     "downtime_ms", "bytes_from_source_after_redirect", "bytes_relayed",
-    "pages_deduplicated", "lower_bound_s", "efficiency", "ram_identical")
+    "pages_deduplicated", "lower_bound_s", "time_over_bound",
+    "link_utilisation", "ram_identical")
 #: Record fields summarised by their median.
 MEDIAN_FIELDS = (
     "total_time_s", "post_redirect_time_s", "downtime_ms",
     "bytes_from_source_after_redirect", "bytes_relayed_total",
-    "pages_deduplicated", "lower_bound_s", "efficiency")
+    "pages_deduplicated", "lower_bound_s", "time_over_bound",
+    "link_utilisation")
 MB = 1e6
 
 
@@ -54,11 +60,11 @@ def _r(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits)
 
 
-def measured_bound(cfg: BenchConfig, run: MigrationRun
-                   ) -> bnd.Bound | None:
-    """The bound from a run's own counters (agents' counters, or QEMU's
-    bytes when there was no redirect), before adding inter-redirect
-    time."""
+def own_bytes_bound(cfg: BenchConfig, run: MigrationRun
+                    ) -> bnd.Bound | None:
+    """The time a run's own bytes (agents' counters, or QEMU's bytes
+    when there was no redirect) needed at the link rates, before adding
+    inter-redirect time: the base of its link utilisation."""
     rates = cfg.rates()
     up = {h: r[0] for h, r in rates.items()}
     down = {h: r[1] for h, r in rates.items()}
@@ -82,13 +88,41 @@ def measured_bound(cfg: BenchConfig, run: MigrationRun
     return None
 
 
+def scenario_sample(cfg: BenchConfig, run: MigrationRun,
+                    nonzero_pages: int | None) -> bnd.Bound | None:
+    """One sample of the scenario's bound from this run, before adding
+    inter-redirect time (see the module doc), or None."""
+    rates = cfg.rates()
+    up = {h: r[0] for h, r in rates.items()}
+    down = {h: r[1] for h, r in rates.items()}
+    if not cfg.redirecting:
+        if nonzero_pages is None:
+            return None
+        return bnd.scenario_bound(nonzero_pages, 0,
+                                  bnd.bytes_per_s(up["src"]), 0.0,
+                                  bnd.bytes_per_s(down[cfg.final_host]))
+    if not run.redirects or not run.counters:
+        return None
+    final = run.counters[-1]
+    if final.needed is None:
+        return None
+    holders = [h for h in final.holders if h != final.dst_host]
+    return bnd.scenario_bound(
+        final.needed.get("source_only", 0), final.needed.get("held", 0),
+        bnd.bytes_per_s(up["src"]), bnd.holders_rate(up, holders),
+        bnd.bytes_per_s(down[final.dst_host]))
+
+
 def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
                  order: int, ram: Any = None, alive: bool | None = None,
                  series: Series | None = None,
-                 error: str | None = None) -> dict[str, Any]:
+                 error: str | None = None,
+                 nonzero_pages: int | None = None) -> dict[str, Any]:
     """One JSON record from a finished (or failed) run.
 
     :param ram: a :class:`RamComparison` (``None``: not compared).
+    :param nonzero_pages: of the calibrated guest (the bound without a
+        redirect).
     """
     t0 = run.started
     rec: dict[str, Any] = {"method": run.method, "repeat": repeat,
@@ -129,23 +163,34 @@ def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
     rec["bytes_from_source_after_redirect"] = from_src
     rec["bytes_relayed_total"] = sum(rec["bytes_relayed"].values())
 
-    b = measured_bound(cfg, run) if run.result is not None else None
+    extra = 0.0
+    if len(run.redirects) > 1:
+        extra = run.redirects[-1].at - run.redirects[0].at
+    rec["time_between_redirects_s"] = _r(extra)
+    b = own_bytes_bound(cfg, run) if run.result is not None else None
     if b is not None:
-        extra = 0.0
-        if len(run.redirects) > 1:
-            extra = run.redirects[-1].at - run.redirects[0].at
-        rec["lower_bound_s"] = _r(b.seconds + extra)
-        rec["lower_bound_from"] = "measured"
-        rec["lower_bound_term"] = b.binding_term
-        rec["lower_bound_terms_s"] = [_r(t) for t in b.terms]
+        rec["own_bytes_bound_s"] = _r(b.seconds + extra)
+        rec["own_bytes_bound_term"] = b.binding_term
         rec["source_only_bytes"] = b.source_only_bytes
         rec["held_bytes"] = b.held_bytes
-        rec["needed_bytes"] = b.total_bytes
-        rec["time_between_redirects_s"] = _r(extra)
     else:
-        rec["lower_bound_s"] = None
-        rec["lower_bound_from"] = None
-    rec["efficiency"] = _r(bnd.efficiency(rec["lower_bound_s"], post))
+        rec["own_bytes_bound_s"] = None
+    rec["link_utilisation"] = _r(bnd.link_utilisation(
+        rec["own_bytes_bound_s"], post))
+    sample = scenario_sample(cfg, run, nonzero_pages) \
+        if run.result is not None and error is None else None
+    if sample is not None:
+        rec["bound_sample_s"] = _r(sample.seconds + extra)
+        rec["bound_sample_term"] = sample.binding_term
+        rec["bound_sample_terms_s"] = [_r(t) for t in sample.terms]
+    else:
+        rec["bound_sample_s"] = None
+    rec["needed_pages"] = run.counters[-1].needed if run.counters and \
+        cfg.redirecting and run.redirects else None
+    # Set for every record of the run by fill_scenario_bound().
+    rec["lower_bound_s"] = None
+    rec["lower_bound_from"] = None
+    rec["time_over_bound"] = None
 
     rec["ram_identical"] = bool(ram.identical) if ram is not None else False
     rec["differing_pages"] = ram.differing_pages if ram is not None else None
@@ -194,25 +239,25 @@ def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
     return rec
 
 
-def fill_borrowed_bounds(records: list[dict[str, Any]]) -> None:
-    """Give records without a measured bound the scenario's bound (median
-    of the dcmigrate records, else relay-only) and their efficiency."""
-    for source in ("dcmigrate", "relay-only"):
-        values = [r["lower_bound_s"] for r in records
-                  if r["method"] == source and r.get("lower_bound_s")
-                  is not None and r.get("lower_bound_from") == "measured"]
-        if values:
-            break
-    else:
+def fill_scenario_bound(records: list[dict[str, Any]]) -> None:
+    """Give every record the scenario's bound: the median of the run's
+    samples (identical for every method), and its time over it."""
+    samples = [r["bound_sample_s"] for r in records
+               if r.get("bound_sample_s") is not None and r.get("ok")]
+    if not samples:
+        samples = [r["bound_sample_s"] for r in records
+                   if r.get("bound_sample_s") is not None]
+    if not samples:
         return
-    scenario = bnd.median(values)
+    scenario = bnd.median(samples)
+    terms = sorted({r["bound_sample_term"] for r in records
+                    if r.get("bound_sample_term")})
     for r in records:
-        if r.get("lower_bound_s") is None and \
-                r.get("post_redirect_time_s") is not None:
-            r["lower_bound_s"] = _r(scenario)
-            r["lower_bound_from"] = source
-            r["efficiency"] = _r(bnd.efficiency(
-                scenario, r["post_redirect_time_s"]))
+        r["lower_bound_s"] = _r(scenario)
+        r["lower_bound_from"] = "median of %d samples" % len(samples)
+        r["lower_bound_term"] = "/".join(terms)
+        r["time_over_bound"] = _r(bnd.ratio(r.get("post_redirect_time_s"),
+                                            scenario))
 
 
 def summarize(records: Sequence[Mapping[str, Any]],
@@ -278,7 +323,7 @@ def check_record(rec: Mapping[str, Any]) -> list[str]:
     if not isinstance(rec.get("ram_identical"), bool):
         problems.append("ram_identical is not a bool")
     for f in ("total_time_s", "post_redirect_time_s", "lower_bound_s",
-              "efficiency"):
+              "time_over_bound", "link_utilisation"):
         v = rec.get(f)
         if v is not None and not isinstance(v, (int, float)):
             problems.append("%s is not a number" % f)
@@ -303,7 +348,7 @@ def _mb(v: Any) -> str:
 
 TABLE_HEADERS = ("method", "run", "total s", "after redirect s",
                  "downtime ms", "from src MB", "relayed MB", "dedup pages",
-                 "bound s", "efficiency", "RAM same")
+                 "bound s", "x bound", "link util", "RAM same")
 
 
 def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
@@ -319,7 +364,8 @@ def table_rows(doc: Mapping[str, Any]) -> list[list[str]]:
             _fmt(r.get("pages_deduplicated")) if r["method"] in
             AGENT_METHODS else "-",
             _fmt(r.get("lower_bound_s")),
-            _fmt(r.get("efficiency"), 2),
+            _fmt(r.get("time_over_bound"), 2),
+            _fmt(r.get("link_utilisation"), 2),
             _fmt(r.get("ram_identical")) if not r.get("error") else
             "ERROR"])
     return rows
@@ -338,14 +384,15 @@ def summary_rows(doc: Mapping[str, Any]) -> list[list[str]]:
             _mb(m.get("bytes_from_source_after_redirect")),
             _mb(m.get("bytes_relayed_total")) if m.get("bytes_relayed_total")
             else "-",
-            _fmt(m.get("lower_bound_s")), _fmt(m.get("efficiency"), 2),
+            _fmt(m.get("lower_bound_s")), _fmt(m.get("time_over_bound"), 2),
+            _fmt(m.get("link_utilisation"), 2),
             "-" if ratio is None else "%.2fx" % ratio])
     return rows
 
 
 SUMMARY_HEADERS = ("method", "ok", "total s", "after redirect s",
                    "downtime ms", "from src MB", "relayed MB", "bound s",
-                   "efficiency", "vs restart")
+                   "x bound", "link util", "vs restart")
 
 
 def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
@@ -401,14 +448,18 @@ def explanation(doc: Mapping[str, Any]) -> list[str]:
                     _mb(d["bytes_from_source_after_redirect"]), name,
                     _mb(r["bytes_from_source_after_redirect"]),
                     _mb(d.get("bytes_relayed_total") or 0)))
-    if recs:
-        terms = sorted({r.get("lower_bound_term") for r in recs
-                        if r.get("lower_bound_term")})
-        if terms:
-            lines.append(
-                "Lower bound set by: %s (no method can beat the bound; "
-                "efficiency = bound / time after redirect)."
-                % ", ".join(terms))
+    terms = sorted({r.get("lower_bound_term") for r in doc["records"]
+                    if r.get("lower_bound_term")})
+    if terms:
+        lines.append(
+            "Lower bound set by: %s (the pages the new destination needed "
+            "by final content at the link rates, the same for every "
+            "method; x bound = time after redirect / bound; link util = "
+            "the run's own bytes at the link rates / its time)."
+            % ", ".join(terms))
+    elif recs:
+        lines.append("No scenario bound: no run reported the pages it "
+                     "needed.")
     best = doc["summary"].get("bound_to_restart_ratio")
     if best is not None:
         lines.append("Even a perfect redirect could at best reach %.2fx "

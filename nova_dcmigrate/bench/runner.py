@@ -237,7 +237,9 @@ class Runner:
                     self.env["libvirt"] = libvirt_host.libvirt_version()
                 agents = None
                 if self.needs_agents:
-                    agents = lab_agents.LabAgents(lab).start()
+                    agents = lab_agents.LabAgents(
+                        lab, mount_ns=None if hosts is None else
+                        lab_agents.libvirt_mount_ns(hosts)).start()
                 try:
                     sampler = LinkSampler({h: lab.hosts[h].bridge_port
                                            for h in cfg.hosts})
@@ -250,7 +252,7 @@ class Runner:
         finally:
             if broker is not None:
                 broker.stop()
-        report.fill_borrowed_bounds(self.records)
+        report.fill_scenario_bound(self.records)
         return self.document()
 
     def _one(self, side: Any, agents: lab_agents.LabAgents | None,
@@ -335,8 +337,10 @@ class Runner:
             if driver is not None:
                 driver.cleanup()
             side.close(run)
-        rec = report.build_record(cfg, run, rep, order, ram=ram,
-                                  alive=alive, series=series, error=error)
+        rec = report.build_record(
+            cfg, run, rep, order, ram=ram, alive=alive, series=series,
+            error=error, nonzero_pages=self.calibration.nonzero_pages
+            if self.calibration else None)
         if series is not None:
             self.series[key] = series
         self.records.append(rec)

@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if doc is None:
         if not runner.records:
             return rc or 1
-        report.fill_borrowed_bounds(runner.records)
+        report.fill_scenario_bound(runner.records)
         doc = runner.document()
     _finish(conf, doc, console)
     if rc:

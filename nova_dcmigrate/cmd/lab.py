@@ -37,6 +37,7 @@ from nova_dcmigrate.lab import image as lab_image
 from nova_dcmigrate.lab import qemu
 from nova_dcmigrate.lab import ramcheck
 from nova_dcmigrate.lab import rabbit
+from nova_dcmigrate.lab.cloud import cli as cloud_cli
 from nova_dcmigrate.lab import topology
 from nova_dcmigrate.lab import via_agents
 
@@ -250,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--boot-timeout", type=float, default=120)
     demo.add_argument("--settle", type=float, default=2.0)
     demo.set_defaults(func=_demo)
+
+    cloud_cli.add_parser(sub)
     return parser
 
 

@@ -14,7 +14,13 @@
           +-- InvalidRedirectTarget      the source, the current
           |                              destination, or no such host
           +-- RedirectPreparationFailed  the new host could not be set up;
-                                         the migration went on unchanged
+          |                              the migration went on unchanged
+          +-- RedirectCancelled          the job ended or was aborted while
+          |                              the new host was prepared
+          +-- UnsupportedInstance        NUMA/PCI resources a redirect
+          |                              cannot move
+          +-- RunStateError              a transition the run's table
+                                         refuses (a bug, never silent)
 
 The request errors are raised by the RPC endpoint before anything changes;
 oslo.messaging rebuilds them on the caller's side from their kwargs when
@@ -87,3 +93,29 @@ class RedirectPreparationFailed(RedirectError):
     msg_fmt = ("Redirecting live migration %(migration)s to %(host)s "
                "failed while %(step)s: %(reason)s. The migration continues "
                "to %(destination)s.")
+
+
+class RedirectCancelled(RedirectError):
+    """The prepare stopped: the migration ended or was aborted meanwhile;
+    what it had set up on the new host was undone."""
+
+    msg_fmt = ("Redirect of live migration %(migration)s to %(host)s "
+               "cancelled while %(step)s: %(reason)s.")
+
+
+class UnsupportedInstance(RedirectError):
+    """The instance has resources a redirect does not move."""
+
+    msg_fmt = ("Live migration %(migration)s of instance %(instance)s "
+               "cannot be redirected: %(reason)s.")
+
+
+class RunStateError(RedirectError):
+    """A live-migration run was asked for a transition its table refuses.
+
+    Raised instead of silently moving the run (see
+    :data:`nova_dcmigrate.compute.run.TRANSITIONS`).
+    """
+
+    msg_fmt = ("The live migration of instance %(instance)s is %(state)s; "
+               "it cannot become %(new)s.")

@@ -31,21 +31,22 @@ The migration consumer (holding the source's resources), the migration's
 and host never change here: Nova's own post-migration path
 (``_post_live_migration`` with the new destination) or rollback finishes
 the migration. Nova's compute manager offers these steps only as private
-helpers; they are reached through the manager the driver was given
-(``ComputeVirtAPI._compute``), and pinned by nova==34.0.0.
+helpers; they are reached through the manager the driver hands in, and
+pinned by nova==34.0.0 (each guarded by a contract test,
+``tests/functional/nova/test_nova_contract.py``). Nothing here knows the
+driver: whether the new host needs an agent, and where failed clean-ups
+go, are injected (:class:`Redirector`).
 
-Not handled yet (refused by Nova's own checks or left as is): NUMA-aware
-claims and PCI/vPMEM/mdev resources of the new destination are made by its
-checks as in any live migration, but a redirect does not rewrite the
-instance's ``migration_context`` for them.
+Refused at the request (:func:`check_supported_instance`): instances with
+a NUMA topology or PCI requests, whose destination-specific resources
+live in the ``migration_context`` a redirect does not rewrite.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
-import threading
+from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,7 +58,19 @@ from nova.scheduler import utils as scheduler_utils
 from nova import servicegroup
 from oslo_log import log as logging
 
+from nova_dcmigrate.compute import cleanup
 from nova_dcmigrate.compute import exception
+# The run's state machine lives in .run; its names stay reachable here.
+from nova_dcmigrate.compute.run import BUSY  # noqa: F401
+from nova_dcmigrate.compute.run import COMPLETED  # noqa: F401
+from nova_dcmigrate.compute.run import COMPLETING  # noqa: F401
+from nova_dcmigrate.compute.run import LiveMigrationRun
+from nova_dcmigrate.compute.run import PREPARING  # noqa: F401
+from nova_dcmigrate.compute.run import Registry  # noqa: F401
+from nova_dcmigrate.compute.run import REQUESTED  # noqa: F401
+from nova_dcmigrate.compute.run import ROLLED_BACK  # noqa: F401
+from nova_dcmigrate.compute.run import RUNNING  # noqa: F401
+from nova_dcmigrate.compute.run import SWITCHING  # noqa: F401
 import nova_dcmigrate.conf
 from nova_dcmigrate.scheduler import exception as scheduler_exception
 from nova_dcmigrate.scheduler import repick
@@ -70,212 +83,8 @@ CONF = nova_dcmigrate.conf.CONF
 _OWN_ERRORS = (exception.RedirectError,
                scheduler_exception.NoValidRedirectTarget)
 
-# Phases of a LiveMigrationRun, as get_redirect_status reports them.
-RUNNING = "running"
-REQUESTED = "redirect-requested"
-PREPARING = "preparing"
-SWITCHING = "switching"
-COMPLETING = "completing"
-COMPLETED = "completed"
-ROLLED_BACK = "rolled-back"
-#: Phases in which a new redirect request is refused as in progress.
-BUSY = frozenset({REQUESTED, PREPARING, SWITCHING})
-
-#: Migration statuses of a live migration that is switching over or done.
-SWITCHOVER_STATUSES = frozenset({"post-migrating", "completed", "done"})
-POSTCOPY_STATUS = "running (post-copy)"
-LIVE_MIGRATION = "live-migration"
-
 #: Migration fields that name the destination.
 DEST_FIELDS = ("dest_compute", "dest_node", "dest_compute_id", "dest_host")
-
-
-class LiveMigrationRun:
-    """One live migration run by this source, across its attempts.
-
-    Shared by the RPC endpoint (which validates and queues requests) and
-    the monitor thread (which acts on them); ``lock`` guards the fields
-    both touch.
-    """
-
-    def __init__(self, instance_uuid: str, migration: Any, source: str,
-                 dest: str, migrate_data: Any, source_bdms: Any) -> None:
-        self.lock = threading.Lock()
-        self.instance_uuid = instance_uuid
-        self.migration = migration
-        self.source = source
-        #: Destination of every attempt so far; the current one is last.
-        self.destinations = [dest]
-        self.migrate_data = migrate_data
-        #: The BDMs as on the source before any pre_live_migration.
-        self.source_bdms = source_bdms
-        self.phase = RUNNING
-        #: Host asked for (None: re-pick) while a request is pending.
-        self.requested_host: str | None = None
-        self.request_pending = False
-        #: Host being prepared, while PREPARING/SWITCHING.
-        self.target: str | None = None
-        self.redirects = 0
-        self.last_error: dict[str, Any] | None = None
-        #: A user abort arrived while the migration was between attempts.
-        self.abort_requested = False
-        #: The attempt being stopped for a redirect (its failure is ours).
-        self.stopping = False
-        #: (destination, migrate_data) of the next attempt, once committed.
-        self.switch: tuple[str, Any] | None = None
-
-    @property
-    def dest(self) -> str:
-        """The current destination."""
-        return self.destinations[-1]
-
-    def check_redirectable(self, migration: Any, host: str | None) -> None:
-        """Refuse a redirect request that cannot be acted on.
-
-        :param migration: the migration named by the request, as read from
-            the database by the caller.
-        :param host: the requested new destination, or None.
-        :raises RedirectError: the reason, with its data; nothing changes.
-        """
-        mig = self.migration
-        if migration.uuid != mig.uuid:
-            raise exception.UnknownMigration(
-                migration=migration.uuid, instance=self.instance_uuid,
-                running=mig.uuid)
-        if migration.migration_type != LIVE_MIGRATION:
-            raise exception.NotLiveMigration(
-                migration=migration.uuid,
-                migration_type=migration.migration_type)
-        status = migration.status
-        if status == POSTCOPY_STATUS:
-            raise exception.PostCopyMigration(migration=mig.uuid,
-                                              destination=self.dest)
-        if status in SWITCHOVER_STATUSES or self.phase == COMPLETING:
-            raise exception.SwitchingOver(
-                migration=mig.uuid, destination=self.dest,
-                status=status if status != "running" else self.phase)
-        if status != "running":
-            raise exception.MigrationNotRunning(migration=mig.uuid,
-                                                status=status)
-        if self.phase in BUSY:
-            raise exception.RedirectInProgress(
-                migration=mig.uuid, state=self.phase,
-                target=self.target or self.requested_host or "(scheduler)")
-        if host == self.source:
-            raise exception.InvalidRedirectTarget(
-                migration=mig.uuid, host=host,
-                reason="it is the source of the migration")
-        if host == self.dest:
-            raise exception.InvalidRedirectTarget(
-                migration=mig.uuid, host=host,
-                reason="it is the current destination")
-
-    def request(self, host: str | None) -> None:
-        """Queue a validated redirect for the monitor thread."""
-        self.requested_host = host
-        self.request_pending = True
-        self.phase = REQUESTED
-        self.last_error = None
-
-    def take_request(self) -> tuple[bool, str | None]:
-        """Return ``(pending, host)`` and mark a pending request taken."""
-        with self.lock:
-            if not self.request_pending:
-                return False, None
-            self.request_pending = False
-            self.phase = PREPARING
-            self.target = self.requested_host
-            return True, self.requested_host
-
-    def failed(self, err: BaseException) -> None:
-        """Record a redirect that did not happen; back to RUNNING."""
-        with self.lock:
-            self.phase = RUNNING
-            self.target = None
-            self.last_error = {"type": type(err).__name__,
-                               "message": str(err),
-                               "data": dict(getattr(err, "kwargs", {}))}
-
-    def redirected(self, dest: str, migrate_data: Any) -> None:
-        """Record the committed switch to ``dest``."""
-        with self.lock:
-            self.destinations.append(dest)
-            self.migrate_data = migrate_data
-            self.switch = (dest, migrate_data)
-            self.redirects += 1
-            self.phase = SWITCHING
-
-    def take_switch(self) -> tuple[str, Any] | None:
-        """Return and clear the committed switch, if any."""
-        with self.lock:
-            switch, self.switch = self.switch, None
-            self.stopping = False
-            if switch is not None:
-                self.phase = RUNNING
-                self.target = None
-            return switch
-
-    def status(self) -> dict[str, Any]:
-        """Return the redirect status as sent over RPC.
-
-        Keys: ``instance``, ``migration`` (UUIDs), ``source``,
-        ``destination`` (current), ``destinations`` (every destination,
-        oldest first), ``state`` (one of the phase names of this module),
-        ``target`` (host being prepared, or None), ``redirects`` (count
-        done), ``last_error`` (``{type, message, data}`` of the last
-        refused or failed redirect, or None).
-        """
-        with self.lock:
-            return {
-                "instance": self.instance_uuid,
-                "migration": self.migration.uuid,
-                "source": self.source,
-                "destination": self.dest,
-                "destinations": list(self.destinations),
-                "state": self.phase,
-                "target": self.target or (
-                    self.requested_host if self.request_pending else None),
-                "redirects": self.redirects,
-                "last_error": self.last_error,
-            }
-
-
-class Registry:
-    """The live migrations this source runs, plus recently finished ones."""
-
-    def __init__(self, finished_entries: int) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[str, LiveMigrationRun] = {}
-        self._finished: collections.OrderedDict[str, dict[str, Any]] = (
-            collections.OrderedDict())
-        self._finished_entries = finished_entries
-
-    def add(self, run: LiveMigrationRun) -> None:
-        with self._lock:
-            self._running[run.instance_uuid] = run
-            self._finished.pop(run.instance_uuid, None)
-
-    def get(self, instance_uuid: str) -> LiveMigrationRun | None:
-        with self._lock:
-            return self._running.get(instance_uuid)
-
-    def finish(self, run: LiveMigrationRun, phase: str) -> None:
-        """Forget a run, keeping its last status."""
-        with run.lock:
-            run.phase = phase
-            run.request_pending = False
-        status = run.status()
-        with self._lock:
-            if self._running.get(run.instance_uuid) is run:
-                del self._running[run.instance_uuid]
-            if self._finished_entries:
-                self._finished[run.instance_uuid] = status
-                while len(self._finished) > self._finished_entries:
-                    self._finished.popitem(last=False)
-
-    def finished_status(self, instance_uuid: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._finished.get(instance_uuid)
 
 
 @dataclasses.dataclass
@@ -309,13 +118,43 @@ class _NoVifPlugWait(Exception):
 
 @contextlib.contextmanager
 def _best_effort(what: str, instance: Any) -> Iterator[None]:
-    # Clean-up steps must not stop the ones after them.
+    # Undoing the new host's set-up: a step failing must not stop the
+    # ones after it. Only used before the old job was stopped (nothing of
+    # the old destination is touched); commit() records its failures.
     try:
         yield
     except Exception as err:
         LOG.warning("Redirect: %(what)s failed, continuing: %(err)s",
                     {"what": what, "err": err}, instance=instance,
                     exc_info=True)
+
+
+def check_supported_instance(context: Any, instance: Any,
+                             migration: Any) -> None:
+    """Refuse instances whose placement a redirect would get wrong.
+
+    A redirect does not rewrite the instance's ``migration_context``, so
+    NUMA-pinned or PCI-holding instances (whose destination-specific
+    resources live there) are refused before anything changes. Read from
+    the database: the caller's copy may not have these fields loaded.
+
+    :raises UnsupportedInstance: with the reason.
+    """
+    # The instance, or (as some RPC callers send it) its UUID.
+    uuid = instance if isinstance(instance, str) else instance.uuid
+    current = objects.Instance.get_by_uuid(
+        context, uuid, expected_attrs=["numa_topology", "pci_requests"])
+    reasons = []
+    if current.numa_topology:
+        reasons.append("it has a NUMA topology")
+    requests = current.pci_requests
+    if requests and requests.requests:
+        reasons.append("it has PCI device requests")
+    if reasons:
+        raise exception.UnsupportedInstance(
+            migration=migration.uuid, instance=uuid,
+            reason=" and ".join(reasons) + " (a redirect does not move "
+            "its migration context)")
 
 
 class Redirector:
@@ -325,11 +164,27 @@ class Redirector:
         its RPC, network, volume and placement clients and its private
         live-migration helpers do the work, so everything happens exactly
         as in Nova's own live-migration paths.
+    :param check_destination: called with the new host before anything
+        is set up there; raises if the host cannot take an attempt (e.g.
+        its dcmigrate agent does not answer). Given by whoever runs the
+        migration job (the driver's transport).
+    :param require_agent: a re-pick must require the agent trait (the
+        stream goes through the agents).
+    :param cleanups: where failed clean-up steps of the old destination
+        are kept and retried.
     """
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: Any,
+                 check_destination: Callable[[str], None] | None = None,
+                 require_agent: bool = False,
+                 cleanups: cleanup.CleanupQueue | None = None) -> None:
         self.manager = manager
         self.servicegroup_api = servicegroup.API()
+        self._check_destination = check_destination
+        self.require_agent = require_agent
+        self.cleanups = cleanups or cleanup.CleanupQueue(
+            CONF.dcmigrate_compute.cleanup_retries,
+            CONF.dcmigrate_compute.cleanup_retry_interval)
 
     # The manager's clients, read at each use: ComputeManager.reset()
     # (SIGHUP) replaces its compute RPC client.
@@ -374,11 +229,17 @@ class Redirector:
                 host: str | None, block_migration: Any) -> Preparation:
         """Set up the new destination next to the running migration.
 
+        Runs in the run's prepare worker, never in the migration monitor.
+        Between its steps it stops when ``run.cancel`` is set (the job
+        ended, or the user aborted): what was done is undone and
+        ``RedirectCancelled`` raised.
+
         :param host: the new destination, or None to ask nova-scheduler.
         :param block_migration: as given to the driver's live_migration.
-        :raises RedirectError: (``RedirectPreparationFailed`` or the
-            scheduler's ``NoValidRedirectTarget``) after everything done
-            for the new host was undone.
+        :raises RedirectError: (``RedirectPreparationFailed``,
+            ``RedirectCancelled`` or the scheduler's
+            ``NoValidRedirectTarget``) after everything done for the new
+            host was undone.
         :returns: what was done, for :meth:`commit` or :meth:`undo`.
         """
         migration = run.migration
@@ -388,27 +249,38 @@ class Redirector:
             migration_fields={f: getattr(migration, f) for f in DEST_FIELDS
                               if migration.obj_attr_is_set(f)})
         step = "choosing the new host"
+
+        def go_on(next_step: str) -> str:
+            if run.cancel.is_set():
+                raise exception.RedirectCancelled(
+                    migration=migration.uuid,
+                    host=prep.host or "(scheduler)", step=next_step,
+                    reason="the migration ended or was aborted meanwhile")
+            return next_step
+
         try:
+            go_on(step)
             limits, provider_mapping = self._claim(
                 context, instance, run, host, prep)
             new_host = str(prep.host)
 
             # Before anything else is set up there, and long before the
             # running attempt is stopped (point of no return).
-            step = "checking the dcmigrate agent on %s" % prep.host
+            step = go_on("checking the dcmigrate agent on %s" % prep.host)
             self._check_agent(new_host)
 
-            step = "running the live-migration checks on %s" % prep.host
+            step = go_on("running the live-migration checks on %s"
+                         % prep.host)
             md = self.compute_rpcapi.check_can_live_migrate_destination(
                 context, instance, prep.host, block_migration, None,
                 migration, limits)
             prep.checked = True
             prep.migrate_data = md
 
-            step = "binding ports on %s" % prep.host
+            step = go_on("binding ports on %s" % prep.host)
             self._bind_ports(context, instance, prep, provider_mapping)
 
-            step = "preparing %s (pre_live_migration)" % prep.host
+            step = go_on("preparing %s (pre_live_migration)" % prep.host)
             prep.dest_bdms = objects.BlockDeviceMappingList.\
                 get_by_instance_uuid(context, instance.uuid)
             prep.pre_live_migration_called = True
@@ -417,13 +289,15 @@ class Redirector:
                                           run.source_bdms)
             md.migration = migration
             prep.migrate_data = md
+            go_on("handing %s over to the monitor" % prep.host)
         except Exception as err:
-            LOG.warning("Redirect of live migration %(migration)s to "
-                        "%(host)s failed while %(step)s: %(err)s; undoing "
-                        "it, the migration continues to %(dest)s",
-                        {"migration": migration.uuid,
-                         "host": prep.host or "(scheduler)", "step": step,
-                         "err": err, "dest": run.dest}, instance=instance)
+            log = (LOG.info if isinstance(err, exception.RedirectCancelled)
+                   else LOG.warning)
+            log("Redirect of live migration %(migration)s to %(host)s "
+                "stopped while %(step)s: %(err)s; undoing it",
+                {"migration": migration.uuid,
+                 "host": prep.host or "(scheduler)", "step": step,
+                 "err": err}, instance=instance)
             self.undo(context, instance, prep)
             if isinstance(err, _OWN_ERRORS):
                 raise
@@ -437,12 +311,10 @@ class Redirector:
         return prep
 
     def _check_agent(self, host: str) -> None:
-        # The source's transport knows whether the new host needs an agent
+        # Whoever runs the job knows whether the new host needs an agent
         # (agents: its agent must answer a ping; direct: nothing).
-        migration_transport = getattr(self.manager.driver,
-                                      "dcmigrate_transport", None)
-        if migration_transport is not None:
-            migration_transport.check_destination(host)
+        if self._check_destination is not None:
+            self._check_destination(host)
 
     def _claim(self, context: Any, instance: Any, run: LiveMigrationRun,
                host: str | None, prep: Preparation) -> tuple[Any, Any]:
@@ -458,8 +330,7 @@ class Redirector:
                 holders=list(run.destinations),
                 report_client=self.reportclient,
                 # Only the agents need one on the new host.
-                require_agent=(
-                    CONF.dcmigrate_compute.transport == "agents"))
+                require_agent=self.require_agent)
             prep.host, prep.node = target.host, target.nodename
             prep.claimed = target.claimed
             prep.compute_node = objects.ComputeNode.get_by_host_and_nodename(
@@ -648,8 +519,10 @@ class Redirector:
 
         :raises Exception: if the migration record or the instance could
             not be saved; the caller then undoes ``prep`` and rolls the
-            migration back to the source. Clean-up of the old destination
-            is best effort (logged).
+            migration back to the source. A failed clean-up step of the
+            old destination does not raise: it is logged at ERROR, listed
+            in the run's ``cleanup_pending`` and retried
+            (:class:`~.cleanup.CleanupQueue`).
         """
         migration = run.migration
         old_cn = objects.ComputeNode.get_by_host_and_nodename(
@@ -665,19 +538,29 @@ class Redirector:
         instance.save()
 
         old = prep.old_dest
-        with _best_effort("releasing volumes on %s" % old, instance):
-            self._release_old_volumes(context, instance, run, prep)
-        with _best_effort("cleaning up %s" % old, instance):
-            self._clean_destination(context, instance, old,
-                                    prep.old_migrate_data)
+
+        def step(what: str, fn: Callable[[], None]) -> None:
+            # Each step runs once now; a failure is logged at ERROR, shown
+            # in the run's status and retried by the periodic clean-up.
+            cleanup_step = cleanup.CleanupStep(
+                instance.uuid, migration.uuid, old, what, fn)
+            if not self.cleanups.run(cleanup_step):
+                with run.lock:
+                    run.cleanup_pending.append(cleanup_step)
+
+        step("releasing volumes on %s" % old,
+             lambda: self._release_old_volumes(context, instance, run, prep))
+        step("cleaning up %s" % old,
+             lambda: self._clean_destination(context, instance, old,
+                                             prep.old_migrate_data))
         if _numa_claimed(prep.old_migrate_data):
-            with _best_effort("dropping the claim on %s" % old, instance):
-                self.compute_rpcapi.drop_move_claim_at_destination(
-                    context, instance, old)
-        with _best_effort("releasing the placement allocation on %s" % old,
-                          instance):
-            self.reportclient.remove_provider_tree_from_instance_allocation(
-                context, instance.uuid, old_cn.uuid)
+            step("dropping the claim on %s" % old,
+                 lambda: self.compute_rpcapi.drop_move_claim_at_destination(
+                     context, instance, old))
+        step("releasing the placement allocation on %s" % old,
+             lambda: self.reportclient.
+             remove_provider_tree_from_instance_allocation(
+                 context, instance.uuid, old_cn.uuid))
         LOG.info("Live migration %(migration)s redirected from %(old)s to "
                  "%(new)s", {"migration": migration.uuid, "old": old,
                              "new": prep.host}, instance=instance)

@@ -9,6 +9,11 @@ the **source** host of the migration, which runs the libvirt job.
 API version history:
 
 * 1.0 - Initial version: redirect_live_migration, get_redirect_status.
+* 1.1 - redirect_live_migration takes ``reason`` and ``requested_by`` and,
+  when ``requested_by`` is given, returns the redirect record; new
+  list_redirects. Only ``uuid`` of ``instance``/``migration`` is read (the
+  dcmigrate-api service, which does not import Nova, sends objects holding
+  just that).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def register_exception_modules() -> None:
 class ComputeRedirectAPI:
     """Versioned client of the redirect endpoint on a source compute."""
 
-    RPC_API_VERSION = "1.0"
+    RPC_API_VERSION = "1.1"
 
     def __init__(self, conf: cfg.ConfigOpts | None = None) -> None:
         """Build the client on Nova's RPC transport (``nova.rpc.init``).
@@ -69,8 +74,10 @@ class ComputeRedirectAPI:
         return self.client.prepare(server=host, version=version)
 
     def redirect_live_migration(self, ctxt: Any, instance: Any,
-                                migration: Any,
-                                host: str | None = None) -> dict[str, Any]:
+                                migration: Any, host: str | None = None,
+                                reason: str | None = None,
+                                requested_by: str | None = None
+                                ) -> dict[str, Any]:
         """Ask the source to redirect a running live migration.
 
         The source validates the request and returns at once; the redirect
@@ -83,14 +90,34 @@ class ComputeRedirectAPI:
             sent to ``migration.source_compute``.
         :param host: the new destination, or None to let nova-scheduler
             choose one.
+        :param reason: free text kept in the redirect record (1.1).
+        :param requested_by: ``user:<id>`` or ``trigger:<name>`` (1.1).
         :raises RedirectError: (a subclass) when the request is refused;
             nothing changed.
-        :returns: the redirect status right after the request was queued.
+        :raises oslo_messaging.RPCVersionCapError: ``reason`` or
+            ``requested_by`` given while ``rpc_version_cap`` is 1.0.
+        :returns: with ``reason`` or ``requested_by`` (1.1): the redirect
+            record (``RedirectRecord.to_dict()``); without (1.0): the
+            redirect status right after the request was queued.
         """
-        cctxt = self._prepare(migration.source_compute, "1.0")
+        if reason is None and requested_by is None:
+            cctxt = self._prepare(migration.source_compute, "1.0")
+            return cast(dict[str, Any], cctxt.call(
+                ctxt, "redirect_live_migration", instance=instance,
+                migration=migration, host=host))
+        cctxt = self._prepare(migration.source_compute, "1.1")
         return cast(dict[str, Any], cctxt.call(
             ctxt, "redirect_live_migration", instance=instance,
-            migration=migration, host=host))
+            migration=migration, host=host, reason=reason,
+            requested_by=requested_by or "user:%s" % ctxt.user_id))
+
+    def list_redirects(self, ctxt: Any, instance: Any, source: str,
+                       migration: Any = None) -> list[dict[str, Any]]:
+        """The instance's redirect records known to ``source`` (1.1),
+        newest first."""
+        cctxt = self._prepare(source, "1.1")
+        return cast(list[dict[str, Any]], cctxt.call(
+            ctxt, "list_redirects", instance=instance, migration=migration))
 
     def get_redirect_status(self, ctxt: Any, instance: Any,
                             migration: Any) -> dict[str, Any]:

@@ -31,13 +31,74 @@ OPTS = [
         help="TCP port for agent-to-agent connections. Every agent of a "
              "deployment must use the same port.\n\n"
              "Related options: peer_listen_address."),
-    cfg.HostAddressOpt(
-        "local_address",
-        default="127.0.0.1",
-        help="Address on which the agent accepts the local QEMU/libvirt "
-             "migration connection and reaches the local destination QEMU. "
-             "Must be a loopback address: the stream between QEMU and its "
-             "agent is not authenticated."),
+    cfg.IntOpt(
+        "max_peer_connections",
+        default=64, min=1,
+        help="Most connections the peer port keeps in the authentication "
+             "handshake at once (each for at most handshake_timeout). "
+             "Further connections are closed at once and counted as "
+             "rejected, so a flood of connections cannot exhaust the "
+             "agent's threads or file descriptors. An authenticated "
+             "connection belongs to its session: one per prepared attempt, "
+             "plus one per holder after a redirect.\n\n"
+             "Related options: peer_port, handshake_timeout."),
+    cfg.StrOpt(
+        "socket_dir",
+        default="/run/dcmigrate",
+        help="Directory of the UNIX sockets between the agent and the "
+             "local libvirtd/QEMU. Every attempt gets a 0700 directory in "
+             "it: owned by root on the source, where the agent listens and "
+             "libvirtd connects, and by qemu_user:qemu_group on the "
+             "destination, where QEMU listens and the agent connects. "
+             "Created 0755 root if missing; refused if group or others may "
+             "write to it. Must be the same path on every host (libvirt "
+             "gives one unix:// URI to both ends) and short (socket paths "
+             "are limited to 107 bytes).\n\n"
+             "Related options: qemu_user, qemu_group."),
+    cfg.StrOpt(
+        "qemu_user",
+        default="libvirt-qemu",
+        help="User the destination QEMU runs as (libvirt's qemu.conf "
+             "'user'; 'qemu' on RHEL-like systems, 'root' if QEMU runs as "
+             "root). Owner of the destination's socket directory.\n\n"
+             "Related options: qemu_group, socket_dir."),
+    cfg.StrOpt(
+        "qemu_group",
+        default="kvm",
+        help="Group the destination QEMU runs as (libvirt's qemu.conf "
+             "'group'; 'qemu' on RHEL-like systems).\n\n"
+             "Related options: qemu_user, socket_dir."),
+    cfg.BoolOpt(
+        "peer_tls",
+        default=False,
+        help="Wrap agent-to-agent connections in mutual TLS 1.3 (x509 "
+             "certificates like libvirt's migration TLS). Without it, guest "
+             "memory crosses the migration network unencrypted: frames are "
+             "authenticated (HMAC) but readable by anyone on the path. All "
+             "agents of a deployment must agree. The Nova driver asks for "
+             "it with [libvirt] live_migration_with_native_tls.\n\n"
+             "Related options: peer_tls_ca_file, peer_tls_cert_file, "
+             "peer_tls_key_file."),
+    cfg.StrOpt(
+        "peer_tls_ca_file",
+        default="/etc/pki/qemu/ca-cert.pem",
+        help="CA certificate(s) that sign every agent's certificate; peers "
+             "whose certificate it does not verify are refused. The "
+             "default is libvirt's migration TLS CA path.\n\n"
+             "Related options: peer_tls."),
+    cfg.StrOpt(
+        "peer_tls_cert_file",
+        default="/etc/pki/qemu/server-cert.pem",
+        help="This agent's certificate (PEM), used both to accept and to "
+             "connect. Its subjectAltName must name the address other "
+             "agents reach this agent at (the host name is checked when "
+             "connecting).\n\n"
+             "Related options: peer_tls, peer_tls_key_file."),
+    cfg.StrOpt(
+        "peer_tls_key_file",
+        default="/etc/pki/qemu/server-key.pem",
+        help="Private key of peer_tls_cert_file (PEM).\n\n"
+             "Related options: peer_tls."),
     cfg.IntOpt(
         "chunk_size",
         default=256 * 1024, min=16 * 1024, max=4 * 1024 * 1024,

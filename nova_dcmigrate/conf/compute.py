@@ -46,6 +46,26 @@ OPTS: list[cfg.Opt] = [
              "first.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: none."),
+    cfg.IntOpt(
+        "redirect_history_per_instance",
+        default=20,
+        min=1,
+        help="How many redirect records (list_redirects, the redirect "
+             "REST API) a nova-compute keeps per instance it ran live "
+             "migrations of as the source, oldest dropped first. The "
+             "records live in memory: a restart of nova-compute forgets "
+             "them (the dcmigrate-api service keeps its own copy).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: redirect_history_instances."),
+    cfg.IntOpt(
+        "redirect_history_instances",
+        default=1000,
+        min=1,
+        help="How many instances a nova-compute keeps redirect records "
+             "of; the instance whose records were touched longest ago is "
+             "dropped first.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: redirect_history_per_instance."),
     cfg.StrOpt(
         "transport",
         default="agents",
@@ -147,18 +167,69 @@ OPTS: list[cfg.Opt] = [
     cfg.PortOpt(
         "agent_port_min",
         default=49152,
-        help="Lowest loopback port used between QEMU and the dcmigrate "
-             "agents (the port must be free on both hosts; a new one is "
-             "picked for each attempt).\n\n"
+        deprecated_for_removal=True,
+        deprecated_reason="QEMU and the agents meet on UNIX sockets "
+                          "([dcmigrate_agent] socket_dir); no loopback port "
+                          "is used any more.",
+        help="Unused. Lowest loopback port once used between QEMU and "
+             "the dcmigrate agents.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: agent_port_max."),
     cfg.PortOpt(
         "agent_port_max",
         default=49215,
-        help="Highest loopback port used between QEMU and the dcmigrate "
-             "agents.\n\n"
+        deprecated_for_removal=True,
+        deprecated_reason="QEMU and the agents meet on UNIX sockets "
+                          "([dcmigrate_agent] socket_dir); no loopback port "
+                          "is used any more.",
+        help="Unused. Highest loopback port used between QEMU and the "
+             "dcmigrate agents.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: agent_port_min."),
+    cfg.IntOpt(
+        "housekeeping_interval",
+        default=30,
+        min=1,
+        help="Seconds between two runs of the driver's background "
+             "housekeeping: refreshing whether the local dcmigrate agent "
+             "answers (for the placement trait; never done inside the "
+             "resource tracker's provider tree update) and retrying "
+             "failed clean-up steps of redirects.\n\n"
+             "Services that use this: nova-compute.\n\n"
+             "Related options: agent_check_interval, "
+             "cleanup_retry_interval."),
+    cfg.IntOpt(
+        "cleanup_retries",
+        default=10,
+        min=0,
+        help="How many more times a failed clean-up step of a redirect "
+             "(releasing the old destination's volume attachments, "
+             "domain, port bindings, claims or placement allocation) is "
+             "retried before an ERROR asks the operator to finish it by "
+             "hand. Each failure is logged at ERROR and listed in the "
+             "redirect status (cleanup_pending).\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: cleanup_retry_interval."),
+    cfg.IntOpt(
+        "cleanup_retry_interval",
+        default=60,
+        min=1,
+        help="Seconds between two tries of a failed redirect clean-up "
+             "step.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: cleanup_retries, housekeeping_interval."),
+    cfg.IntOpt(
+        "relay_wait_timeout",
+        default=900,
+        min=1,
+        help="Longest time a redirected attempt holds the switchover back "
+             "while earlier destinations relay their pages. After it the "
+             "hold is lifted (a WARNING is logged) and Nova's own "
+             "downtime steps apply, so a stuck relay can never keep a "
+             "migration from converging. The new destination is polled "
+             "with a backoff from 50 ms to 1 s.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: transport."),
 ]
 
 

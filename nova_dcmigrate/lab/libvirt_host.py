@@ -113,8 +113,13 @@ def _read_pid(path: Path) -> int | None:
 class LibvirtHost:
     """A libvirtd running on one lab host; create with :meth:`start`."""
 
-    def __init__(self, lab: Lab, host: str) -> None:
+    def __init__(self, lab: Lab, host: str,
+                 shared_filesystems: Iterable[str] = ()) -> None:
         self.lab = lab
+        #: Paths libvirt must treat as shared storage (qemu.conf): Nova's
+        #: instances_path when all hosts share it, else libvirt refuses
+        #: Nova's live migration as "unsafe".
+        self.shared_filesystems = list(shared_filesystems)
         self.host = host
         lab_host = lab.hosts[host]
         self.address = lab_host.address
@@ -146,7 +151,8 @@ class LibvirtHost:
 
     @classmethod
     def start(cls, lab: Lab, host: str, *, timeout: float = START_TIMEOUT,
-              seed_cache: Path | None = None) -> LibvirtHost:
+              seed_cache: Path | None = None,
+              shared_filesystems: Iterable[str] = ()) -> LibvirtHost:
         """Start libvirtd on ``host`` and wait until it answers on TCP.
 
         :param seed_cache: a started host's ``cache`` directory to copy the
@@ -154,7 +160,7 @@ class LibvirtHost:
             ~9 s probe on every further host).
         :raises LibvirtHostError: if the daemons do not start or answer.
         """
-        self = cls(lab, host)
+        self = cls(lab, host, shared_filesystems)
         lab.add_cleanup(self.stop)
         try:
             self._prepare(seed_cache)
@@ -208,6 +214,9 @@ class LibvirtHost:
                 "migration_address = \"%(addr)s\"\n"
                 "migration_host = \"%(addr)s\"\n"
                 % {"host": self.host, "addr": self.address})
+            if self.shared_filesystems:
+                conf.write("shared_filesystems = [ %s ]\n" % ", ".join(
+                    '"%s"' % path for path in self.shared_filesystems))
         script = self.dir / "start.sh"
         q = shlex.quote
         status = self.run_dir / "daemons.status"
@@ -402,7 +411,8 @@ def libvirt_version() -> str:
 
 
 def start_libvirt_hosts(lab: Lab, hosts: Iterable[str] | None = None, *,
-                        timeout: float = START_TIMEOUT
+                        timeout: float = START_TIMEOUT,
+                        shared_filesystems: Iterable[str] = ()
                         ) -> dict[str, LibvirtHost]:
     """Start a libvirtd on each of ``hosts`` (default: every lab host).
 
@@ -413,12 +423,15 @@ def start_libvirt_hosts(lab: Lab, hosts: Iterable[str] | None = None, *,
     if not names:
         return {}
     started = time.monotonic()
-    first = LibvirtHost.start(lab, names[0], timeout=timeout)
+    shared = list(shared_filesystems)
+    first = LibvirtHost.start(lab, names[0], timeout=timeout,
+                              shared_filesystems=shared)
     result = {names[0]: first}
     seed = first.dir / "cache"
     with concurrent.futures.ThreadPoolExecutor(max(1, len(names) - 1)) as ex:
         futures = {name: ex.submit(LibvirtHost.start, lab, name,
-                                   timeout=timeout, seed_cache=seed)
+                                   timeout=timeout, seed_cache=seed,
+                                   shared_filesystems=shared)
                    for name in names[1:]}
         errors = []
         for name, future in futures.items():

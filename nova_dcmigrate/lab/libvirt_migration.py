@@ -10,12 +10,13 @@ Two paths, both libvirt peer-to-peer live migrations driven by
   to it;
 * **through the dcmigrate agents** (:func:`migrate_via_agents`), exactly
   as :mod:`nova_dcmigrate.lab.via_agents` does over QMP: both agents are
-  prepared over RPC first, then ``VIR_MIGRATE_PARAM_URI =
-  tcp://127.0.0.1:P`` and ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``
-  make the destination QEMU listen on the destination host's 127.0.0.1:P
-  and the source libvirtd connect to the source host's 127.0.0.1:P, where
-  the source agent waits (QEMU stream reference, section 4.1; each lab
-  host has its own loopback).
+  prepared over RPC first (they create the attempt's socket directories
+  and return the path), then ``VIR_MIGRATE_PARAM_URI = unix://<path>``
+  makes the destination QEMU bind that path on the destination host and
+  the source libvirtd connect to it on the source host, where the source
+  agent waits.  Each lab host has its own ``/run`` (private mount
+  namespace), and its agent runs in that namespace, so the one path names
+  two sockets.
 
 Job statistics (``virDomainGetJobStats``) are polled on the source while
 the job runs; the final ones come from the destination
@@ -94,6 +95,7 @@ from nova_dcmigrate.lab.qemu import MigrationResult
 from nova_dcmigrate.lab.ramcheck import compare_files
 from nova_dcmigrate.lab.ramcheck import RamComparison
 from nova_dcmigrate.lab.topology import Lab
+from nova_dcmigrate.virt import attempts
 
 LOG = logging.getLogger(__name__)
 
@@ -126,7 +128,8 @@ class LibvirtMigration:
     #: Set for migrations through the agents.
     migration_id: str | None = None
     secret: str | None = None
-    port: int | None = None
+    #: The agents' UNIX socket path (via agents), else None.
+    socket: str | None = None
     agents: LabAgents | None = None
     #: (seconds since start, jobStats()) polled on the source.
     samples: list[tuple[float, dict[str, Any]]] = dataclasses.field(
@@ -500,27 +503,26 @@ def migrate_direct(guest: LibvirtGuest, dst: LibvirtHost, *,
 
 def start_via_agents(lab: Lab, agents: LabAgents, guest: LibvirtGuest,
                      dst: LibvirtHost, *, migration_id: str | None = None,
-                     secret: str | None = None, port: int | None = None,
+                     secret: str | None = None,
                      **kwargs: Any) -> LibvirtMigration:
     """Prepare both agents over RPC and start the libvirt migration.
 
-    The migration stream goes source QEMU -> source libvirtd's socket to
-    127.0.0.1:P -> source agent -> destination agent -> destination QEMU
-    on its host's 127.0.0.1:P.  Returns at once.
+    The migration stream goes source QEMU -> source libvirtd's connection
+    to the UNIX socket P -> source agent -> destination agent ->
+    destination QEMU listening on P on its host.  Returns at once.
     """
     assert agents.api is not None
     mid = migration_id or str(uuid.uuid4())
     secret = secret or secrets.token_hex(32)
-    port = port or lab.free_port(dst.host)
     src_host = guest.host.host
-    agents.api.prepare_destination(dst.host, mid, secret, port)
-    agents.api.prepare_source(src_host, mid, secret, port,
-                              lab.hosts[dst.host].address, agents.peer_port)
-    LOG.info("Agent migration %s of %s: %s -> %s via agents, port %d", mid,
-             guest.name, src_host, dst.host, port)
+    path = attempts.prepare_agents(
+        agents.api, mid, secret, 0, src_host, dst.host,
+        lab.hosts[dst.host].address, agents.peer_port, [], True, None,
+        tls=agents.tls)
+    LOG.info("Agent migration %s of %s: %s -> %s via agents, socket %s",
+             mid, guest.name, src_host, dst.host, path)
     try:
-        m = start_migration(guest, dst, uri=f"tcp://127.0.0.1:{port}",
-                            listen_address="127.0.0.1", **kwargs)
+        m = start_migration(guest, dst, uri="unix://" + path, **kwargs)
     except BaseException:
         for host in (src_host, dst.host):
             try:
@@ -528,7 +530,7 @@ def start_via_agents(lab: Lab, agents: LabAgents, guest: LibvirtGuest,
             except Exception as err:  # noqa: BLE001 - best effort
                 LOG.warning("abort %s on %s: %s", mid, host, err)
         raise
-    m.migration_id, m.secret, m.port, m.agents = mid, secret, port, agents
+    m.migration_id, m.secret, m.socket, m.agents = mid, secret, path, agents
     return m
 
 

@@ -54,7 +54,8 @@ class RedirectRefused(DcmigrateError):
 class Attempt:
     number: int
     dst_host: str
-    port: int
+    #: (source agent's socket, destination QEMU's socket)
+    sockets: tuple[str, str]
     dst_guest: QemuGuest
     holders: list[str]
     started: float
@@ -124,36 +125,36 @@ class RedirectableMigration:
             # Use the rate the source link really moved (0: QEMU's own).
             self.src.set_migration_params(**{
                 "avail-switchover-bandwidth": int(self.source_link_rate)})
-        port = self.lab.free_port(dst_host)
         dst = QemuGuest.start(
             self.lab, dst_host, self.src.image,
             memory_mib=self.src.memory_mib, dirty_mib=self.src.dirty_mib,
             dirty_rate=self.src.dirty_rate, incoming="defer")
         try:
             dst.set_migration_caps(switchover_ack=True)
-            dst.migrate_incoming("tcp:127.0.0.1:%d" % port)
             holder_specs = [dict({"host": h,
                                   "address": self.lab.hosts[h].address,
                                   "port": self.agents.peer_port},
                                  **self._rate_hint(h))
                             for h in holders]
-            self.api.prepare_destination(
-                dst_host, self.migration_id, self.secret, port, number,
+            dpath = self.api.prepare_destination(
+                dst_host, self.migration_id, self.secret, number,
                 holder_specs, self.split,
-                self._rate_hint(self.src.host).get("rate"))
-            self.api.prepare_source(self.src.host, self.migration_id,
-                                    self.secret, port,
-                                    self.lab.hosts[dst_host].address,
-                                    self.agents.peer_port, number)
+                self._rate_hint(self.src.host).get("rate"),
+                tls=self.agents.tls)["socket"]
+            dst.migrate_incoming("unix:" + dpath)
+            spath = self.api.prepare_source(
+                self.src.host, self.migration_id, self.secret,
+                self.lab.hosts[dst_host].address, self.agents.peer_port,
+                number, tls=self.agents.tls)["socket"]
             if holders and self.gate_switchover:
                 self.src.set_migration_params(**{
                     "downtime-limit": GATE_DOWNTIME_MS})
-            attempt = Attempt(number, dst_host, port, dst, holders,
-                              time.monotonic())
+            attempt = Attempt(number, dst_host, (spath, dpath), dst,
+                              holders, time.monotonic())
             self.attempts.append(attempt)
             LOG.info("migration %s attempt %d -> %s (holders %s)",
                      self.migration_id, number, dst_host, holders or "none")
-            self.src.migrate("tcp:127.0.0.1:%d" % port)
+            self.src.migrate("unix:" + spath)
         except BaseException:
             dst.stop()
             raise

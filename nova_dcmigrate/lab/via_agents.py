@@ -1,11 +1,13 @@
 """Live migration through the dcmigrate agents, driven over QMP.
 
-Same plumbing as libvirt's P2P migration with ``URI=tcp://127.0.0.1:P`` and
-``LISTEN_ADDRESS=127.0.0.1`` (QEMU stream reference, section 4.1): the
-destination QEMU listens on its host's 127.0.0.1:P, the source QEMU
-connects to its own host's 127.0.0.1:P where the source agent waits, and
-the agents carry the stream between the hosts.  The agents are prepared
-over RPC first, exactly as the libvirt controller will do.
+Same plumbing as libvirt's P2P migration with ``URI=unix://<path>``: the
+agents are prepared over RPC first and return their attempt's UNIX socket
+path; the destination QEMU listens there (``migrate-incoming unix:``), the
+source QEMU connects to the source agent's socket (``migrate unix:``), and
+the agents carry the stream between the hosts.  The lab's QEMU hosts share
+one filesystem, so each agent has its own socket_dir and the two paths
+differ (under libvirt, each host has its own ``/run`` and the path is
+one).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ LOG = logging.getLogger(__name__)
 class AgentMigration:
     migration_id: str
     secret: str
-    port: int
+    #: (source agent's socket, destination QEMU's socket)
+    sockets: tuple[str, str]
     src_host: str
     dst_host: str
     dst_guest: QemuGuest
@@ -44,13 +47,11 @@ def start_via_agents(lab: Lab, agents: LabAgents, src_guest: QemuGuest,
                      capabilities: Mapping[str, bool] | None = None,
                      parameters: Mapping[str, Any] | None = None,
                      migration_id: str | None = None,
-                     secret: str | None = None,
-                     port: int | None = None) -> AgentMigration:
+                     secret: str | None = None) -> AgentMigration:
     """Prepare both agents and start the migration; returns at once."""
     assert agents.api is not None
     mid = migration_id or str(uuid.uuid4())
     secret = secret or secrets.token_hex(32)
-    port = port or lab.free_port(dst_host)
     dst = QemuGuest.start(
         lab, dst_host, src_guest.image, memory_mib=src_guest.memory_mib,
         dirty_mib=src_guest.dirty_mib, dirty_rate=src_guest.dirty_rate,
@@ -62,22 +63,25 @@ def start_via_agents(lab: Lab, agents: LabAgents, src_guest: QemuGuest,
             dst.set_migration_caps(**{"switchover-ack": True})
         else:
             dst.set_migration_caps()
-        dst.migrate_incoming("tcp:127.0.0.1:%d" % port)
-        agents.api.prepare_destination(dst_host, mid, secret, port)
-        agents.api.prepare_source(src_guest.host, mid, secret, port,
-                                  lab.hosts[dst_host].address,
-                                  agents.peer_port)
+        dpath = agents.api.prepare_destination(
+            dst_host, mid, secret, tls=agents.tls)["socket"]
+        dst.migrate_incoming("unix:" + dpath)
+        spath = agents.api.prepare_source(
+            src_guest.host, mid, secret, lab.hosts[dst_host].address,
+            agents.peer_port, tls=agents.tls)["socket"]
         src_guest.set_migration_caps(**caps)
         src_guest.set_migration_params(**{
             "max-bandwidth": UNLIMITED_BANDWIDTH,
             **{k.replace("_", "-"): v for k, v in (parameters or {}).items()}})
-        LOG.info("Agent migration %s: %s (%s) -> %s via agents, port %d",
-                 mid, src_guest.name, src_guest.host, dst_host, port)
-        src_guest.migrate("tcp:127.0.0.1:%d" % port)
+        LOG.info("Agent migration %s: %s (%s) -> %s via agents, %s -> %s",
+                 mid, src_guest.name, src_guest.host, dst_host, spath,
+                 dpath)
+        src_guest.migrate("unix:" + spath)
     except BaseException:
         dst.stop()
         raise
-    return AgentMigration(mid, secret, port, src_guest.host, dst_host, dst)
+    return AgentMigration(mid, secret, (spath, dpath), src_guest.host,
+                          dst_host, dst)
 
 
 def migrate_via_agents(lab: Lab, agents: LabAgents, src_guest: QemuGuest,

@@ -274,3 +274,40 @@ def release_claim(context: Any, instance: Any, target: RedirectTarget,
     :param report_client: placement client; the singleton if None.
     """
     _release(context, instance, target.compute_node_uuid, report_client)
+
+
+def destination_passes(
+        context: Any, instance: Any, request_spec: Any, migration: Any,
+        host: str, node: str, *, require_agent: bool = True,
+        query_client: Any = None) -> bool:
+    """Whether a running migration's destination still passes the filters.
+
+    The instance's request spec, prepared as for a re-pick, is sent to
+    ``select_destinations`` restricted to ``host``/``node``
+    (``requested_destination``), ignoring only the source. The instance
+    consumer already holds that host during the live migration, so the
+    scheduler's claim of it leaves the allocation unchanged (Nova's
+    ``claim_resources`` keeps providers the consumer already uses) and
+    nothing has to be released. Placement counts that existing claim as
+    used: a destination without room for a second copy of the instance
+    does not pass.
+
+    :raises Exception: scheduler RPC or placement failures, unchanged.
+    :returns: False when the scheduler finds no valid host.
+    """
+    ignore = sorted({h for h in (instance.host, migration.source_compute)
+                     if h and h != host})
+    spec = _request_spec_for_redirect(
+        context, instance, request_spec, migration, ignore, (), None,
+        require_agent)
+    spec.requested_destination.host = host
+    spec.requested_destination.node = node
+    if query_client is None:
+        query_client = scheduler_query.SchedulerQueryClient()
+    try:
+        selection = query_client.select_destinations(
+            context, spec, [instance.uuid], return_objects=True,
+            return_alternates=False)[0][0]
+    except nova_exception.NoValidHost:
+        return False
+    return bool(selection.service_host == host)

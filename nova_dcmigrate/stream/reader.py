@@ -27,6 +27,7 @@ from typing import Any
 
 from nova_dcmigrate.stream import constants as c
 from nova_dcmigrate.stream import exception
+from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream import records
 
 _unpack_be64 = c.BE64.unpack_from
@@ -52,7 +53,15 @@ class StreamVisitor:
     in are only valid during the call: copy (``bytes(data)``) to keep them.
     An exception raised by a visitor method propagates out of
     :meth:`StreamReader.buffer_updated` and leaves the reader FAILED.
+
+    ``fast_records`` (optional, set before the reader is made): a callable
+    ``(buf, pos, end, block) -> (pos, pages, zeros)`` that does this
+    visitor's work for a run of ``PAGE|CONTINUE``/``ZERO|CONTINUE``
+    records of ``block`` at once (see :mod:`fastpath`) and stops before
+    any record it does not take; the reader parses that one in Python.
     """
+
+    fast_records: Any = None
 
     def on_preamble(self, preamble: records.Preamble) -> None:
         """Header and configuration section were parsed."""
@@ -153,6 +162,17 @@ def _idstr(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def _scan_only(native: Any) -> Any:
+    """Fast path of the no-op visitor: validate and skip a record run."""
+    scan = native.scan_records
+
+    def fast(buf: bytearray, pos: int, end: int,
+             block: records.RamBlock) -> tuple[int, int, int]:
+        result: tuple[int, int, int] = scan(buf, pos, end, block.used_length)
+        return result
+    return fast
+
+
 def record_name(flags: int) -> str:
     """Name of a RAM record type from its flag bits, CONTINUE ignored.
 
@@ -213,6 +233,10 @@ class StreamReader:
         self._last_block: records.RamBlock | None = None
         self._section_kind = 0   # PART/END while inside a ram section
         self._want_footer = False
+        self._fast = visitor.fast_records
+        if self._fast is None and type(visitor) is StreamVisitor and \
+                fastpath.native is not None:
+            self._fast = _scan_only(fastpath.native)
 
     # -- public API ---------------------------------------------------------
 
@@ -699,8 +723,17 @@ class StreamReader:
         block = self._last_block
         used = block.used_length if block is not None else 0
         pages = zeros = 0
+        fast = self._fast
         try:
             while end - pos >= 8:
+                if fast is not None and block is not None:
+                    # A run of CONTINUE records at once; it stops before
+                    # any other (or invalid) record, parsed below.
+                    pos, n_pages, n_zeros = fast(buf, pos, end, block)
+                    pages += n_pages
+                    zeros += n_zeros
+                    if end - pos < 8:
+                        return False
                 (word,) = unpack(buf, pos)
                 flags = word & 0xFFF
                 if flags == _PAGE_CONT and block is not None:

@@ -140,6 +140,24 @@ class StreamWriter:
         self._header(block, page, c.RAM_FLAG_ZERO)
         self._buf += _ZERO_FILL
 
+    def native_target(self, block: records.RamBlock
+                      ) -> tuple[bytearray, bytes, bool] | None:
+        """For a native encoder appending records of ``block``: the buffer,
+        the block's idstr record prefix and whether the next record may
+        set CONTINUE; None when it must use :meth:`page`/:meth:`zero`.
+
+        After appending, call :meth:`native_appended`.
+        """
+        if not self._section_kind or not self._use_continue or \
+                self._blocks.get(block.name) != block:
+            return None
+        return (self._buf, self._idstrs[block.name],
+                block.name == self._last_block)
+
+    def native_appended(self, block: records.RamBlock) -> None:
+        """A native encoder appended records of ``block``."""
+        self._last_block = block.name
+
     def end_section(self) -> None:
         """Close the open section with EOS and its footer."""
         if not self._section_kind:

@@ -26,7 +26,7 @@ with its ``get_status(host, migration_id)``).
 from __future__ import annotations
 
 import dataclasses
-import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -37,13 +37,12 @@ from nova_dcmigrate.exception import DcmigrateError
 
 LOG = logging.getLogger(__name__)
 MIB = 1024 * 1024
-#: Ports tried before an attempt gives up finding a free loopback port.
-PORT_TRIES = 5
-
 #: Attempt states after which an agent does nothing more for an attempt.
 FINAL_STATES = frozenset({"failed", "aborted", "completed"})
-#: Seconds between two status polls while waiting for relays.
+#: Seconds before the first status poll while waiting for relays ...
 POLL_S = 0.05
+#: ... and the longest wait between two polls (backoff).
+POLL_MAX_S = 1.0
 
 
 def holders_for(destinations: Iterable[str], host: str,
@@ -75,9 +74,11 @@ def failed_holders(agents: Any, dst_host: str, migration_id: str,
                    number: int, holders: Iterable[str]) -> set[str]:
     """Holders the destination of attempt ``number`` saw fail.
 
-    Counted: holders flagged ``failed`` in the destination's relay status,
-    and holders named in the attempt's error.  An unreachable destination
-    agent yields an empty set (nothing is known to have failed).
+    Counted: holders flagged ``failed`` in the destination's relay status
+    (the destination flags every holder it gave up on, whatever the
+    reason).  An unreachable destination agent yields an empty set
+    (nothing is known to have failed).  ``holders`` is kept for the
+    callers' signature; the status names the failed ones.
     """
     try:
         status = agents.get_status(dst_host, migration_id)
@@ -88,8 +89,6 @@ def failed_holders(agents: Any, dst_host: str, migration_id: str,
         for host, h in (a.get("redirect") or {}).get("holders", {}).items():
             if h.get("failed"):
                 dead.add(host)
-        err = a.get("error") or ""
-        dead |= {h for h in holders if "holder %s" % h in err}
     return dead
 
 
@@ -108,23 +107,29 @@ class RelayWait:
 
 def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                  number: int, running: Callable[[], bool], *,
-                 timeout: float = 3600.0) -> RelayWait:
+                 timeout: float = 3600.0,
+                 stop: threading.Event | None = None) -> RelayWait:
     """Poll the new destination until the relays of attempt ``number`` are
     in, the attempt ended, or ``timeout`` passed.
 
     Why: the controllers hold the switchover back (a 1 ms downtime limit)
     while holders relay, so the relay backlog never lands in the guest's
-    downtime; this says when to restore the real limit.  Status errors
-    (agent busy or restarting) are retried until the deadline.
+    downtime; this says when to restore the real limit.  Polls start at
+    :data:`POLL_S` and back off to :data:`POLL_MAX_S` (most relays end
+    within the first seconds; a long one is not polled 20 times a
+    second).  Status errors (agent busy or restarting) are retried until
+    the deadline.  Setting ``stop`` (the attempt ended) wakes the wait at
+    once.
     """
     deadline = time.monotonic() + timeout
     rate = 0.0
+    delay = POLL_S
+    wake = stop if stop is not None else threading.Event()
     while running() and time.monotonic() < deadline:
         try:
             status = agents.get_status(dst_host, migration_id)
         except Exception:  # noqa: BLE001 - keep polling
-            time.sleep(0.2)
-            continue
+            status = {}
         for a in attempt_entries(status, number):
             red = a.get("redirect") or {}
             rate = float(red.get("source_rate") or rate)
@@ -132,53 +137,58 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                 return RelayWait(True, False, rate)
             if a.get("state") in FINAL_STATES:
                 return RelayWait(False, True, rate)
-        time.sleep(POLL_S)
+        wake.wait(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(POLL_MAX_S, delay * 1.5)
     return RelayWait(False, not running(), rate)
+
+
+class SocketPathMismatch(DcmigrateError):
+    msg_fmt = ("Migration %(migration_id)s: the source agent listens on "
+               "%(source)s but the destination QEMU would listen on "
+               "%(dest)s; [dcmigrate_agent] socket_dir must be the same on "
+               "every host")
 
 
 def prepare_agents(agents: Any, migration_id: str, secret: str,
                    number: int, source: str, dest: str, dest_address: str,
                    dest_port: int, holders: Sequence[Mapping[str, Any]],
                    split: bool, source_rate: float | None,
-                   ports: Iterable[int], used: Iterable[int], *,
-                   guest_memory: int | None = None) -> int | None:
+                   tls: bool = False,
+                   guest_memory: int | None = None) -> str:
     """Prepare the source and destination agents of attempt ``number``.
 
-    The source agent listens on a loopback port P picked at random from
-    ``ports`` (not in ``used``); a port it cannot listen on is skipped.
-    If the destination refuses, the source session is aborted again.
+    The destination agent creates the directory its QEMU will bind the
+    attempt's UNIX socket in, the source agent listens on the same path on
+    its host; libvirt gets ``unix://<path>`` as the migration URI.  If one
+    side refuses, the other's session is aborted again.
 
+    :param tls: the agents' links must use TLS (they refuse the prepare
+        when their ``peer_tls`` is off); passed only when set.
     :param guest_memory: the domain's memory in bytes (the destination
         refuses a stream announcing more RAM than that allows).
-    :returns: P, or None when no free port was found.
-    :raises: whatever the destination's ``prepare_destination`` raised.
+    :returns: the socket path.
+    :raises SocketPathMismatch: the agents' socket_dir differ.
+    :raises: whatever the agents' ``prepare_*`` raised.
     """
-    free = set(ports) - set(used)
-    for _try in range(PORT_TRIES):
-        if not free:
-            return None
-        port = random.choice(sorted(free))
-        free.discard(port)
-        try:
-            agents.prepare_source(source, migration_id, secret, port,
-                                  dest_address, dest_port, number)
-            break
-        except DcmigrateError as err:
-            if "cannot listen" not in str(err):
-                raise
-    else:
-        return None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"tls": True} if tls else {}
+    dst_extra = dict(extra)
     if guest_memory is not None:
-        extra["guest_memory"] = int(guest_memory)
+        dst_extra["guest_memory"] = int(guest_memory)
+    dst = agents.prepare_destination(dest, migration_id, secret, number,
+                                     list(holders), split, source_rate,
+                                     **dst_extra)
     try:
-        agents.prepare_destination(dest, migration_id, secret, port, number,
-                                   list(holders), split, source_rate,
-                                   **extra)
+        src = agents.prepare_source(source, migration_id, secret,
+                                    dest_address, dest_port, number,
+                                    **extra)
+        if src["socket"] != dst["socket"]:
+            raise SocketPathMismatch(migration_id=migration_id,
+                                     source=src["socket"],
+                                     dest=dst["socket"])
     except Exception:
-        abort_agents(agents, migration_id, [source])
+        abort_agents(agents, migration_id, [source, dest])
         raise
-    return port
+    return str(src["socket"])
 
 
 def abort_agents(agents: Any, migration_id: str,

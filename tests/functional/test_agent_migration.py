@@ -125,8 +125,7 @@ def test_wrong_secret_peer_rejected_while_migration_continues(
     import secrets
     import uuid
     mid2 = str(uuid.uuid4())
-    agents.api.prepare_destination("dst", mid2, secrets.token_hex(32),
-                                   lab.free_port("dst"))
+    agents.api.prepare_destination("dst", mid2, secrets.token_hex(32))
     time.sleep(1.0)
     assert src.query_migrate()["status"] == "active"
     err = _intrude(lab, agents, mid2, b"wrong-secret" * 4)

@@ -1,11 +1,14 @@
 """Redirectable live migration through stock libvirt (no Nova needed).
 
-Every attempt is a libvirt peer-to-peer live migration
-(``migrateToURI3`` with ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P`` and
-``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``): the destination QEMU
-listens on its host's loopback, the source libvirtd connects to the source
-host's loopback, and the dcmigrate agents there carry the stream (QEMU
-stream reference, section 4.1).  Both agents are prepared over RPC first.
+Every attempt is a libvirt peer-to-peer live migration (``migrateToURI3``
+with ``VIR_MIGRATE_PARAM_URI = unix://<socket_dir>/<migration>.<n>/
+migration.sock``, libvirt >= 6.8): the destination QEMU binds that path
+on its host, in a directory only the QEMU user can enter; the source
+libvirtd connects to the same path on the source host, where the source
+agent listens in a root-only directory; the dcmigrate agents carry the
+stream between them.  Both agents are prepared over RPC first (they create
+the directories and return the path).  No local TCP port is opened, so no
+other local process can reach either end.
 
 A redirect aborts the running job (``abortJob``: libvirt keeps the guest
 running on the source and kills the old destination QEMU, whose agent
@@ -92,7 +95,8 @@ class HostInfo:
 class Attempt:
     number: int
     host: HostInfo
-    port: int
+    #: The attempt's UNIX socket path (the same on both hosts).
+    socket: str
     holders: list[str]
     thread: threading.Thread | None = None
     error: libvirt.libvirtError | None = None
@@ -135,17 +139,17 @@ class RedirectableMigration:
     :param extra_flags: added to LIVE|PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE
         (e.g. ``VIR_MIGRATE_PAUSED``); unsupported ones are refused.
     :param max_downtime_ms: downtime allowed at switchover.
-    :param port_range: loopback ports to pick P from (a fresh P per
-        attempt, free on both hosts).
+    :param tls: the agents' links must use TLS (agents whose
+        ``[dcmigrate_agent] peer_tls`` is off refuse the attempt).
     """
 
     def __init__(self, dom: libvirt.virDomain, source: HostInfo,
                  agents: Any, resolve: Callable[[str], HostInfo], *,
                  extra_flags: int = 0, max_downtime_ms: int = 300,
                  params: dict[str, Any] | None = None, split: bool = True,
-                 port_range: tuple[int, int] = (49152, 49215),
                  max_retries: int = 3,
-                 migration_id: str | None = None) -> None:
+                 migration_id: str | None = None,
+                 tls: bool = False) -> None:
         self.flags = BASE_FLAGS | extra_flags
         check_flags(self.flags)
         self.dom = dom
@@ -155,8 +159,8 @@ class RedirectableMigration:
         self.max_downtime_ms = max_downtime_ms
         self.params = dict(params or {})
         self.split = split
-        self.port_range = port_range
         self.max_retries = max_retries
+        self.tls = tls
         self.migration_id = migration_id or str(uuid.uuid4())
         self.secret = secrets.token_hex(32)
         self.state = State.NEW
@@ -206,26 +210,22 @@ class RedirectableMigration:
                 if hi.upload_rate:
                     spec["rate"] = float(hi.upload_rate)
                 specs.append(spec)
-            port = attempts.prepare_agents(
+            path = attempts.prepare_agents(
                 self.agents, self.migration_id, self.secret, number,
                 self.source.name, info.name, info.agent_address,
                 info.agent_port, specs, self.split,
                 self.source_link_rate or self.source.upload_rate,
-                range(self.port_range[0], self.port_range[1] + 1),
-                (a.port for a in self.attempts),
-                guest_memory=self._guest_memory())
-            if port is None:
-                raise ControllerError(migration_id=self.migration_id,
-                                      reason="no free loopback port")
+                tls=self.tls, guest_memory=self._guest_memory())
             gate = bool(holders)
             self.dom.migrateSetMaxDowntime(GATE_DOWNTIME_MS if gate else
                                            self.max_downtime_ms)
-            attempt = Attempt(number, info, port, holders,
+            attempt = Attempt(number, info, path, holders,
                               started=time.monotonic())
             self.attempts.append(attempt)
             params = dict(self.params)
-            params[libvirt.VIR_MIGRATE_PARAM_URI] = "tcp://127.0.0.1:%d" % port
-            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+            # No listen address: libvirt forbids it with a unix URI.
+            params.pop(libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS, None)
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = "unix://" + path
             if gate and self.source_link_rate > 0:
                 # The source drops held pages at local speed: QEMU's own
                 # estimate would see a far faster link than the real one.
@@ -239,10 +239,10 @@ class RedirectableMigration:
             self._done.clear()
             attempt.thread.start()
             LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
-                     "(port %(port)d, holders %(holders)s)",
+                     "(socket %(path)s, holders %(holders)s)",
                      {"mid": self.migration_id, "n": number,
                       "src": self.source.name, "dst": info.name,
-                      "port": port, "holders": holders or "none"})
+                      "path": path, "holders": holders or "none"})
         if gate:
             threading.Thread(target=self._ungate_when_relayed,
                              args=(attempt,), daemon=True).start()
@@ -448,9 +448,22 @@ class RedirectableMigration:
                 if attempt.outcome == "completed":
                     self.state = State.COMPLETED
                     return attempt
-                if self.state in (State.ABORTED, State.REDIRECTING):
+                if self.state is State.ABORTED:
                     raise MigrationFailed(migration_id=self.migration_id,
                                           reason="aborted")
+                # Another thread (e.g. a TriggerWatch) is redirecting: its
+                # attempt is about to start.
+                redirecting = self.state is State.REDIRECTING
+            if redirecting:
+                if time.monotonic() > deadline:
+                    raise ControllerError(migration_id=self.migration_id,
+                                          reason="timed out in a redirect")
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                if (attempt is not self.current or
+                        self.state in (State.REDIRECTING, State.ABORTED)):
+                    continue            # changed while unlocked
                 dead = self._failed_holders(attempt)
                 retries = sum(1 for a in self.attempts
                               if a.outcome == "failed")

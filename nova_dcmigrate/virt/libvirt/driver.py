@@ -34,8 +34,10 @@ What it adds
   that run a dcmigrate agent (``required=CUSTOM_DCMIGRATE_AGENT``). It is
   reported only with ``[dcmigrate_compute] transport = agents`` and while
   the local agent answers its RPC ``ping`` (short timeout
-  ``agent_ping_timeout``, the answer kept ``agent_check_interval``
-  seconds; one WARNING when it stops answering); otherwise it is removed.
+  ``agent_ping_timeout``, pinged in ``init_host`` and then by the
+  background housekeeping every ``agent_check_interval`` seconds, never
+  inside ``update_provider_tree``; one WARNING when it stops answering);
+  otherwise it is removed.
 * The ``dcmigrate_compute`` RPC endpoint
   (:class:`nova_dcmigrate.compute.manager.RedirectEndpoint`), added to the
   compute manager's ``additional_endpoints`` when nova-compute loads the
@@ -44,10 +46,15 @@ What it adds
   per destination, each through Nova's own ``_live_migration`` (thread
   running the libvirt job, monitor loop, ``post_method`` or
   ``recover_method``). The monitor's job poll is the redirect point: when
-  a redirect was requested, the monitor thread prepares the new host
-  (:mod:`nova_dcmigrate.compute.redirect`) while the job to the old
-  destination goes on, then stops that job, moves Nova's state over and
-  ends the attempt without calling ``recover_method``; the next attempt
+  a redirect was requested, it hands the preparation of the new host
+  (:mod:`nova_dcmigrate.compute.redirect`) to the run's worker thread and
+  goes on with Nova's own monitoring (downtime steps, completion timeout,
+  statistics) while the job to the old destination runs; once the worker
+  is done, a poll stops that job, moves Nova's state over and ends the
+  attempt without calling ``recover_method``. If the old job completes
+  (or fails) while the new host is being prepared, the preparation is
+  cancelled at its next step and undone before Nova's ``post_method``
+  (or ``recover_method``) runs. The next attempt
   goes to the new host, and only the last one calls Nova's
   ``post_method`` (with the new host) or ``recover_method``. A redirect
   that fails while preparing leaves the migration going to the old
@@ -67,16 +74,19 @@ by ``[dcmigrate_compute] transport``:
   destinations listed as holders), then runs Nova's own
   ``_live_migration_operation`` (flags, destination/persistent XML, disks,
   bandwidth unchanged) on a guest whose ``migrateToURI3`` gets
-  ``VIR_MIGRATE_PARAM_URI = tcp://127.0.0.1:P`` and
-  ``VIR_MIGRATE_PARAM_LISTEN_ADDRESS = 127.0.0.1``. While holders relay,
-  the switchover is held back (1 ms maximum downtime; Nova's downtime
-  steps are applied once the relays are in). A stopped attempt's agent
-  sessions are aborted, its destination keeps its pages; when the
+  ``VIR_MIGRATE_PARAM_URI = unix://<socket_dir>/<migration>.<n>/
+  migration.sock`` (the agents' UNIX sockets; no listen address). While
+  holders relay, the switchover is held back (1 ms maximum downtime;
+  Nova's downtime steps are applied once the relays are in). A stopped
+  attempt's agent sessions are aborted, its destination keeps its pages;
+  when the
   migration ends every agent involved drops it. ``PARALLEL``,
-  ``POSTCOPY``, ``COMPRESSED``, ``TUNNELLED`` and ``TLS`` are refused in
+  ``POSTCOPY``, ``COMPRESSED`` and ``TUNNELLED`` are refused in
   ``check_can_live_migrate_source`` (``MigrationPreCheckError``, before
   anything is claimed): the agents parse the single precopy stream, and
   falling back to the direct job would silently lose the memory reuse.
+  ``TLS`` (``[libvirt] live_migration_with_native_tls``) is carried by
+  the agents' own mutual TLS instead (``[dcmigrate_agent] peer_tls``).
   How agents are addressed and which message bus is used: see
   :mod:`.transport`. The per-attempt logic mirrors the Nova-free
   controller (``nova_dcmigrate.virt.libvirt.controller``) and shares its
@@ -95,8 +105,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import threading
-import time
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -106,13 +114,20 @@ from nova.virt.libvirt import guest as libvirt_guest
 from nova.virt.libvirt import migration as libvirt_migrate
 from oslo_log import log as logging
 
+from nova_dcmigrate.compute import cleanup
+from nova_dcmigrate.compute import events as redirect_events
 from nova_dcmigrate.compute import exception as redirect_exception
 from nova_dcmigrate.compute import manager as redirect_manager
 from nova_dcmigrate.compute import redirect
+from nova_dcmigrate.compute import run as run_state
 import nova_dcmigrate.conf
+from nova_dcmigrate.exception import DcmigrateError
 from nova_dcmigrate.scheduler import constants as scheduler_constants
+from nova_dcmigrate.triggers import monitor as trigger_monitor
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
+from nova_dcmigrate.virt.libvirt import housekeeping
 from nova_dcmigrate.virt.libvirt import memory_backing
+from nova_dcmigrate.virt.libvirt import progress as redirect_progress
 from nova_dcmigrate.virt.libvirt import transport
 
 if TYPE_CHECKING:
@@ -170,20 +185,39 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         :param read_only: open a read-only libvirt connection.
         """
         super().__init__(virtapi, read_only=read_only)
+        group = CONF.dcmigrate_compute
         #: Live migrations this host runs as the source.
-        self.dcmigrate_runs = redirect.Registry(
-            CONF.dcmigrate_compute.finished_status_entries)
+        self.dcmigrate_runs = run_state.Registry(
+            group.finished_status_entries,
+            actions=redirect_events.ActionRecorder(),
+            history_per_instance=group.redirect_history_per_instance,
+            history_instances=group.redirect_history_instances)
+        # Live progress of redirect records (branch api).
+        self.dcmigrate_runs.progress = functools.partial(
+            redirect_progress.redirect_progress, self)
         #: Runs and stops the libvirt job of each attempt
         #: (``[dcmigrate_compute] transport``).
         self.dcmigrate_transport: transport.MigrationTransport
-        if CONF.dcmigrate_compute.transport == "direct":
+        if group.transport == "direct":
             self.dcmigrate_transport = transport.DirectLibvirtTransport()
         else:
             self.dcmigrate_transport = transport.AgentTransport()
         self._dcmigrate_redirector: redirect.Redirector | None = None
-        self._dcmigrate_agent_lock = threading.Lock()
-        #: (time.monotonic() of the last ping, whether the agent answered).
-        self._dcmigrate_agent_seen: tuple[float, bool] | None = None
+        #: Automatic redirect triggers ([dcmigrate_auto]).
+        self.dcmigrate_triggers = trigger_monitor.TriggerMonitor(
+            lambda: self.dcmigrate_host,
+            lambda: self.dcmigrate_redirector().reportclient)
+        #: Failed clean-up steps of redirects, retried by the housekeeping.
+        self.dcmigrate_cleanups = cleanup.CleanupQueue(
+            group.cleanup_retries, group.cleanup_retry_interval)
+        self.dcmigrate_agent_probe = housekeeping.AgentProbe(
+            self._dcmigrate_ping_agent, lambda: self.dcmigrate_host,
+            AGENT_TRAIT)
+        self._dcmigrate_housekeeper = housekeeping.Housekeeper(
+            self.dcmigrate_housekeeping,
+            lambda: CONF.dcmigrate_compute.housekeeping_interval,
+            "dcmigrate-housekeeping")
+        self._dcmigrate_log_filter = housekeeping.stopped_job_filter()
         manager = self._compute_manager()
         if manager is not None:
             manager.additional_endpoints.append(
@@ -191,8 +225,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         LOG.info("dcmigrate libvirt driver loaded (transport %(transport)s)"
                  "; trait %(trait)s reported while the local dcmigrate "
                  "agent answers", {"trait": AGENT_TRAIT,
-                                   "transport": CONF.dcmigrate_compute
-                                   .transport})
+                                   "transport": group.transport})
 
     def _compute_manager(self) -> Any:
         # ComputeVirtAPI keeps the manager that loaded the driver.
@@ -207,14 +240,63 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         return str(libvirt_driver.CONF.host)
 
     def dcmigrate_redirector(self) -> redirect.Redirector:
-        """Return the redirect orchestrator bound to the compute manager."""
+        """Return the redirect orchestrator bound to the compute manager.
+
+        The driver wires it: what the new host needs is asked of the
+        transport, failed clean-ups go to the driver's queue.
+        """
         if self._dcmigrate_redirector is None:
             manager = self._compute_manager()
             if manager is None:
                 raise redirect_exception.RedirectError(
                     reason="the driver runs outside nova-compute")
-            self._dcmigrate_redirector = redirect.Redirector(manager)
+            migration_transport = self.dcmigrate_transport
+            self._dcmigrate_redirector = redirect.Redirector(
+                manager,
+                check_destination=migration_transport.check_destination,
+                require_agent=isinstance(migration_transport,
+                                         transport.AgentTransport),
+                cleanups=self.dcmigrate_cleanups)
         return self._dcmigrate_redirector
+
+    # -- housekeeping and the agent trait ------------------------------------
+
+    def init_host(self, host: str) -> None:
+        """Stock start-up, then one agent ping and the housekeeping thread.
+
+        The ping runs here, before the first provider tree update and not
+        under the resource tracker's lock.
+        """
+        super().init_host(host)
+        if isinstance(self.dcmigrate_transport, transport.AgentTransport):
+            self.dcmigrate_agent_probe.refresh()
+        self._dcmigrate_housekeeper.start()
+
+    def cleanup_host(self, host: str) -> None:
+        """Stop the housekeeping thread, then the stock clean-up."""
+        self._dcmigrate_housekeeper.stop()
+        super().cleanup_host(host)
+
+    def dcmigrate_housekeeping(self) -> None:
+        """One round of background work (also called by tests).
+
+        Re-pings the local agent once ``agent_check_interval`` passed and
+        retries failed redirect clean-up steps that are due.
+        """
+        if (isinstance(self.dcmigrate_transport, transport.AgentTransport)
+                and self.dcmigrate_agent_probe.due(
+                    CONF.dcmigrate_compute.agent_check_interval)):
+            self.dcmigrate_agent_probe.refresh()
+        self.dcmigrate_cleanups.retry()
+
+    def _dcmigrate_ping_agent(self) -> None:
+        agent_transport = self.dcmigrate_transport
+        if not isinstance(agent_transport, transport.AgentTransport):
+            raise transport.AgentTransportError(
+                reason="transport is not agents")
+        agent_transport.ping(
+            self.dcmigrate_host,
+            timeout=CONF.dcmigrate_compute.agent_ping_timeout)
 
     def dcmigrate_traits(self) -> dict[str, bool]:
         """Return the dcmigrate traits this driver owns.
@@ -225,7 +307,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
 
         :returns: ``{trait name: supported}``: :data:`AGENT_TRAIT` is
             supported only when the agent transport is used and the local
-            agent answers (:meth:`dcmigrate_agent_answers`).
+            agent answered its last ping (:meth:`dcmigrate_agent_answers`).
         """
         if not isinstance(self.dcmigrate_transport,
                           transport.AgentTransport):
@@ -233,52 +315,24 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         return {AGENT_TRAIT: self.dcmigrate_agent_answers()}
 
     def dcmigrate_agent_answers(self) -> bool:
-        """Whether this host's dcmigrate agent answers its RPC ``ping``.
+        """Whether this host's dcmigrate agent answered its last ping.
 
-        The answer is kept ``[dcmigrate_compute] agent_check_interval``
-        seconds (the resource tracker updates the provider tree often), and
-        a ping waits at most ``agent_ping_timeout`` seconds. A WARNING is
-        logged when the agent is found unreachable, not again until it
-        answered in between.
+        Never pings: the answer comes from ``init_host`` and the
+        housekeeping thread (:meth:`dcmigrate_housekeeping`).
         """
-        group = CONF.dcmigrate_compute
-        agent_transport = self.dcmigrate_transport
-        if not isinstance(agent_transport, transport.AgentTransport):
+        if not isinstance(self.dcmigrate_transport,
+                          transport.AgentTransport):
             return False
-        with self._dcmigrate_agent_lock:
-            seen = self._dcmigrate_agent_seen
-            if (seen is not None and
-                    time.monotonic() - seen[0] < group.agent_check_interval):
-                return seen[1]
-            host = self.dcmigrate_host
-            try:
-                agent_transport.ping(host, timeout=group.agent_ping_timeout)
-                answers = True
-            except Exception as err:
-                answers = False
-                if seen is None or seen[1]:
-                    LOG.warning("The dcmigrate agent of host %(host)s does "
-                                "not answer; trait %(trait)s removed until "
-                                "it does: %(err)s",
-                                {"host": host, "trait": AGENT_TRAIT,
-                                 "err": err})
-                else:
-                    LOG.debug("The dcmigrate agent of host %(host)s still "
-                              "does not answer: %(err)s",
-                              {"host": host, "err": err})
-            else:
-                if seen is not None and not seen[1]:
-                    LOG.info("The dcmigrate agent of host %(host)s answers "
-                             "again; reporting trait %(trait)s",
-                             {"host": host, "trait": AGENT_TRAIT})
-            self._dcmigrate_agent_seen = (time.monotonic(), answers)
-            return answers
+        return self.dcmigrate_agent_probe.answers()
 
     def update_provider_tree(
             self, provider_tree: nova_provider_tree.ProviderTree,
             nodename: str,
             allocations: dict[str, Any] | None = None) -> None:
         """Report the stock libvirt inventory and traits plus ours.
+
+        Runs under Nova's ``COMPUTE_RESOURCE_SEMAPHORE``: only cached
+        answers are used here.
 
         :param provider_tree: the compute node's provider tree, as for
             ``ComputeDriver.update_provider_tree``.
@@ -330,17 +384,24 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         # The manager's post_method is a partial holding the BDMs as they
         # were before the destination's pre_live_migration.
         source_bdms = getattr(post_method, "keywords", {}).get("source_bdms")
-        run = redirect.LiveMigrationRun(
+        run = run_state.LiveMigrationRun(
             instance.uuid, migrate_data.migration, self.dcmigrate_host, dest,
             migrate_data, source_bdms if source_bdms is not None else [])
         self.dcmigrate_runs.add(run)
-        outcome = [redirect.ROLLED_BACK]
+        outcome = [run_state.ROLLED_BACK]
 
         def post(ctxt: Any, inst: Any, dst: str, block: Any,
                  md: Any) -> None:
-            with run.lock:
-                run.phase = redirect.COMPLETING
-            outcome[0] = redirect.COMPLETED
+            try:
+                run.completing()
+            except redirect_exception.RunStateError:
+                # A bug, but the guest is on ``dst``: Nova must finish.
+                LOG.exception("Live migration completed in an unexpected "
+                              "redirect state", instance=inst)
+            # Completed while a new host was being prepared: that host is
+            # released before Nova's post-migration reads the BDMs.
+            self._dcmigrate_settle_prepare(ctxt, inst, run)
+            outcome[0] = run_state.COMPLETED
             post_method(ctxt, inst, dst, block, md)
 
         def recover(ctxt: Any, inst: Any, dst: str, md: Any,
@@ -350,6 +411,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                          "%(new)s", {"dest": dst, "new": run.switch[0]},
                          instance=inst)
                 return
+            self._dcmigrate_settle_prepare(ctxt, inst, run)
             recover_method(ctxt, inst, dst, md,
                            migration_status=migration_status)
 
@@ -373,7 +435,9 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                 LOG.info("Live migration continues to %(dest)s",
                          {"dest": attempt_dest}, instance=instance)
         finally:
+            self._dcmigrate_settle_prepare(context, instance, run)
             self.dcmigrate_runs.finish(run, outcome[0])
+            run.shutdown()
 
     def _live_migration_monitor(self, context: Any, instance: Any,
                                 guest: Any, dest: str, post_method: Any,
@@ -382,6 +446,12 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                                 disk_paths: Any) -> None:
         """Nova's monitor, with our redirect point in its job polls."""
         run = self.dcmigrate_runs.get(instance.uuid)
+        # -- automatic redirect triggers (nova_dcmigrate.triggers) --
+        if run is not None and self.dcmigrate_triggers.enabled():
+            self.dcmigrate_triggers.attempt_started(
+                context, instance, run,
+                self._live_migration_data_gb(instance, disk_paths))
+        # --
         if run is not None:
             guest = _RedirectPoint(guest, functools.partial(
                 self._dcmigrate_poll, context, instance, run, guest, future,
@@ -422,22 +492,39 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         """Run the attempt's job; a job stopped for a redirect is no error.
 
         Nova's ``_live_migration`` collects this thread's exception and
-        would put the instance in ERROR.
+        would put the instance in ERROR. While the run stops the job on
+        purpose, libvirt's (and the agents') errors are the expected end
+        (INFO; Nova's own ERROR line for it is lowered to INFO by
+        :class:`~.housekeeping.StoppedJobLogFilter`); any other error is
+        logged at ERROR and recorded in the run's status, and the monitor
+        finds out from libvirt how the job ended.
         """
         run = self.dcmigrate_runs.get(instance.uuid)
         guest = memory_backing.keep_backing(
             guest, CONF.dcmigrate_compute.memory_backing, instance)
+        local = self._dcmigrate_log_filter.local
+        local.stopping = (lambda: run.stopping) if run is not None else None
         try:
             self.dcmigrate_transport.run_attempt(
                 self, context, instance, dest, block_migration,
                 migrate_data, guest, device_names)
-        except Exception as err:
+        except (_libvirt().libvirtError, DcmigrateError) as err:
             if run is not None and run.stopping:
                 LOG.info("Migration job to %(dest)s ended for a redirect: "
                          "%(err)s", {"dest": dest, "err": err},
                          instance=instance)
                 return
             raise
+        except Exception as err:
+            if run is not None and run.stopping:
+                LOG.exception("Migration job to %(dest)s failed while it was "
+                              "stopped for a redirect", {"dest": dest},
+                              instance=instance)
+                run.record_error(err)
+                return
+            raise
+        finally:
+            local.stopping = None
 
     def _get_guest_memory_backing_config(
             self, inst_topology: Any, numatune: Any, flavor: Any,
@@ -453,75 +540,116 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
     def live_migration_abort(self, instance: Any) -> None:
         """Abort, also while a redirect is being prepared or switched.
 
-        During a redirect the abort is recorded and acted on as soon as
-        the redirect reaches a point where the migration can be rolled
-        back to the source cleanly.
+        During a redirect the abort is recorded (a running preparation is
+        cancelled at its next step) and acted on as soon as the redirect
+        reaches a point where the migration can be rolled back to the
+        source cleanly.
         """
         run = self.dcmigrate_runs.get(instance.uuid)
-        if run is not None:
-            with run.lock:
-                if run.phase == redirect.REQUESTED:
-                    # Not started: drop the request, abort as usual.
-                    run.request_pending = False
-                    run.phase = redirect.RUNNING
-                    run.last_error = {
-                        "type": "Aborted", "data": {},
-                        "message": "live migration aborted before the "
-                                   "redirect started"}
-                elif (run.phase in (redirect.PREPARING, redirect.SWITCHING)
-                        or run.switch is not None):
-                    run.abort_requested = True
-                    LOG.info("Abort requested while redirecting; deferred "
-                             "until the redirect step ends",
-                             instance=instance)
-                    return
+        if run is not None and run.defer_abort():
+            LOG.info("Abort requested while redirecting; deferred until the "
+                     "redirect step ends", instance=instance)
+            return
         super().live_migration_abort(instance)
 
+    # -- the redirect point (monitor thread) ----------------------------------
+
+    def _dcmigrate_prepare(self, context: Any, instance: Any,
+                           run: run_state.LiveMigrationRun,
+                           host: str | None, block_migration: Any) -> Any:
+        # The run's worker thread: returns the Preparation or the error,
+        # for the monitor's next poll (or whoever settles it).
+        try:
+            return self.dcmigrate_redirector().prepare(
+                context, instance, run, host, block_migration)
+        except Exception as err:  # noqa: BLE001 - handed to the monitor
+            if not isinstance(err, DcmigrateError):
+                LOG.exception("Preparing the redirect failed",
+                              instance=instance)
+            return err
+
+    def _dcmigrate_settle_prepare(self, context: Any, instance: Any,
+                                  run: run_state.LiveMigrationRun) -> None:
+        """Cancel a running preparation, wait for it, undo what it did.
+
+        Called when the job ended on its own (post or rollback) while a
+        new host was prepared. The wait is bounded by the step under way
+        (each RPC has its timeout); the steps after it are skipped.
+        """
+        with run.lock:
+            future, run.preparation = run.preparation, None
+            run.cancel.set()
+        if future is None:
+            return
+        LOG.info("The migration job ended while a redirect was prepared; "
+                 "cancelling it", instance=instance)
+        prep = future.result()
+        if isinstance(prep, redirect.Preparation):
+            self.dcmigrate_redirector().undo(context, instance, prep)
+            run.record_error(redirect_exception.RedirectCancelled(
+                migration=run.migration.uuid, host=prep.host,
+                step="handing it over",
+                reason="the migration job ended meanwhile"))
+        elif isinstance(prep, BaseException):
+            run.record_error(prep)
+
     def _dcmigrate_poll(self, context: Any, instance: Any,
-                        run: redirect.LiveMigrationRun, guest: Any,
+                        run: run_state.LiveMigrationRun, guest: Any,
                         future: Any, block_migration: Any, info: Any) -> Any:
-        # Runs in the monitor thread at every job poll; returns the job
-        # info the monitor acts on.
+        """Runs in the monitor thread at every job poll; returns the job
+        info the monitor acts on. Never waits for the new host."""
+        # Automatic redirect triggers: a sample, never a wait.
+        self.dcmigrate_triggers.observe(run, info)
         lv = _libvirt()
         if (info.type not in (lv.VIR_DOMAIN_JOB_NONE,
                               lv.VIR_DOMAIN_JOB_UNBOUNDED) or
                 future.done()):
+            # The job ended: post/recover settle any preparation.
             return info
-        pending, host = run.take_request()
-        if not pending:
+        with run.lock:
+            preparing = run.preparation
+        if preparing is None:
+            pending, host = run.take_request()
+            if pending:
+                with run.lock:
+                    run.preparation = run.executor().submit(
+                        self._dcmigrate_prepare, context, instance, run,
+                        host, block_migration)
+            return info
+        if not preparing.done():
+            return info
+        with run.lock:
+            run.preparation = None
+        prep = preparing.result()
+        if isinstance(prep, BaseException):
+            if not isinstance(prep, redirect_exception.RedirectCancelled):
+                LOG.warning("Redirect failed; the live migration continues "
+                            "to %(dest)s: %(err)s",
+                            {"dest": run.dest, "err": prep},
+                            instance=instance)
+            if run.abort_requested:
+                run.record_error(prep)
+                return self._dcmigrate_cancel(guest, future, instance, run)
+            run.failed(prep)
             return info
         redirector = self.dcmigrate_redirector()
-        try:
-            prep = redirector.prepare(context, instance, run, host,
-                                      block_migration)
-        except Exception as err:
-            LOG.warning("Redirect failed; the live migration continues to "
-                        "%(dest)s: %(err)s", {"dest": run.dest, "err": err},
-                        instance=instance)
-            run.failed(err)
-            if run.abort_requested:
-                return self._dcmigrate_cancel(guest, future, instance, run)
-            return info
-        if run.abort_requested:
-            # The user's abort, deferred while the new host was prepared:
-            # release it, stop the job and let Nova roll back to the source
-            # as for a cancelled job.
+        if not run.prepared():
+            # The user's abort came in after the last step: release the
+            # new host, stop the job and let Nova roll back to the source.
             redirector.undo(context, instance, prep)
-            run.failed(redirect_exception.RedirectError(
+            run.record_error(redirect_exception.RedirectCancelled(
+                migration=run.migration.uuid, host=prep.host,
+                step="handing it over",
                 reason="the live migration was aborted"))
             return self._dcmigrate_cancel(guest, future, instance, run)
 
-        with run.lock:
-            run.phase = redirect.SWITCHING
-            run.stopping = True
+        # SWITCHING: the point of no return for the old destination.
         stopped = self._dcmigrate_stop_attempt(guest, future, instance)
         if stopped is not True:
             # The guest reached the old destination first ("completed"),
             # or the job did not end in time ("timeout"): the monitor goes
             # on with the job as libvirt reports it.
             redirector.undo(context, instance, prep)
-            with run.lock:
-                run.stopping = False
             run.failed(redirect_exception.RedirectError(
                 reason="the migration job to %s could not be stopped (%s)"
                        % (run.dest, stopped)))
@@ -541,15 +669,14 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         return libvirt_guest.JobInfo(type=lv.VIR_DOMAIN_JOB_CANCELLED)
 
     def _dcmigrate_cancel(self, guest: Any, future: Any, instance: Any,
-                          run: redirect.LiveMigrationRun) -> Any:
-        # Nova's rollback then runs with migration status "cancelled".
+                          run: run_state.LiveMigrationRun) -> Any:
+        # The deferred abort: Nova's rollback then runs with migration
+        # status "cancelled".
         lv = _libvirt()
-        with run.lock:
-            run.stopping = True
+        run.cancelling()
         if self._dcmigrate_stop_attempt(guest, future, instance) is True:
             return libvirt_guest.JobInfo(type=lv.VIR_DOMAIN_JOB_CANCELLED)
-        with run.lock:
-            run.stopping = False
+        run.move(run_state.RUNNING)
         return guest.get_job_info()
 
     def _dcmigrate_stop_attempt(self, guest: Any, future: Any,
@@ -564,16 +691,18 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             self.dcmigrate_transport.stop_attempt(guest)
         except lv.libvirtError as err:
             # E.g. no job any more: find out below how it ended.
-            LOG.warning("Stopping the migration job failed: %(err)s",
-                        {"err": err}, instance=instance)
+            LOG.info("Stopping the migration job: %(err)s", {"err": err},
+                     instance=instance)
         try:
             future.result(
                 timeout=CONF.dcmigrate_compute.attempt_stop_timeout)
         except concurrent.futures.TimeoutError:
             return "timeout"
-        except Exception:
-            LOG.debug("Stopped attempt ended with an error", exc_info=True,
-                      instance=instance)
+        except Exception as err:
+            # _live_migration_operation returns for a stopped job; what
+            # reaches here is the error of a job that ended otherwise.
+            LOG.warning("The stopped migration job ended with an error: "
+                        "%(err)s", {"err": err}, instance=instance)
         job = guest.get_job_info().type
         if job == lv.VIR_DOMAIN_JOB_NONE:
             job = libvirt_migrate.find_job_type(guest, instance)

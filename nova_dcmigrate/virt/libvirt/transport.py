@@ -15,8 +15,13 @@ The libvirt calls that differ sit behind :class:`MigrationTransport`:
   memory moves and no page is kept -- only Nova's side is real.
 * :class:`AgentTransport` -- the same Nova job, but QEMU's stream goes
   through the dcmigrate agents of the source and destination hosts
-  (``migrate_uri = tcp://127.0.0.1:P``, ``listen_address = 127.0.0.1``),
-  and a stopped attempt's destination agent keeps its pages: the next
+  (``migrate_uri = unix://<socket_dir>/<migration>.<n>/migration.sock``:
+  the destination QEMU binds it in a directory only the QEMU user can
+  enter, the source libvirtd connects to the source agent there, in a
+  root-only directory; no listen address, libvirt forbids it with a unix
+  URI; ``disks_uri = tcp://<destination address>`` for a block
+  migration, which libvirt requires with a unix URI), and a stopped
+  attempt's destination agent keeps its pages: the next
   attempt lists every earlier destination as a holder, which relays what
   it holds instead of the source resending it. Per attempt it does what
   ``nova_dcmigrate.virt.libvirt.controller.RedirectableMigration.start``
@@ -42,8 +47,14 @@ Choices made for the agent transport
   agent_transport_url`` or ``[DEFAULT] transport_url``), not Nova's
   ``nova.rpc.TRANSPORT``: the agents' exceptions must come back as
   ``nova_dcmigrate`` exceptions (Nova's transport only rebuilds Nova's),
-  e.g. to retry another loopback port when one is taken. It is created on
+  e.g. ``SecretMismatch`` or ``TLSConfigError``. It is created on
   first use, so a driver that never migrates opens no connection.
+* ``[libvirt] live_migration_with_native_tls``: the agents carry the
+  stream over mutual TLS 1.3 instead (``[dcmigrate_agent] peer_tls`` must
+  be on for every agent involved, else the prepare is refused); QEMU's own
+  TLS is not asked for (``VIR_MIGRATE_TLS`` is dropped from the flags: the
+  agents must parse the stream). Without it, a WARNING is logged once that
+  guest memory crosses the network unencrypted.
 * Flags the agents cannot carry (:mod:`.flags`) are refused, not run
   directly: the driver refuses them at ``check_can_live_migrate_source``
   (nothing claimed yet, the instance stays ACTIVE on the source) and this
@@ -63,6 +74,7 @@ Choices made for the agent transport
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import copy
 import dataclasses
 import secrets
@@ -84,10 +96,13 @@ CONF = nova_dcmigrate.conf.CONF
 
 #: Maximum downtime (ms) that holds switchover back while holders relay.
 GATE_DOWNTIME_MS = 1
-LOOPBACK = "127.0.0.1"
+#: Threads waiting for relays (one per gated attempt at a time; Nova runs
+#: max_concurrent_live_migrations at once, more wait their turn).
+GATE_WORKERS = 16
 #: libvirt's VIR_MIGRATE_PARAM_* values (fakelibvirt lacks some of them).
 PARAM_URI = "migrate_uri"
 PARAM_LISTEN_ADDRESS = "listen_address"
+PARAM_DISKS_URI = "disks_uri"
 PARAM_BANDWIDTH_AVAIL_SWITCHOVER = "bandwidth.avail.switchover"
 
 
@@ -112,7 +127,7 @@ class UnsupportedByAgents(AgentTransportError):
                "%(flags)s. Disable them ([libvirt] "
                "live_migration_permit_post_copy, "
                "live_migration_parallel_connections, "
-               "live_migration_with_native_tls, live_migration_tunnelled) or "
+               "live_migration_tunnelled) or "
                "set [dcmigrate_compute] transport = direct.")
 
 
@@ -221,11 +236,25 @@ class AgentAttempt:
 
     number: int
     dest: AgentEndpoint
-    port: int
+    #: The attempt's UNIX socket path (the same on both hosts).
+    socket: str
     holders: list[str]
-    running: bool = True
     #: Bytes/s the source link moved, measured by the destination agent.
     source_rate: float = 0.0
+    #: Set when the attempt's job ended (wakes the relay wait at once).
+    ended: threading.Event = dataclasses.field(
+        default_factory=threading.Event)
+
+    @property
+    def running(self) -> bool:
+        return not self.ended.is_set()
+
+    @running.setter
+    def running(self, value: bool) -> None:
+        if value:
+            self.ended.clear()
+        else:
+            self.ended.set()
 
 
 @dataclasses.dataclass
@@ -246,6 +275,8 @@ class AgentMigration:
     link_rate: float = 0.0
     #: The flavor's memory (bytes); bounds the RAM a stream may announce.
     guest_memory: int | None = None
+    #: Agent links must use TLS (live_migration_with_native_tls).
+    tls: bool = False
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
@@ -274,12 +305,18 @@ class _AgentDomain:
 
     def migrateToURI3(self, dconnuri: str, params: dict[str, Any],
                       flags: int) -> Any:
+        flags = without_tls(flags, self._dcm_lv)
         bad = migration_flags.unsupported(flags, self._dcm_lv)
         if bad:
             raise UnsupportedByAgents(flags=migration_flags.describe(bad))
         params = dict(params)
-        params[PARAM_URI] = "tcp://%s:%d" % (LOOPBACK, self._dcm_attempt.port)
-        params[PARAM_LISTEN_ADDRESS] = LOOPBACK
+        params[PARAM_URI] = "unix://" + self._dcm_attempt.socket
+        params.pop(PARAM_LISTEN_ADDRESS, None)
+        if params.get("migrate_disks") and PARAM_DISKS_URI not in params:
+            # libvirt wants an explicit NBD URI with a unix migrate URI;
+            # disks go straight to the destination, as with a direct job.
+            params[PARAM_DISKS_URI] = \
+                "tcp://%s" % self._dcm_attempt.dest.address
         mig = self._dcm_migration
         if self._dcm_attempt.holders and mig.link_rate > 0:
             # The source drops held pages at local speed: QEMU's own
@@ -304,6 +341,7 @@ class AgentTransport(MigrationTransport):
     def __init__(self, agents: Any = None) -> None:
         self._agents = agents
         self._lock = threading.Lock()
+        self._gates: concurrent.futures.ThreadPoolExecutor | None = None
         #: Running migrations by instance uuid.
         self.migrations: dict[str, AgentMigration] = {}
 
@@ -320,7 +358,8 @@ class AgentTransport(MigrationTransport):
             self._agents = agents
 
     def unsupported_flags(self, flags: int, lv: Any) -> list[str]:
-        return migration_flags.unsupported(flags, lv)
+        # VIR_MIGRATE_TLS is carried: the agents' links use TLS instead.
+        return migration_flags.unsupported(without_tls(flags, lv), lv)
 
     def ping(self, host: str, timeout: float | None = None
              ) -> dict[str, Any]:
@@ -361,6 +400,7 @@ class AgentTransport(MigrationTransport):
             raise UnsupportedByAgents(flags=migration_flags.describe(bad))
         mig = self._migration(instance, migrate_data,
                               str(driver.dcmigrate_host))
+        mig.tls = bool(flags & getattr(lv, "VIR_MIGRATE_TLS", 0))
         attempt = self._prepare(mig, dest, migrate_data)
         agent_guest = copy.copy(guest)
         agent_guest._domain = _AgentDomain(guest._domain, self, mig,
@@ -381,9 +421,18 @@ class AgentTransport(MigrationTransport):
             attempt.running = False
 
     def stop_attempt(self, guest: Any) -> None:
+        """Abort the attempt's agent sessions, then libvirt's job.
+
+        Sessions first: both agents then see the stream end as the abort
+        it is (INFO), not as QEMU failing under them (ERROR). The
+        destination keeps its pages either way.
+        """
         mig = self.migrations.get(guest.uuid)
         if mig is not None and mig.attempts:
-            self._note_link_rate(mig, mig.attempts[-1], guest)
+            attempt = mig.attempts[-1]
+            self._note_link_rate(mig, attempt, guest)
+            if attempt.running:
+                self._abort_agents(mig, [mig.source, attempt.dest.host])
         guest.abort_job()
 
     def configure_downtime(self, guest: Any, downtime_ms: int) -> None:
@@ -467,42 +516,57 @@ class AgentTransport(MigrationTransport):
             holders = attempts.holders_for(
                 (a.dest.host for a in mig.attempts), dest)
             specs = [dataclasses.asdict(mig.endpoints[h]) for h in holders]
-            lo = CONF.dcmigrate_compute.agent_port_min
-            hi = max(lo, CONF.dcmigrate_compute.agent_port_max)
-            port = attempts.prepare_agents(
+            path = attempts.prepare_agents(
                 self.agents, mig.migration_id, mig.secret, number,
                 mig.source, dest, endpoint.address, endpoint.port, specs,
-                True, mig.link_rate or None, range(lo, hi + 1),
-                (a.port for a in mig.attempts),
+                True, mig.link_rate or None, tls=mig.tls,
                 guest_memory=mig.guest_memory)
-            if port is None:
-                raise AgentTransportError(reason="no free loopback port in "
-                                                 "%d-%d" % (lo, hi))
-            attempt = AgentAttempt(number, endpoint, port, holders)
+            attempt = AgentAttempt(number, endpoint, path, holders)
             mig.attempts.append(attempt)
         LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
-                 "through the agents (port %(port)d, holders %(holders)s)",
+                 "through the agents (socket %(path)s, holders "
+                 "%(holders)s, %(tls)s)",
                  {"mid": mig.migration_id, "n": number, "src": mig.source,
-                  "dst": dest, "port": port, "holders": holders or "none"})
+                  "dst": dest, "path": path, "holders": holders or "none",
+                  "tls": "TLS" if mig.tls else "no TLS"})
+        if not mig.tls:
+            _warn_unencrypted_once()
         return attempt
 
     def _gate(self, mig: AgentMigration, attempt: AgentAttempt,
               guest: Any) -> None:
         """Hold switchover back until the new destination has every
-        relayed page, so the relay backlog never lands in the downtime."""
+        relayed page, so the relay backlog never lands in the downtime.
+
+        The wait runs in the transport's small thread pool (one task per
+        gated attempt, woken as soon as the attempt ends, bounded by
+        ``relay_wait_timeout``)."""
         with mig.lock:
             mig.gated = True
         guest.migrate_configure_max_downtime(GATE_DOWNTIME_MS)
-        threading.Thread(target=self._ungate_when_relayed,
-                         args=(mig, attempt, guest), daemon=True,
-                         name="dcmigrate-gate-%s" % mig.migration_id[:8]
-                         ).start()
+        self._gate_pool().submit(self._ungate_when_relayed, mig, attempt,
+                                 guest)
+
+    def _gate_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._gates is None:
+                self._gates = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=GATE_WORKERS,
+                    thread_name_prefix="dcmigrate-gate")
+            return self._gates
 
     def _ungate_when_relayed(self, mig: AgentMigration,
                              attempt: AgentAttempt, guest: Any) -> None:
+        timeout = CONF.dcmigrate_compute.relay_wait_timeout
         done = attempts.wait_relayed(
             self.agents, attempt.dest.host, mig.migration_id,
-            attempt.number, lambda: attempt.running)
+            attempt.number, lambda: attempt.running, timeout=timeout,
+            stop=attempt.ended)
+        if not done.relayed and not done.ended:
+            LOG.warning("migration %(mid)s attempt %(n)d: relays not in "
+                        "after %(t)d s; switchover no longer held back",
+                        {"mid": mig.migration_id, "n": attempt.number,
+                         "t": timeout})
         attempt.source_rate = done.source_rate
         with mig.lock:
             if mig.attempts[-1] is not attempt:
@@ -531,6 +595,26 @@ class AgentTransport(MigrationTransport):
 
     def _abort_agents(self, mig: AgentMigration, hosts: list[str]) -> None:
         attempts.abort_agents(self.agents, mig.migration_id, hosts)
+
+
+_UNENCRYPTED_WARNED = threading.Event()
+
+
+def _warn_unencrypted_once() -> None:
+    if not _UNENCRYPTED_WARNED.is_set():
+        _UNENCRYPTED_WARNED.set()
+        LOG.warning("Live migrations through the dcmigrate agents run "
+                    "without TLS: guest memory crosses the migration "
+                    "network unencrypted (authenticated, not secret). Set "
+                    "[libvirt] live_migration_with_native_tls = True and "
+                    "[dcmigrate_agent] peer_tls on every agent to encrypt "
+                    "it.")
+
+
+def without_tls(flags: int, lv: Any) -> int:
+    """``flags`` minus VIR_MIGRATE_TLS: the agents' links carry the TLS,
+    QEMU's stream must stay parseable."""
+    return flags & ~int(getattr(lv, "VIR_MIGRATE_TLS", 0))
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -60,8 +60,18 @@ def hosts(lab: Any) -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def agents(lab: Any, hosts: dict[str, Any],
            rabbit_broker: Any) -> Iterator[Any]:
-    """A dcmigrate-agent on every lab host, with the RPC client."""
+    """A dcmigrate-agent on every lab host, with the RPC client; each runs
+    in its libvirtd's mount namespace (``/run/dcmigrate`` there is where
+    the libvirtd and QEMU of that host meet it)."""
     from nova_dcmigrate.lab.agents import LabAgents
 
-    with LabAgents(lab) as agents:
+    with LabAgents(lab, mount_ns=agent_mount_ns(hosts)) as agents:
         yield agents
+
+
+def agent_mount_ns(hosts: dict[str, Any]) -> dict[str, int]:
+    """host -> the pid of its libvirtd (whose mount namespace an agent
+    joins)."""
+    from nova_dcmigrate.lab.agents import libvirt_mount_ns
+
+    return libvirt_mount_ns(hosts)

@@ -68,11 +68,17 @@ class InProcessAgents:
 
     A host missing from ``managers`` has no agent that answers: every call
     to it raises, as an RPC call to an absent agent times out.
+
+    The in-process "hosts" share one filesystem, so each agent has its own
+    socket_dir (one path would name one socket); in a deployment the
+    path is the same on both hosts, so the source's answer carries the
+    destination's path here (the only thing this adapter changes).
     """
 
     def __init__(self, managers: dict[str, AgentManager]) -> None:
         self.managers = managers
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        self._dest_socket: dict[tuple[str, int], str] = {}
 
     def _call(self, host: str, method: str, **kwargs: Any) -> Any:
         self.calls.append((host, method, kwargs))
@@ -85,26 +91,31 @@ class InProcessAgents:
         return self._call(host, "ping")
 
     def prepare_destination(self, host: str, migration_id: str, secret: str,
-                            qemu_port: int, attempt: int = 0,
+                            attempt: int = 0,
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
                             source_rate: float | None = None,
+                            tls: bool = False,
                             guest_memory: int | None = None
                             ) -> dict[str, Any]:
-        return self._call(host, "prepare_destination",
-                          migration_id=migration_id, secret=secret,
-                          qemu_port=qemu_port, attempt=attempt,
-                          holders=holders, split=split,
-                          source_rate=source_rate,
-                          guest_memory=guest_memory)
+        result = self._call(host, "prepare_destination",
+                            migration_id=migration_id, secret=secret,
+                            attempt=attempt, holders=holders, split=split,
+                            source_rate=source_rate, tls=tls,
+                            guest_memory=guest_memory)
+        self._dest_socket[(migration_id, attempt)] = result["socket"]
+        return result
 
     def prepare_source(self, host: str, migration_id: str, secret: str,
-                       listen_port: int, dest_address: str, dest_port: int,
-                       attempt: int = 0) -> dict[str, Any]:
-        return self._call(host, "prepare_source", migration_id=migration_id,
-                          secret=secret, listen_port=listen_port,
-                          dest_address=dest_address, dest_port=dest_port,
-                          attempt=attempt)
+                       dest_address: str, dest_port: int,
+                       attempt: int = 0, tls: bool = False
+                       ) -> dict[str, Any]:
+        result = self._call(host, "prepare_source",
+                            migration_id=migration_id, secret=secret,
+                            dest_address=dest_address, dest_port=dest_port,
+                            attempt=attempt, tls=tls)
+        return dict(result, socket=self._dest_socket.get(
+            (migration_id, attempt), result["socket"]))
 
     def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
         return self._call(host, "get_status", migration_id=migration_id)
@@ -137,6 +148,8 @@ class DCMigrateDriverMixin:
     #: 127.0.0.1), reached through :class:`InProcessAgents` instead of the
     #: message bus; ``stop_agent`` makes one stop answering.
     DCMIGRATE_TRANSPORT = "direct"
+    #: ``[dcmigrate_agent]`` overrides of the in-process agents.
+    DCMIGRATE_AGENT_CONF: dict[str, Any] = {}
 
     # The attributes below come from nova.test.TestCase.
     _testMethodName: str
@@ -174,7 +187,9 @@ class DCMigrateDriverMixin:
         manager = self.agents.managers.get(host)
         if manager is None:
             manager = AgentManager(
-                make_conf(session_timeout=120.0).dcmigrate_agent, host)
+                make_conf(session_timeout=120.0,
+                          **self.DCMIGRATE_AGENT_CONF).dcmigrate_agent,
+                host)
             manager.start()
             self.addCleanup(manager.stop)
             self.agents.managers[host] = manager
@@ -219,6 +234,17 @@ class DCMigrateDriverMixin:
                 raise AssertionError("compute %s runs unexpected driver %r"
                                      % (host, type(driver)))
         return svc
+
+    def _run_periodics(self) -> None:
+        # Our driver's periodic housekeeping (agent ping for the trait,
+        # redirect clean-up retries) runs in its own thread every
+        # housekeeping_interval; the tests run one round of it with Nova's
+        # periodic tasks instead of waiting.
+        for svc in getattr(self, "computes", {}).values():
+            driver = svc.manager.driver
+            if isinstance(driver, dcm_driver.DCMigrateLibvirtDriver):
+                driver.dcmigrate_housekeeping()
+        super()._run_periodics()  # type: ignore[misc]
 
     def _clear_attrs(self) -> None:
         # nova.test.TestCase._clear_attrs deletes every public instance

@@ -9,7 +9,7 @@ What is replaced, on top of fakelibvirt's migration job:
 * the agents' RPC: each host's agent is a REAL, started
   :class:`nova_dcmigrate.agent.manager.AgentManager` (peer listener on
   127.0.0.1, real prepare/validation/abort/cleanup, real source sessions
-  listening on the loopback port P), called in-process through
+  listening on the attempt's UNIX socket), called in-process through
   :class:`InProcessAgents` -- a small adapter with ``AgentAPI``'s method
   signatures that the harness mixin (``base.py``) hands to every
   ``AgentTransport`` through ``transport.default_agents`` (the transport's
@@ -25,6 +25,9 @@ what the transport asks of libvirt and of the agents per attempt.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+import shutil
 import time
 from typing import Any
 
@@ -69,7 +72,7 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
 
     def _migrate_stub(self, domain: Any, destination: str,
                       params: dict[str, Any], flags: int) -> None:
-        self.params.append(dict(params))
+        self.params.append(dict(params, _flags=flags))
         super()._migrate_stub(domain, destination, params, flags)
 
     def _session(self, host: str, number: int) -> Any:
@@ -77,12 +80,13 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
 
     def _check_attempt(self, number: int, host: str,
                        holders: list[str]) -> int:
-        """Check attempt ``number`` (0-based); return its loopback port."""
+        """Check attempt ``number`` (0-based); return its socket path."""
         params = self.params[number]
         uri = params["migrate_uri"]
-        self.assertTrue(uri.startswith("tcp://127.0.0.1:"), uri)
-        port = int(uri.rsplit(":", 1)[1])
-        self.assertEqual("127.0.0.1", params["listen_address"])
+        self.assertTrue(uri.startswith("unix:///"), uri)
+        path = uri[len("unix://"):]
+        # libvirt forbids a listen address with a unix URI.
+        self.assertNotIn("listen_address", params)
         # Nova's own parameters are still there.
         self.assertIn("destination_xml", params)
         self.assertEqual(params["destination_xml"], params["persistent_xml"])
@@ -92,10 +96,13 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
         dst = self._session(host, number)
         self.assertIsInstance(src, sess.SourceSession)
         self.assertIsInstance(dst, sess.DestinationSession)
-        self.assertEqual((port, "127.0.0.1",
-                          self.managers[host].listener.port),
-                         (src.listen_port, src.dest_address, src.dest_port))
-        self.assertEqual(port, dst.qemu_port)
+        self.assertEqual(("127.0.0.1", self.managers[host].listener.port),
+                         (src.dest_address, src.dest_port))
+        # The destination QEMU's socket (see InProcessAgents for why the
+        # source agent's is another path here); both directories exist.
+        self.assertEqual(path, dst.socket_path)
+        self.assertTrue(os.path.isdir(dst.socket_dir))
+        self.assertTrue(os.path.exists(src.socket_path))
         # One migration id and one secret for every attempt and host.
         self.assertEqual(self.managers["src"].secrets[mid],
                          self.managers[host].secrets[mid])
@@ -103,7 +110,7 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
             [{"host": h, "address": "127.0.0.1",
               "port": self.managers[h].listener.port} for h in holders],
             dst.holders)
-        return port
+        return path
 
     def _wait_gone(self) -> None:
         """Every agent forgot the migration (cleanup after the end)."""
@@ -277,3 +284,79 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
         self._finish(attempt, "dest3")
         self._assert_finished_on("dest3", ("src", "dest1", "dest2"),
                                  volume=False)
+
+
+class NativeTLSWithoutAgentTLSTest(test_redirect.RedirectTestBase):
+    """``live_migration_with_native_tls`` while the agents have no TLS:
+    refused, never silently unencrypted."""
+
+    DCMIGRATE_TRANSPORT = "agents"
+
+    def test_native_tls_refused_when_agents_have_no_tls(self) -> None:
+        self._boot(volume=False)
+        # What Nova's driver does with live_migration_with_native_tls.
+        self.computes["src"].driver._live_migration_flags |= \
+            fakelibvirt.VIR_MIGRATE_TLS
+        self.api.post_server_action(
+            self.server["id"],
+            {"os-migrateLive": {"host": "dest1", "block_migration": "auto"}})
+        self._wait_migration("failed", "error")
+        server = self.api.get_server(self.server["id"])
+        self.assertEqual("src", server["OS-EXT-SRV-ATTR:host"])
+        # No libvirt job ran and no session is left anywhere.
+        self.assertEqual([], self.attempts)
+        for m in self.agents.managers.values():
+            self.assertEqual([], m.list_migrations({}))
+        refused = [kw for h, kw in self.agents.methods(
+            "prepare_destination")]
+        self.assertTrue(refused and all(kw["tls"] for kw in refused))
+
+
+class NativeTLSTest(AgentTransportTest):
+    """``live_migration_with_native_tls`` with agents that have TLS: the
+    agents are asked for it, libvirt is not (the stream must stay
+    parseable)."""
+
+    DCMIGRATE_AGENT_CONF: dict[str, Any] = {}
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        from nova_dcmigrate.lab.certs import LabCA
+        import tempfile
+        cls._pki = tempfile.mkdtemp(prefix="dcm-pki-")
+        cert = LabCA(Path(cls._pki)).issue("agent", ["127.0.0.1"])
+        cls.DCMIGRATE_AGENT_CONF = {
+            "peer_tls": True, "peer_tls_ca_file": str(cert.ca_file),
+            "peer_tls_cert_file": str(cert.cert_file),
+            "peer_tls_key_file": str(cert.key_file)}
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        shutil.rmtree(cls._pki, ignore_errors=True)
+        super().tearDownClass()
+
+    def test_native_tls_goes_to_the_agents(self) -> None:
+        self._boot(volume=False)
+        self.computes["src"].driver._live_migration_flags |= \
+            fakelibvirt.VIR_MIGRATE_TLS
+        self._start_migration("dest1")
+        self._check_attempt(0, "dest1", [])
+        self.assertFalse(self.params[0]["_flags"] &
+                         fakelibvirt.VIR_MIGRATE_TLS)
+        self.assertTrue(all(kw.get("tls") for _h, kw in
+                            self.agents.methods("prepare_source")))
+        self.assertTrue(self.managers["dest1"].ping({})["tls"])
+        self.attempts[0].release.set()
+        self._wait_migration("completed")
+        self._wait_gone()
+
+    # The parent's tests are not repeated with TLS.
+    test_redirects_through_the_agents = None  # type: ignore[assignment]
+    test_rollback_cleans_the_agents = None  # type: ignore[assignment]
+    test_unsupported_flags_refused_before_starting = \
+        None  # type: ignore[assignment]
+    test_redirect_refused_when_the_new_hosts_agent_does_not_answer = \
+        None  # type: ignore[assignment]
+    test_repick_leaves_out_hosts_whose_agent_does_not_answer = \
+        None  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nova import context as nova_context
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.libvirt import base as libvirt_base
 
@@ -105,6 +106,21 @@ class AgentTraitTest(_DriverTestBase):
             self.assertIn(TRAIT, traits)
             self.assertIn("COMPUTE_NODE", traits)
             self.assertIn("COMPUTE_NET_VIF_MODEL_VIRTIO", traits)
+
+    def test_provider_tree_update_never_pings(self) -> None:
+        # update_provider_tree runs under Nova's COMPUTE_RESOURCE_SEMAPHORE
+        # (it blocks claims): only the cached answer is used there, even
+        # when it is due; the housekeeping pings.
+        self.flags(agent_check_interval=0, group="dcmigrate_compute")
+        manager = self.computes["dest"].manager
+        pings = len(self.agents.methods("ping"))
+        for _ in range(3):
+            manager.update_available_resource(
+                nova_context.get_admin_context())
+        self.assertEqual(pings, len(self.agents.methods("ping")))
+        self.assertIn(TRAIT, self._traits("dest"))
+        manager.driver.dcmigrate_housekeeping()
+        self.assertEqual(pings + 1, len(self.agents.methods("ping")))
 
     def test_only_difference_to_stock_driver_is_the_trait(self) -> None:
         with self.stock_driver():

@@ -10,6 +10,7 @@ collects only the classes defined here.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from nova.tests.functional.libvirt import test_live_migration as lm
@@ -52,12 +53,48 @@ def _on_dcmigrate(nova_cls: type, only: str | None = None) -> Any:
                 attrs)
 
 
+class _CompletedMeansPostMigrationDone:
+    """Wait for a migration's allocation to go after it is "completed".
+
+    Why: ``LiveMigrationQueuedAbortTestLeftoversRemoved`` waits for the
+    migration of server_a to be ``completed`` and then reads that
+    migration's placement allocation, expecting ``{}``. But Nova 34's
+    ``ComputeManager._post_live_migration`` saves ``status='completed'``
+    *before* ``_delete_allocation_after_move`` deletes that allocation,
+    so on a loaded machine the test reads it in between (failed 1 of 3
+    runs under ``tox -e nova-functional``). The race is Nova's, not the
+    driver's: with Nova's stock ``LibvirtDriver`` and that window widened
+    (``_delete_allocation_after_move`` delayed by 2 s), the unchanged test
+    fails with the same ``assertEqual({}, allocations_server_a_migration)``
+    every time (see the report of issue 15); our driver calls Nova's
+    ``post_method`` unchanged. Only the wait changes here, never an
+    assertion: "completed" is also waited for to have finished Nova's
+    post-migration (bounded, 10 s).
+    """
+
+    placement: Any
+
+    def _wait_for_migration_status(self, server: Any,
+                                   expected_statuses: Any) -> Any:
+        migration = super()._wait_for_migration_status(  # type: ignore
+            server, expected_statuses)
+        if "completed" in [s.lower() for s in expected_statuses]:
+            deadline = time.monotonic() + 10.0
+            while (self.placement.get(
+                    "/allocations/%s" % migration["uuid"]
+            ).body["allocations"] and time.monotonic() < deadline):
+                time.sleep(0.1)
+        return migration
+
+
 # nova/tests/functional/libvirt/test_live_migration.py: queued-migration
 # abort, cleanup_host cancelling queued migrations, cpu_shared_set updates.
 LiveMigrationQueuedAbortTestVmStatus = _on_dcmigrate(
     lm.LiveMigrationQueuedAbortTestVmStatus)
 LiveMigrationQueuedAbortTestLeftoversRemoved = _on_dcmigrate(
-    lm.LiveMigrationQueuedAbortTestLeftoversRemoved)
+    type("LiveMigrationQueuedAbortTestLeftoversRemoved",
+         (_CompletedMeansPostMigrationDone,
+          lm.LiveMigrationQueuedAbortTestLeftoversRemoved), {}))
 ManagerCleanupHostCancelsQueuedMigration = _on_dcmigrate(
     lm.ManagerCleanupHostCancelsQueuedMigration)
 LiveMigrationWithCpuSharedSet = _on_dcmigrate(

@@ -31,6 +31,7 @@ from nova.compute import manager as nova_manager
 from nova import context as nova_context
 from nova import exception as nova_exception
 from nova import objects
+from nova.scheduler.client import report as report_client
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional import integrated_helpers
 from nova.tests.functional.libvirt import base as libvirt_base
@@ -367,6 +368,14 @@ class RedirectTest(RedirectTestBase):
         self._assert_finished_on("dest2", ("src", "dest1"))
         self.assertEqual("completed", self._status()["state"])
         self.assertEqual(2, len(self.attempts))
+        # Quiet when nothing is wrong: Nova's "Live Migration failure" line
+        # of the job stopped for the redirect is logged at INFO, and no
+        # ERROR at all is logged for the redirect.
+        log = self.stdlog.logger.output
+        self.assertIn("INFO [nova.virt.libvirt.driver] Live Migration "
+                      "failure", log)
+        self.assertEqual([], [line for line in log.splitlines()
+                              if " ERROR " in line])
 
     def test_redirect_with_repick(self) -> None:
         self._boot()
@@ -489,6 +498,69 @@ class RedirectTest(RedirectTestBase):
         self._finish(attempt, "dest3")
         self._assert_finished_on("dest3", ("src", "dest1", "dest2"))
 
+    def test_failed_cleanup_is_reported_and_finished_later(self) -> None:
+        # Placement refuses to release the old destination once: the
+        # redirect goes on, the step is reported in the status (and at
+        # ERROR), and the periodic housekeeping finishes it.
+        stock = (report_client.SchedulerReportClient.
+                 remove_provider_tree_from_instance_allocation)
+        refused: list[str] = []
+        test = self
+
+        def remove(client: Any, context: Any, consumer: str,
+                   root_rp: str) -> Any:
+            if root_rp == test.rp["dest1"] and not refused:
+                refused.append(root_rp)
+                raise nova_exception.AllocationUpdateFailed(
+                    consumer_uuid=consumer, error="placement down (test)")
+            return stock(client, context, consumer, root_rp)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.scheduler.client.report.SchedulerReportClient."
+            "remove_provider_tree_from_instance_allocation", remove))
+        # Retry at the next housekeeping round instead of in 60 s.
+        self.computes["src"].driver.dcmigrate_cleanups.interval = 0
+        self._boot(volume=False)
+        self._start_migration("dest1")
+        self._redirect("dest2")
+        attempt = self._wait_attempt(2)
+        status = self._wait_state("running")
+        [pending] = status["cleanup_pending"]
+        self.assertEqual(
+            ("dest1", "releasing the placement allocation on dest1", 1,
+             "pending"),
+            (pending["host"], pending["step"], pending["tries"],
+             pending["state"]))
+        self.assertIn("AllocationUpdateFailed", pending["error"])
+        self._assert_allocations({"dest1", "dest2"}, {"src"})
+        self.assertIn("releasing the placement allocation on dest1 failed",
+                      self.stdlog.logger.output)
+
+        self._run_periodics()
+        self.assertEqual([], self._status()["cleanup_pending"])
+        self._assert_running_to("dest2", ("dest1",), volume=False)
+        self._finish(attempt, "dest2")
+        self._assert_finished_on("dest2", ("src", "dest1"), volume=False)
+
+    def test_numa_instance_refused(self) -> None:
+        # A redirect does not rewrite the migration context: an instance
+        # with a NUMA topology is refused at the request, nothing changes.
+        flavor = self._create_flavor(extra_spec={"hw:numa_nodes": "1"})
+        self.idle_usage = self._hypervisor_usage("dest3")
+        self.server = self._create_server(host="src", flavor_id=flavor,
+                                          networks="none")
+        self._start_migration("dest1")
+        err = self.assertRaises(redirect_exception.UnsupportedInstance,
+                                self._redirect, "dest2")
+        self.assertEqual((self.migration["uuid"], self.server["id"]),
+                         (err.kwargs["migration"], err.kwargs["instance"]))
+        self.assertIn("NUMA topology", err.kwargs["reason"])
+        self.assertEqual(("running", 0, None), (
+            self._status()["state"], self._status()["redirects"],
+            self._status()["last_error"]))
+        self.assertEqual(1, len(self.attempts))
+        self._finish(self.attempts[0], "dest1")
+
     def test_failure_after_stopping_the_old_job_rolls_back(self) -> None:
         # The old destination cannot take the guest any more once its job
         # was stopped: a redirect failing then must roll back to the source,
@@ -565,7 +637,57 @@ class RedirectHeldTest(RedirectTestBase):
         status = self._status()
         self.assertEqual(("rolled-back", ["dest1"]),
                          (status["state"], status["destinations"]))
-        self.assertEqual("RedirectError", status["last_error"]["type"])
+        # The abort cancelled the preparation at its next step.
+        self.assertEqual("RedirectCancelled", status["last_error"]["type"])
+
+    def test_monitor_polls_while_the_new_host_is_prepared(self) -> None:
+        # The preparation runs in the run's worker: Nova's monitor keeps
+        # polling the job (downtime steps, completion timeout, stats)
+        # while pre_live_migration on the new host is held.
+        polls: list[float] = []
+        stock = fakelibvirt.Domain.jobStats
+
+        def job_stats(domain: Any, flags: int = 0) -> Any:
+            polls.append(time.monotonic())
+            return stock(domain, flags)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.tests.fixtures.libvirt.Domain.jobStats", job_stats))
+        self._hold_redirect()
+        before = len(polls)
+        time.sleep(2.5)
+        # Nova's monitor polls every 0.5 s.
+        self.assertGreaterEqual(len(polls) - before, 3)
+        self.assertEqual("preparing", self._status()["state"])
+        self.proceed.set()
+
+        attempt = self._wait_attempt(2)
+        self.assertEqual("dest2", attempt.host)
+        self._wait_state("running")
+        self._finish(attempt, "dest2")
+        self._assert_finished_on("dest2", ("src", "dest1"))
+
+    def test_old_job_completing_during_the_prepare(self) -> None:
+        # The guest reaches the old destination while the new host is
+        # being prepared: the preparation is cancelled at its next step
+        # and undone before Nova's post-migration reads the BDMs; the
+        # migration completes on the old destination with nothing left on
+        # the new one.
+        self._hold_redirect()
+        self._complete(self.attempts[0])
+        self.assertEqual("completing", self._wait_state("completing")["state"])
+        self.proceed.set()
+
+        self._wait_migration("completed")
+        self._wait_server("ACTIVE")
+        self._assert_finished_on("dest1", ("src", "dest2", "dest3"))
+        status = self._status()
+        self.assertEqual(("completed", ["dest1"], 0),
+                         (status["state"], status["destinations"],
+                          status["redirects"]))
+        self.assertEqual("RedirectCancelled", status["last_error"]["type"])
+        self.assertEqual(1, len(self.attempts))
+        self.assertFalse(self.attempts[0].aborted)
 
     def test_refused_requests(self) -> None:
         self._hold_redirect()

@@ -1,4 +1,7 @@
-"""Two real agent managers on loopback and TCP stand-ins for QEMU.
+"""Two real agent managers on loopback and UNIX-socket stand-ins for QEMU.
+
+Each agent has a socket_dir of its own (one filesystem here, two hosts in
+a deployment), so the source's socket and the destination QEMU's differ.
 
 The stand-ins only move bytes (the agents never talk QEMU's protocol
 beyond parsing the stream), so they exercise the real session pumps,
@@ -7,8 +10,12 @@ handshake, page store and failure handling without a guest.
 
 from __future__ import annotations
 
+import atexit
+import os
 import secrets
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -19,10 +26,32 @@ from nova_dcmigrate.agent.manager import AgentManager
 from nova_dcmigrate.conf import agent as agent_conf
 
 
+_DIRS: list[str] = []
+
+
+def socket_dir() -> str:
+    """A fresh, short socket_dir (removed at interpreter exit)."""
+    d = tempfile.mkdtemp(prefix="dcm-", dir="/tmp")
+    os.chmod(d, 0o755)
+    _DIRS.append(d)
+    return d
+
+
+def remove_socket_dirs() -> None:
+    while _DIRS:
+        shutil.rmtree(_DIRS.pop(), ignore_errors=True)
+
+
+atexit.register(remove_socket_dirs)
+
+
 def make_conf(**overrides) -> cfg.ConfigOpts:
     conf = cfg.ConfigOpts()
     agent_conf.register_opts(conf)
     conf([], project="nova-dcmigrate-test")
+    conf.set_override("socket_dir", socket_dir(), "dcmigrate_agent")
+    conf.set_override("qemu_user", "root", "dcmigrate_agent")
+    conf.set_override("qemu_group", "root", "dcmigrate_agent")
     conf.set_override("peer_listen_address", "127.0.0.1", "dcmigrate_agent")
     conf.set_override("peer_port", 0, "dcmigrate_agent")
     conf.set_override("connect_timeout", 3.0, "dcmigrate_agent")
@@ -41,29 +70,35 @@ def free_port() -> int:
 
 
 class FakeDestQemu:
-    """Listens like `-incoming tcp:127.0.0.1:P`; records the stream; when
-    its input ends it answers on the return path and closes."""
+    """Listens like `-incoming unix:<path>` once :meth:`listen` is given
+    the path the destination agent returned; records the stream; when its
+    input ends it answers on the return path and closes."""
 
     def __init__(self, reply: bytes = b"SHUT", close_after: int | None = None,
                  early_return_eof: bool = False) -> None:
-        self.port = free_port()
         self.reply = reply
         self.early_return_eof = early_return_eof
         self.close_after = close_after
         self.received = bytearray()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        self.path: str | None = None
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def listen(self, path: str) -> FakeDestQemu:
+        self.path = path
+        self.sock.bind(path)
         self.sock.listen(1)
         self.sock.settimeout(20)
-        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        return self
 
     def _run(self) -> None:
         try:
             c, _ = self.sock.accept()
         except OSError:
             return
+        finally:
+            self.sock.close()
         with c:
             c.sendall(b"HELLO-RP")     # return path from the first byte
             if self.early_return_eof:
@@ -90,12 +125,12 @@ class FakeSourceQemu:
     """Connects to the source agent like libvirt's fd would, sends the
     stream, then reads the return path until EOF."""
 
-    def __init__(self, port: int, data: bytes, chunk: int = 65536,
+    def __init__(self, path: str, data: bytes, chunk: int = 65536,
                  stop_after: int | None = None,
                  pause: tuple[int, float] | None = None) -> None:
         """:param pause: (offset, seconds): stop sending at ``offset`` for
             that long, as QEMU does while it waits for the switchover."""
-        self.port = port
+        self.path = path
         self.data = data
         self.chunk = chunk
         self.stop_after = stop_after
@@ -110,7 +145,9 @@ class FakeSourceQemu:
 
     def _run(self) -> None:
         try:
-            s = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(20)
+            s.connect(self.path)
         except OSError as err:
             self.error = err
             return
@@ -155,15 +192,19 @@ class AgentPair:
         self.migration_id = str(uuid.uuid4())
         self.secret = secrets.token_hex(32)
 
-    def prepare(self, dest_qemu_port: int, attempt: int = 0,
-                src_secret: str | None = None) -> int:
-        listen = free_port()
-        self.dst.prepare_destination(None, self.migration_id, self.secret,
-                                     dest_qemu_port, attempt)
-        self.src.prepare_source(None, self.migration_id,
-                                src_secret or self.secret, listen,
-                                "127.0.0.1", self.dst.listener.port, attempt)
-        return listen
+    def prepare(self, dest_qemu: FakeDestQemu | None, attempt: int = 0,
+                src_secret: str | None = None) -> str:
+        """Prepare both agents, start ``dest_qemu`` on the destination's
+        socket (None: nothing listens there); returns the source agent's
+        socket path."""
+        d = self.dst.prepare_destination(None, self.migration_id,
+                                         self.secret, attempt=attempt)
+        if dest_qemu is not None:
+            dest_qemu.listen(d["socket"])
+        s = self.src.prepare_source(None, self.migration_id,
+                                    src_secret or self.secret, "127.0.0.1",
+                                    self.dst.listener.port, attempt)
+        return s["socket"]
 
     def session(self, side: str, attempt: int = 0):
         mgr = self.src if side == "src" else self.dst

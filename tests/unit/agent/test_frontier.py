@@ -55,7 +55,7 @@ PAGE = bytes(4096)
 
 def _source(frontier: int, keep: int = 0, **filt) -> SourceSession:
     conf = make_conf(assist_buffer_mib=keep).dcmigrate_agent
-    s = SourceSession(conf, MID, "s" * 64, 1, 0, "127.0.0.1", 1)
+    s = SourceSession(conf, MID, "s" * 64, 1, "127.0.0.1", 1)
     s.frontier = frontier
     s.filter = _Filter(**filt)                        # type: ignore
     return s
@@ -152,7 +152,7 @@ class _Puller:
 @pytest.fixture
 def dest():
     conf = make_conf().dcmigrate_agent
-    d = DestinationSession(conf, MID, "s" * 64, 1, 1, PageStore(7),
+    d = DestinationSession(conf, MID, "s" * 64, 1, PageStore(7),
                            holders=[])
     d.pullers = [_Puller(1), _Puller(2)]         # type: ignore
     d.frontier = 500
@@ -211,7 +211,7 @@ def test_no_frontier_change_after_final(dest):
 
 def _dest_with(holders, source_rate):
     conf = make_conf().dcmigrate_agent
-    return DestinationSession(conf, MID, "s" * 64, 1, 1, PageStore(7),
+    return DestinationSession(conf, MID, "s" * 64, 1, PageStore(7),
                               holders=holders, source_rate=source_rate)
 
 
@@ -325,3 +325,11 @@ def test_relay_only_never_asks_for_kept_pages(dest):
     src = RecordingConn()
     assert not dest._assist_pending(src, _planner(4000), 3000, 1e6, 1e6)
     assert src.sent == []
+
+
+def test_holder_rate_hint_only_when_complete():
+    a = {"host": "a", "address": "127.0.0.1", "port": 1, "rate": 12.5e6}
+    assert _dest_with([a], 125e6)._holder_rate_hint() == 12.5e6
+    assert _dest_with([a], None)._holder_rate_hint() == 0.0
+    no_rate = {k: v for k, v in a.items() if k != "rate"}
+    assert _dest_with([a, no_rate], 125e6)._holder_rate_hint() == 0.0

@@ -28,7 +28,6 @@ from nova_dcmigrate.stream import RamStart
 from tests.unit.agent.harness import AgentPair
 from tests.unit.agent.harness import FakeDestQemu
 from tests.unit.agent.harness import FakeSourceQemu
-from tests.unit.agent.harness import free_port
 from tests.unit.stream import streamgen
 
 PS = 4096
@@ -190,14 +189,14 @@ def test_malicious_stream_refused_by_destination_agent():
         blocks = {"pc.ram": 4 << 30, "pc.bios": 256 * 1024}
         s = streamgen.build_stream(
             blocks, [("pc.ram", 0, b"x" * PS), ("pc.ram", 5, None)])
-        dq = FakeDestQemu()
-        pair.dst.prepare_destination(None, pair.migration_id, pair.secret,
-                                     dq.port, 0, guest_memory=64 << 20)
-        listen = free_port()
-        pair.src.prepare_source(None, pair.migration_id, pair.secret,
-                                listen, "127.0.0.1", pair.dst.listener.port,
-                                0)
-        FakeSourceQemu(listen, s.data).start()
+        d = pair.dst.prepare_destination(None, pair.migration_id,
+                                         pair.secret, attempt=0,
+                                         guest_memory=64 << 20)
+        FakeDestQemu().listen(d["socket"])
+        src = pair.src.prepare_source(None, pair.migration_id, pair.secret,
+                                      "127.0.0.1", pair.dst.listener.port,
+                                      0)
+        FakeSourceQemu(src["socket"], s.data).start()
         dst = pair.session("dst")
         deadline = time.monotonic() + 10
         while dst.state not in (SessionState.FAILED, SessionState.COMPLETED) \
@@ -210,7 +209,7 @@ def test_malicious_stream_refused_by_destination_agent():
         assert not pair.dst.stores[pair.migration_id].configured
         with pytest.raises(exception.InvalidRequest):
             pair.dst.prepare_destination(None, pair.migration_id,
-                                         pair.secret, dq.port, 1,
+                                         pair.secret, attempt=1,
                                          guest_memory=-1)
     finally:
         pair.stop()
@@ -219,9 +218,8 @@ def test_malicious_stream_refused_by_destination_agent():
 def _migrate_and_leave(pair: AgentPair) -> None:
     s = streamgen.build_stream(writes=[("pc.ram", p, _page(p))
                                        for p in range(50)])
-    dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
-    FakeSourceQemu(port, s.data, stop_after=len(s.data) - 200).start()
+    path = pair.prepare(FakeDestQemu())
+    FakeSourceQemu(path, s.data, stop_after=len(s.data) - 200).start()
     dst = pair.session("dst")
     # The controller vanishes: it never aborts nor cleans up.  The source
     # QEMU's side ends (as libvirt's job would), the sessions fail.
@@ -253,7 +251,7 @@ def test_expiry_drops_an_unused_store():
 def test_busy_migration_does_not_expire():
     pair = AgentPair(chunk_size=16384, socket_buffer=65536, store_expiry=1)
     try:
-        pair.prepare(FakeDestQemu().port)
+        pair.prepare(FakeDestQemu())
         now = time.monotonic()
         # Prepared sessions wait for their connections: in use.
         assert pair.dst.expire_idle(now + 10) == []
@@ -278,3 +276,74 @@ def test_agent_whose_controller_vanished_releases_its_store():
         assert not pair.dst.sessions and not pair.src.sessions
     finally:
         pair.stop()
+
+
+def _feed_store(store: PageStore, writes) -> None:
+    """A stream through the destination's store visitor, as an agent
+    forwards it (runs the native per-page code when it is on)."""
+    from nova_dcmigrate.agent.session import _StoreVisitor
+    from nova_dcmigrate.stream import StreamReader
+
+    s = streamgen.build_stream({"pc.ram": RAM.used_length,
+                                "pc.bios": BIOS.used_length}, writes,
+                               records_per_section=64)
+    reader = StreamReader(_StoreVisitor(store))
+    streamgen.feed_chunks(reader, s.data, [len(s.data)])
+
+
+def test_stream_into_held_ram_keeps_locations(qram):
+    """Pages arriving for a held RAM are recorded per page (location,
+    reference, recent) on either per-page path, never copied."""
+    store = PageStore(seed=5)
+    store.begin_attempt()
+    writes = [("pc.ram", p, _page(p)) for p in range(30)] + \
+        [("pc.ram", 31, None), ("pc.bios", 2, _page(77))]
+    store.configure(_start())
+    assert store.attach(qram.ram)
+    _feed_store(store, writes)
+    for p in range(30):
+        qram.write(p, _page(p))
+    c = store.counters()
+    assert c.pages == 31 and c.zero_pages == 1
+    assert c.copied_bytes == PS              # only the BIOS page
+    store.settle()
+    assert store.corrected_pages == 0
+    assert bytes(store.page_at(0, 29)) == _page(29)
+    assert bytes(store.page_at(1, 2)) == _page(77)
+    store.close()
+    assert qram.ram.closed
+
+
+def test_stream_copies_respect_the_budget():
+    """The copy cap holds on either per-page path: a run of records that
+    could exceed it is stored page by page, and claims beyond it are
+    dropped."""
+    budget = CopyBudget(10 * PS)
+    store = PageStore(seed=5, budget=budget)
+    writes = [("pc.ram", p, _page(p)) for p in range(25)] + \
+        [("pc.ram", p, None) for p in range(3)]
+    _feed_store(store, writes)
+    c = store.counters()
+    assert budget.used == 10 - 3 and c.copied_bytes == 7 * PS
+    assert c.pages == 7 and c.zero_pages == 3
+    assert store.state("pc.ram", 20) == ABSENT
+    assert store.page("pc.ram", 5) == _page(5)
+    store.close()
+    assert budget.used == 0
+
+
+def test_stream_copies_unlimited_budget_counts_copies():
+    budget = CopyBudget(None)
+    store = PageStore(seed=5, budget=budget)
+    writes = [("pc.ram", p, _page(p)) for p in range(20)] + \
+        [("pc.ram", p, None) for p in range(5)] + \
+        [("pc.ram", 2, _page(50))]
+    _feed_store(store, writes)
+    _feed_store(store, writes)               # a second attempt, same pages
+    c = store.counters()
+    assert c.pages == 16 and c.zero_pages == 4
+    assert budget.used == 16 and c.copied_bytes == 16 * PS
+    assert store.page("pc.ram", 2) == _page(50)
+    assert store.page("pc.ram", 3) == bytes(PS)
+    store.close()
+    assert budget.used == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import time
 from types import SimpleNamespace
 
 from nova_dcmigrate.agent import plan as planmod
@@ -93,3 +94,64 @@ def test_after_the_first_pass_only_held_pages_are_balanced():
     # Three times the holders' rate: about three quarters of the cost.
     share = p.holder_cost(0, x) / p.holder_cost(0, 100)
     assert 0.65 < share < 0.85
+
+
+# -- never worse than restart: slow holders get nothing ----------------------
+def _held_guest(n: int = 400) -> planmod.Assignment:
+    # Every page held by holder 1, all data.
+    return _assignment([1] * n, [2] * n)
+
+
+def test_holders_help_only_above_the_minimum_share():
+    assert planmod.holders_help(100.0, 100.0)
+    assert planmod.holders_help(100.0, 12.0)          # 10.7 %
+    assert not planmod.holders_help(125e6, 12.5e6)    # 1 Gbit vs 100 Mbit
+    assert not planmod.holders_help(100.0, 0.0)
+    assert planmod.holders_help(0.0, 1.0)             # no source measure
+
+
+def test_fast_source_slow_holder_gives_the_holders_nothing():
+    p = planmod.FrontierPlanner(_held_guest(), {1})
+    # First plan from the hints: the frontier at the top, so the holders
+    # relay nothing and the source sends every held page itself.
+    assert p.plan(0, p.total, 125e6, 12.5e6) == p.total
+    # Re-planned while the holders are half way down: nothing more.
+    assert p.plan(100, 250, 125e6, 12.5e6, frontier=120) == 250
+
+
+def test_comparable_holders_still_share_the_work():
+    p = planmod.FrontierPlanner(_held_guest(), {1})
+    x = p.plan(0, p.total, 37.5e6, 37.5e6)
+    assert 0 < x < p.total
+    # A holder at a fifth of the source's rate still gets a share.
+    y = p.plan(0, p.total, 50e6, 10e6)
+    assert x < y < p.total
+
+
+def test_replanning_brings_slow_holders_back_when_the_source_slows():
+    p = planmod.FrontierPlanner(_held_guest(), {1})
+    first = p.plan(0, p.total, 125e6, 12.5e6)
+    assert first == p.total
+    # Measured: the source only moves 10 MB/s; the holder's hint is
+    # 12.5 MB/s: the frontier comes down (always safe).
+    again = p.plan(50, p.total, 10e6, 12.5e6, frontier=first)
+    assert again < first
+
+
+def test_no_cpu_headroom_gives_the_holders_nothing():
+    assert planmod.holders_help(37.5e6, 37.5e6, cpu_busy=0.5)
+    assert not planmod.holders_help(37.5e6, 37.5e6, cpu_busy=0.95)
+    p = planmod.FrontierPlanner(_held_guest(), {1})
+    assert p.plan(0, p.total, 37.5e6, 37.5e6, cpu_busy=0.95) == p.total
+    assert p.plan(0, p.total, 37.5e6, 37.5e6, cpu_busy=0.3) < p.total
+
+
+def test_cpu_meter_share_of_a_core():
+    clock = [0.0]
+    meter = planmod.CpuMeter(lambda: clock[0], window=10.0)
+    t0 = time.monotonic()
+    assert meter.sample() is None            # one sample: no span yet
+    time.sleep(0.25)
+    clock[0] = 0.5 * (time.monotonic() - t0)
+    busy = meter.sample()
+    assert busy is not None and 0.4 < busy < 0.6

@@ -160,9 +160,8 @@ def test_oversized_frame_rejected_before_reading_payload():
 
 @pytest.mark.parametrize("raw,msg", [
     (b"XXXX" + bytes(56), "bad magic"),
-    (b"DCMG\x09" + bytes(55), "unsupported protocol version 9"),
-    (b"DCMG\x02" + bytes(55), "unsupported protocol version 2"),
     (b"DCMG\x03\x63" + bytes(54), "unknown channel 99"),
+    (b"DCMG\x05\x01\x04" + bytes(53), "bad version range 5-4"),
 ])
 def test_bad_hello(raw, msg):
     with pytest.raises(exception.PeerProtocolError, match=msg):
@@ -175,3 +174,86 @@ def test_truncated_hello_is_peer_closed():
     c.close()
     with pytest.raises(exception.PeerClosed, match="4 of 60"):
         protocol.read_hello(a, "p")
+
+
+# -- version range negotiation ------------------------------------------------
+def _negotiated(con_range, acc_range):
+    c, a = _pair()
+    r: dict = {}
+
+    def acceptor():
+        try:
+            hello = protocol.read_hello(a, "c")
+            r["acc"] = protocol.accept(a, "c", hello, SECRET, acc_range)
+        except Exception as err:  # recorded for the assertions
+            r["acc_err"] = err
+            a.close()
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    try:
+        r["con"] = protocol.connect(c, "a", SECRET, protocol.Channel.STREAM,
+                                    MID, 0, con_range)
+    except Exception as err:
+        r["con_err"] = err
+        c.close()
+    t.join(5)
+    return r
+
+
+@pytest.mark.parametrize("con,acc,expect", [
+    ((3, 3), (3, 3), 3),        # same release
+    ((3, 4), (3, 3), 3),        # new connector, previous-release acceptor
+    ((3, 3), (3, 4), 3),        # previous-release connector, new acceptor
+    ((3, 5), (4, 6), 5),        # highest common version wins
+    ((4, 4), (3, 5), 4),
+])
+def test_version_ranges_overlap(con, acc, expect):
+    r = _negotiated(con, acc)
+    assert r["con"].version == expect == r["acc"].version
+    # Frames flow and are authenticated with the negotiated keys.
+    r["con"].send(FrameType.DATA, b"v")
+    assert bytes(r["acc"].recv()[1]) == b"v"
+
+
+@pytest.mark.parametrize("con,acc", [((3, 3), (4, 5)), ((5, 6), (3, 4))])
+def test_version_ranges_without_overlap_refused(con, acc):
+    r = _negotiated(con, acc)
+    err = r["acc_err"]
+    assert isinstance(err, exception.VersionMismatch)
+    assert err.kwargs["theirs"] == "%d-%d" % con
+    assert err.kwargs["ours"] == "%d-%d" % acc
+    # The connector sees the acceptor hang up, never a session.
+    assert isinstance(r["con_err"], exception.PeerClosed)
+
+
+def test_previous_release_hello_is_byte_compatible():
+    """A single-version HELLO (min == max) is the 3.x wire format: the
+    former reserved field stays zero, which the release before range
+    negotiation required."""
+    hello = protocol.Hello.make(protocol.Channel.STREAM, MID, 1, (3, 3))
+    assert hello.raw[4:8] == bytes([3, 1, 0, 0])
+    parsed = protocol.Hello.parse(hello.raw, "p")
+    assert (parsed.min_version, parsed.max_version) == (3, 3)
+
+
+def test_acceptor_cannot_be_downgraded_by_a_forged_choice():
+    """The chosen version is inside the acceptor's MAC: a proof made for
+    another version does not verify."""
+    c, a = _pair()
+
+    def acceptor():
+        hello = protocol.read_hello(a, "c")
+        nonce = b"n" * protocol.NONCE_LEN
+        # Proof for version 4 while the connector offered 3-5 and the
+        # real acceptor would say 5: the connector accepts 4 only if the
+        # secret holder said 4 -- here a forger without the secret.
+        a.sendall(nonce + protocol._mac(b"wrong" * 8, b"dcmigrate-acceptor",
+                                        hello.raw, nonce, bytes([4])))
+
+    t = threading.Thread(target=acceptor)
+    t.start()
+    with pytest.raises(exception.PeerAuthError):
+        protocol.connect(c, "a", SECRET, protocol.Channel.STREAM, MID, 0,
+                         (3, 5))
+    t.join(5)

@@ -19,7 +19,6 @@ from nova_dcmigrate.agent.manager import AgentManager
 from nova_dcmigrate.agent.session import SessionState
 from tests.unit.agent.harness import FakeDestQemu
 from tests.unit.agent.harness import FakeSourceQemu
-from tests.unit.agent.harness import free_port
 from tests.unit.agent.harness import make_conf
 from tests.unit.agent.test_session import wait_state
 from tests.unit.stream import streamgen
@@ -88,13 +87,13 @@ class Cluster:
         att = self.attempt
         self.attempt += 1
         dq = FakeDestQemu()
-        listen = free_port()
-        self.agents[dest].prepare_destination(
-            None, self.mid, self.secret, dq.port, att,
+        d = self.agents[dest].prepare_destination(
+            None, self.mid, self.secret, None, att,
             [self.holder(h) for h in holders])
-        self.agents["src"].prepare_source(
-            None, self.mid, self.secret, listen, "127.0.0.1",
-            self.agents[dest].listener.port, att)
+        dq.listen(d["socket"])
+        listen = self.agents["src"].prepare_source(
+            None, self.mid, self.secret, "127.0.0.1",
+            self.agents[dest].listener.port, att)["socket"]
         sq = FakeSourceQemu(listen, data, chunk=chunk,
                             stop_after=stop_after, pause=pause).start()
         src = self.agents["src"].sessions[(self.mid, att)]
@@ -145,6 +144,15 @@ def test_redirect_relays_from_old_destination(cluster, cut):
     assert src.counters["bytes_sent"] < len(s1.data)
     a = st["holders"]["a"]
     assert a["injected"] + src.counters["held_pages_forwarded"] > 0
+    # What B needed, by final content, for the benchmark's bound.
+    store_a = cluster.agents["a"].stores[cluster.mid]
+    nonzero = [(n, p, d) for (n, p), d in g.mem.items() if d is not None]
+    held = sum(1 for n, p, d in nonzero
+               if store_a.state(n, p) == 2 and bytes(store_a.page(n, p)) == d)
+    assert st["needed"] == {"nonzero": len(nonzero),
+                            "source_only": len(nonzero) - held,
+                            "held": held, "local": 0}
+    assert 0 < held < len(nonzero)
 
 
 def test_two_redirects_and_back_to_first_destination(cluster):
@@ -212,14 +220,14 @@ def test_relay_only_mode_sends_no_held_page_from_source(cluster):
     s1 = g.stream()
     att = cluster.attempt
     dq = FakeDestQemu()
-    listen = free_port()
     cluster.attempt += 1
-    cluster.agents["b"].prepare_destination(
-        None, cluster.mid, cluster.secret, dq.port, att,
+    d = cluster.agents["b"].prepare_destination(
+        None, cluster.mid, cluster.secret, None, att,
         [cluster.holder("a")], False)
-    cluster.agents["src"].prepare_source(
-        None, cluster.mid, cluster.secret, listen, "127.0.0.1",
-        cluster.agents["b"].listener.port, att)
+    dq.listen(d["socket"])
+    listen = cluster.agents["src"].prepare_source(
+        None, cluster.mid, cluster.secret, "127.0.0.1",
+        cluster.agents["b"].listener.port, att)["socket"]
     FakeSourceQemu(listen, s1.data).start()
     src = cluster.agents["src"].sessions[(cluster.mid, att)]
     dst = cluster.agents["b"].sessions[(cluster.mid, att)]
@@ -280,3 +288,36 @@ def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
     held_above = sum(1 for x in range(dst.first_frontier, dst.planner.total)
                      if dst.assignment.owner[x] == 1)
     assert dst.pullers[0].pages < held_above
+
+
+def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
+    # Never worse than restart: a holder at 1/100 of the source's rate
+    # relays nothing; the source sends the held pages itself and the
+    # destination still gets exactly the guest's memory.
+    g = Guest(seed=19)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
+    g.dirty(0.05)
+    s1 = g.stream()
+    att = cluster.attempt
+    cluster.attempt += 1
+    dq = FakeDestQemu()
+    slow = dict(cluster.holder("a"), rate=1e6)
+    d = cluster.agents["b"].prepare_destination(
+        None, cluster.mid, cluster.secret, None, att, [slow],
+        True, 100e6)
+    dq.listen(d["socket"])
+    listen = cluster.agents["src"].prepare_source(
+        None, cluster.mid, cluster.secret, "127.0.0.1",
+        cluster.agents["b"].listener.port, att)["socket"]
+    FakeSourceQemu(listen, s1.data).start()
+    src = cluster.agents["src"].sessions[(cluster.mid, att)]
+    dst = cluster.agents["b"].sessions[(cluster.mid, att)]
+    assert wait_state(src, {SessionState.COMPLETED, SessionState.FAILED},
+                      30) == SessionState.COMPLETED, src.error
+    wait_state(dst, {SessionState.COMPLETED, SessionState.FAILED}, 30)
+    dq.thread.join(10)
+    assert _decode(dq) == g.expect()
+    assert dst.first_frontier == dst.planner.total
+    assert dst.status()["redirect"]["relay_pages_injected"] == 0
+    assert src.counters["held_pages_forwarded"] > 0

@@ -1,6 +1,7 @@
 """Source and destination sessions end to end on loopback.
 
-Real AgentManagers (handshake, pumps, page store) with TCP stand-ins for
+Real AgentManagers (handshake, pumps, page store) with UNIX-socket
+stand-ins for
 the two QEMUs; no RPC (the manager's methods are called directly).
 """
 
@@ -47,7 +48,7 @@ def big_stream(npages=600, seed=1):
 def test_stream_carried_verbatim_and_pages_stored(pair):
     s = big_stream()
     dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     sq = FakeSourceQemu(port, s.data).start()
     src, dst = pair.session("src"), pair.session("dst")
     assert wait_state(src, {SessionState.COMPLETED, SessionState.FAILED}) \
@@ -89,7 +90,7 @@ def test_return_path_closed_before_stream_end_still_completes():
         p = AgentPair(chunk_size=16384, socket_buffer=65536)
         try:
             dq = FakeDestQemu(early_return_eof=True)
-            port = p.prepare(dq.port)
+            port = p.prepare(dq)
             sq = FakeSourceQemu(port, s.data).start()
             for side in ("src", "dst"):
                 sess = p.session(side)
@@ -106,7 +107,7 @@ def test_return_path_closed_before_stream_end_still_completes():
 def test_wrong_secret_peer_rejected_while_other_migration_runs(pair):
     s = big_stream()
     dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     # A second migration on the same agents whose source has a wrong secret.
     other = AgentPair.__new__(AgentPair)
     other.src, other.dst = pair.src, pair.dst
@@ -114,7 +115,7 @@ def test_wrong_secret_peer_rejected_while_other_migration_runs(pair):
     other.migration_id = str(uuid.uuid4())
     other.secret = pair.secret
     dq2 = FakeDestQemu()
-    port2 = other.prepare(dq2.port, src_secret="x" * 64)
+    port2 = other.prepare(dq2, src_secret="x" * 64)
     bad = FakeSourceQemu(port2, s.data).start()
     good = FakeSourceQemu(port, s.data, chunk=4096).start()
     bad_src = pair.src.sessions[(other.migration_id, 0)]
@@ -136,7 +137,7 @@ def test_wrong_secret_peer_rejected_while_other_migration_runs(pair):
 def test_garbage_peer_dropped_without_harm(pair):
     s = big_stream()
     dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     junk = socket.create_connection(("127.0.0.1", pair.dst.listener.port))
     junk.sendall(b"GET / HTTP/1.0\r\n\r\n" + b"\0" * 100)
     sq = FakeSourceQemu(port, s.data).start()
@@ -154,7 +155,7 @@ def test_garbage_peer_dropped_without_harm(pair):
 
 def test_invalid_stream_fails_before_reaching_destination(pair):
     dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     data = b"QEVM\x00\x00\x00\x03" + b"\x99" * 5000
     FakeSourceQemu(port, data).start()
     src = pair.session("src")
@@ -169,7 +170,7 @@ def test_invalid_stream_fails_before_reaching_destination(pair):
 def test_source_cancel_mid_stream_keeps_destination_store(pair):
     s = big_stream()
     dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     cut = len(s.data) // 2
     FakeSourceQemu(port, s.data, stop_after=cut).start()
     src, dst = pair.session("src"), pair.session("dst")
@@ -187,7 +188,7 @@ def test_source_cancel_mid_stream_keeps_destination_store(pair):
 def test_destination_qemu_dies_mid_stream(pair):
     s = big_stream()
     dq = FakeDestQemu(close_after=len(s.data) // 3)
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     sq = FakeSourceQemu(port, s.data, chunk=8192).start()
     src = pair.session("src")
     assert wait_state(src, {SessionState.FAILED}) == SessionState.FAILED
@@ -199,7 +200,7 @@ def test_destination_qemu_dies_mid_stream(pair):
 
 def test_destination_qemu_unreachable(pair):
     s = big_stream()
-    port = pair.prepare(1)          # nothing listens on port 1
+    port = pair.prepare(None)       # nothing listens on the socket
     FakeSourceQemu(port, s.data).start()
     src = pair.session("src")
     assert wait_state(src, {SessionState.FAILED}) == SessionState.FAILED
@@ -209,7 +210,7 @@ def test_destination_qemu_unreachable(pair):
 def test_abort_closes_both_sides(pair):
     s = big_stream(npages=3000)
     dq = FakeDestQemu()
-    port = pair.prepare(dq.port)
+    port = pair.prepare(dq)
     # Slow source: small chunks
     FakeSourceQemu(port, s.data, chunk=512).start()
     src = pair.session("src")
@@ -225,31 +226,38 @@ def test_abort_closes_both_sides(pair):
 
 def test_prepare_validation(pair):
     with pytest.raises(exception.InvalidRequest, match="UUID"):
-        pair.src.prepare_source(None, "nope", "x" * 64, 5000, "127.0.0.1",
-                                1, 0)
+        pair.src.prepare_source(None, "nope", "x" * 64, "127.0.0.1", 1, 0)
     with pytest.raises(exception.InvalidRequest, match="secret"):
-        pair.src.prepare_source(None, pair.migration_id, "short", 5000,
+        pair.src.prepare_source(None, pair.migration_id, "short",
                                 "127.0.0.1", 1, 0)
     with pytest.raises(exception.InvalidRequest, match="address"):
-        pair.src.prepare_source(None, pair.migration_id, "x" * 64, 5000,
+        pair.src.prepare_source(None, pair.migration_id, "x" * 64,
                                 "not-an-ip", 1, 0)
     with pytest.raises(exception.InvalidRequest, match="port"):
+        pair.src.prepare_source(None, pair.migration_id, "x" * 64,
+                                "127.0.0.1", 70000, 0)
+    # Loopback TCP ports (RPC API < 1.3) are refused.
+    with pytest.raises(exception.InvalidRequest, match="no longer"):
         pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
-                                     70000, 0)
+                                     5000, 0)
+    with pytest.raises(exception.InvalidRequest, match="no longer"):
+        pair.src.prepare_source(None, pair.migration_id, "x" * 64,
+                                "127.0.0.1", 1, 0, listen_port=5000)
     holder = {"host": "a", "address": "127.0.0.1", "port": 4000}
     for bad in (0, -5.0, float("inf"), float("nan"), "fast", True):
         with pytest.raises(exception.InvalidRequest, match="source rate"):
             pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
-                                         5000, 0, [holder], True, bad)
+                                         None, 0, [holder], True, bad)
         with pytest.raises(exception.InvalidRequest, match="rate for "
                            "holder"):
             pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
-                                         5000, 0, [dict(holder, rate=bad)])
+                                         None, 0, [dict(holder, rate=bad)])
     with pytest.raises(exception.UnknownMigration):
         pair.dst.get_status(None, pair.migration_id)
-    pair.dst.prepare_destination(None, pair.migration_id, "x" * 64, 5000, 0)
+    pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
+                                 attempt=0)
     with pytest.raises(exception.SessionExists):
         pair.dst.prepare_destination(None, pair.migration_id, "x" * 64,
-                                     5000, 0)
+                                     attempt=0)
     pair.dst.cleanup(None, pair.migration_id)
     assert pair.dst.list_migrations(None) == []

@@ -10,7 +10,8 @@ from nova_dcmigrate.lab.ramcheck import RamComparison
 
 
 def agent_status(sent=40_000_000, forwarded=1000, relay_bytes=20_000_000,
-                 relay_pages=5000, injected=4000, dropped_pages=6000):
+                 relay_pages=5000, injected=4000, dropped_pages=6000,
+                 needed=None):
     """What RedirectableMigration.status() returns after one redirect
     src -> old, then -> new (holder old)."""
     return {
@@ -29,6 +30,9 @@ def agent_status(sent=40_000_000, forwarded=1000, relay_bytes=20_000_000,
             {"attempt": 1, "role": "destination", "state": "completed",
              "counters": {},
              "redirect": {"relay_done": True, "local_pages_injected": 0,
+                          "needed": needed or {
+                              "nonzero": 15000, "source_only": 8000,
+                              "held": 7000, "local": 0},
                           "holders": {"old": {
                               "pages": relay_pages, "bytes": relay_bytes,
                               "injected": injected,

@@ -1,4 +1,4 @@
-"""The lower bound, efficiency, medians and ratios (pure maths)."""
+"""The lower bound, link utilisation, medians and ratios (pure maths)."""
 
 from __future__ import annotations
 
@@ -80,11 +80,45 @@ def test_bound_is_the_largest_term_and_monotonic(s, h, rs, ro, rn):
     assert bound.lower_bound(s, h + 1, rs, ro, rn).seconds >= b.seconds
 
 
-def test_efficiency():
-    assert bound.efficiency(8.0, 10.0) == pytest.approx(0.8)
-    assert bound.efficiency(None, 10.0) is None
-    assert bound.efficiency(8.0, None) is None
-    assert bound.efficiency(8.0, 0.0) is None
+def test_link_utilisation():
+    assert bound.link_utilisation(8.0, 10.0) == pytest.approx(0.8)
+    assert bound.link_utilisation(None, 10.0) is None
+    assert bound.link_utilisation(8.0, None) is None
+    assert bound.link_utilisation(8.0, 0.0) is None
+
+
+def test_scenario_bound_counts_page_records():
+    # 1000 source-only pages over a 100 Mbit/s source, holders fast.
+    b = bound.scenario_bound(1000, 5000, 12.5e6, 125e6, 125e6)
+    assert b.source_only_bytes == 1000 * 4104
+    assert b.held_bytes == 5000 * 4104
+    assert b.binding_term == "source upload"
+    assert b.seconds == pytest.approx(max(
+        1000 * 4104 / 12.5e6, 6000 * 4104 / 137.5e6, 6000 * 4104 / 125e6))
+
+
+def test_scenario_bound_slow_holder_cannot_lower_it_below_source_alone():
+    # Fast source, 100 Mbit/s holder: the bound is at least the time the
+    # source-only pages take and at most all pages from the source alone.
+    only_src = bound.scenario_bound(0, 0, 125e6, 0.0, 125e6)
+    assert only_src.seconds == 0.0
+    b = bound.scenario_bound(2000, 30000, 125e6, 12.5e6, 125e6)
+    all_from_src = 32000 * 4104 / 125e6
+    assert b.seconds <= all_from_src
+    assert b.seconds >= 32000 * 4104 / (125e6 + 12.5e6) * (1 - 1e-12)
+
+
+def test_scenario_bound_new_destination_download_binds():
+    b = bound.scenario_bound(10, 100_000, math.inf, math.inf, 12.5e6)
+    assert b.binding_term == "new destination download"
+    assert b.seconds == pytest.approx(100_010 * 4104 / 12.5e6)
+
+
+def test_scenario_bound_rejects_bad_input():
+    with pytest.raises(ValueError):
+        bound.scenario_bound(-1, 0, 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError):
+        bound.scenario_bound(1, 0, 0.0, 1.0, 1.0)
 
 
 def test_median_ignores_missing_values():

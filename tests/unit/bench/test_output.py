@@ -52,7 +52,7 @@ def test_plot_writes_a_png(tmp_path):
             report.build_record(conf, fakes.restart_run(), 1, 1,
                                 ram=fakes.ram(),
                                 series=fakes.series(t0=199.9))]
-    report.fill_borrowed_bounds(recs)
+    report.fill_scenario_bound(recs)
     doc = report.document(conf, recs, None, {})
     path = tmp_path / "bench.png"
     plot.plot(doc, str(path))
@@ -73,7 +73,7 @@ def test_from_json_replays_table_and_plot(tmp_path, capsys):
                                 ram=fakes.ram(), series=fakes.series()),
             report.build_record(conf, fakes.restart_run(), 1, 1,
                                 ram=fakes.ram())]
-    report.fill_borrowed_bounds(recs)
+    report.fill_scenario_bound(recs)
     src = tmp_path / "run.json"
     report.write_json(src, report.document(conf, recs, None, {}))
     png = tmp_path / "again.png"

@@ -41,7 +41,7 @@ def test_counters_without_redirect_plan_use_stream_bytes():
     assert missing.source_bytes == 0 and missing.held_bytes == 0
 
 
-def test_agent_record_has_measured_bound_and_efficiency():
+def test_agent_record_has_own_bytes_and_a_scenario_sample():
     conf = cfg()
     rec = report.build_record(conf, fakes.agent_run(), 1, 0,
                               ram=fakes.ram(), alive=True,
@@ -53,13 +53,26 @@ def test_agent_record_has_measured_bound_and_efficiency():
     assert rec["bytes_from_source_after_redirect"] == 40_000_000
     assert rec["bytes_relayed"] == {"old": 20_000_000}
     assert rec["pages_deduplicated"] == 6000
-    # Source-only bytes over the 100 Mbit/s source link set the bound.
+    # Its own source-only bytes over the 100 Mbit/s source link: the
+    # base of its link utilisation.
     s_only = 40_000_000 - 1000 * 4104
     assert rec["source_only_bytes"] == s_only
-    assert rec["lower_bound_s"] == pytest.approx(s_only / 12.5e6, abs=1e-3)
-    assert rec["lower_bound_term"] == "source upload"
-    assert rec["efficiency"] == pytest.approx(
-        rec["lower_bound_s"] / 10.0, abs=1e-3)
+    assert rec["own_bytes_bound_s"] == pytest.approx(s_only / 12.5e6,
+                                                     abs=1e-3)
+    assert rec["link_utilisation"] == pytest.approx(
+        rec["own_bytes_bound_s"] / 10.0, abs=1e-3)
+    # The scenario sample counts pages by final content: 8000 only the
+    # source had, over its 100 Mbit/s link.
+    assert rec["needed_pages"]["source_only"] == 8000
+    assert rec["bound_sample_s"] == pytest.approx(8000 * 4104 / 12.5e6,
+                                                  abs=1e-3)
+    assert rec["bound_sample_term"] == "source upload"
+    # Filled for the whole run by fill_scenario_bound().
+    assert rec["lower_bound_s"] is None
+    report.fill_scenario_bound([rec])
+    assert rec["lower_bound_s"] == rec["bound_sample_s"]
+    assert rec["time_over_bound"] == pytest.approx(
+        10.0 / rec["lower_bound_s"], abs=1e-3)
     assert rec["ram_identical"] is True and rec["ok"] is True
     assert rec["redirects"][0]["t_s"] == 4.0
     assert rec["switchover_started_s"] == pytest.approx(13.75)
@@ -67,20 +80,51 @@ def test_agent_record_has_measured_bound_and_efficiency():
     json.dumps(rec)
 
 
-def test_restart_borrows_the_scenario_bound():
+def test_every_method_gets_the_same_scenario_bound():
     conf = cfg()
     recs = [report.build_record(conf, fakes.agent_run(), 1, 0,
                                 ram=fakes.ram()),
             report.build_record(conf, fakes.restart_run(16.0), 1, 1,
                                 ram=fakes.ram())]
-    assert recs[1]["lower_bound_s"] is None
+    assert recs[1]["bound_sample_s"] is None
     assert recs[1]["bytes_from_source_after_redirect"] == 150_000_000
     assert recs[1]["bytes_relayed"] == {}
-    report.fill_borrowed_bounds(recs)
-    assert recs[1]["lower_bound_s"] == recs[0]["lower_bound_s"]
-    assert recs[1]["lower_bound_from"] == "dcmigrate"
-    assert recs[1]["efficiency"] == pytest.approx(
-        recs[0]["lower_bound_s"] / 16.0, abs=1e-3)
+    report.fill_scenario_bound(recs)
+    assert recs[1]["lower_bound_s"] == recs[0]["lower_bound_s"] == \
+        recs[0]["bound_sample_s"]
+    assert recs[1]["lower_bound_from"] == "median of 1 samples"
+    assert recs[1]["time_over_bound"] == pytest.approx(
+        16.0 / recs[0]["lower_bound_s"], abs=1e-3)
+
+
+def test_a_wasteful_run_does_not_raise_the_bound():
+    conf = cfg()
+    lean = report.build_record(conf, fakes.agent_run(), 1, 0,
+                               ram=fakes.ram())
+    wasteful = report.build_record(conf, fakes.agent_run(sent=90_000_000),
+                                   2, 1, ram=fakes.ram())
+    assert wasteful["own_bytes_bound_s"] > lean["own_bytes_bound_s"]
+    assert wasteful["bound_sample_s"] == lean["bound_sample_s"]
+
+
+def test_scenario_bound_is_the_median_of_the_samples():
+    conf = cfg()
+    recs = [report.build_record(
+        conf, fakes.agent_run(needed={"nonzero": 9000, "source_only": n,
+                                      "held": 9000 - n, "local": 0}),
+        i, i, ram=fakes.ram()) for i, n in enumerate((1000, 3000, 2000))]
+    report.fill_scenario_bound(recs)
+    assert len({r["lower_bound_s"] for r in recs}) == 1
+    assert recs[0]["lower_bound_s"] == pytest.approx(2000 * 4104 / 12.5e6,
+                                                     abs=1e-3)
+
+
+def test_no_agent_method_no_scenario_bound():
+    recs = [report.build_record(cfg(), fakes.restart_run(), 1, 0,
+                                ram=fakes.ram())]
+    report.fill_scenario_bound(recs)
+    assert recs[0]["lower_bound_s"] is None
+    assert recs[0]["time_over_bound"] is None
 
 
 def test_several_redirects_add_the_time_between_them():
@@ -93,8 +137,8 @@ def test_several_redirects_add_the_time_between_them():
     single = report.build_record(cfg(), fakes.agent_run(), 1, 0,
                                  ram=fakes.ram())
     assert rec["time_between_redirects_s"] == 3.0
-    assert rec["lower_bound_s"] == pytest.approx(
-        single["lower_bound_s"] + 3.0, abs=1e-3)
+    assert rec["bound_sample_s"] == pytest.approx(
+        single["bound_sample_s"] + 3.0, abs=1e-3)
 
 
 def test_no_redirect_scenario_bounds_every_method():
@@ -102,11 +146,16 @@ def test_no_redirect_scenario_bounds_every_method():
     run = fakes.restart_run()
     run.method = "direct"
     run.redirects.clear()
-    rec = report.build_record(conf, run, 1, 0, ram=fakes.ram())
+    rec = report.build_record(conf, run, 1, 0, ram=fakes.ram(),
+                              nonzero_pages=30_000)
     assert rec["post_redirect_time_s"] == rec["total_time_s"]
-    assert rec["lower_bound_from"] == "measured"
-    assert rec["lower_bound_s"] == pytest.approx(150_000_000 / 12.5e6,
+    # Every non-zero page of the guest from the source (not QEMU's bytes,
+    # which a dirtying guest inflates).
+    report.fill_scenario_bound([rec])
+    assert rec["lower_bound_s"] == pytest.approx(30_000 * 4104 / 12.5e6,
                                                  abs=1e-3)
+    assert rec["own_bytes_bound_s"] == pytest.approx(150_000_000 / 12.5e6,
+                                                     abs=1e-3)
 
 
 def test_direct_in_a_redirect_scenario_has_no_post_redirect_time():
@@ -115,7 +164,8 @@ def test_direct_in_a_redirect_scenario_has_no_post_redirect_time():
     run.redirects.clear()
     rec = report.build_record(cfg(), run, 1, 0, ram=fakes.ram())
     assert rec["post_redirect_time_s"] is None
-    assert rec["lower_bound_s"] is None and rec["efficiency"] is None
+    report.fill_scenario_bound([rec])
+    assert rec["lower_bound_s"] is None and rec["time_over_bound"] is None
 
 
 def test_ram_difference_and_errors_make_a_record_fail():
@@ -134,7 +184,7 @@ def test_summary_medians_and_ratio_to_restart():
     recs += [report.build_record(conf, fakes.restart_run(p), i, 1,
                                  ram=fakes.ram())
              for i, p in ((1, 16.0), (2, 20.0), (3, 18.0))]
-    report.fill_borrowed_bounds(recs)
+    report.fill_scenario_bound(recs)
     summ = report.summarize(recs, ["dcmigrate", "restart"])
     dc, rs = summ["methods"]["dcmigrate"], summ["methods"]["restart"]
     assert rs["median"]["post_redirect_time_s"] == 18.0
@@ -160,7 +210,7 @@ def test_document_schema_and_json_file(tmp_path):
                                 ram=fakes.ram(), series=fakes.series()),
             report.build_record(conf, fakes.restart_run(), 1, 1,
                                 ram=fakes.ram())]
-    report.fill_borrowed_bounds(recs)
+    report.fill_scenario_bound(recs)
     doc = report.document(conf, recs, {"first_pass_bytes": 1}, {"cpus": 2})
     path = tmp_path / "out" / "bench.json"
     report.write_json(path, doc)
@@ -177,7 +227,8 @@ def test_document_schema_and_json_file(tmp_path):
 
 
 def test_check_record_finds_problems():
-    assert "missing efficiency" in report.check_record({"method": "direct"})
+    assert "missing link_utilisation" in report.check_record(
+        {"method": "direct"})
     assert any("unknown method" in p for p in
                report.check_record({"method": "x"}))
 
@@ -188,7 +239,7 @@ def test_text_table_and_explanation():
                                 ram=fakes.ram()),
             report.build_record(conf, fakes.restart_run(), 1, 1,
                                 ram=fakes.ram())]
-    report.fill_borrowed_bounds(recs)
+    report.fill_scenario_bound(recs)
     text = report.render_text(report.document(conf, recs, None, {}))
     assert "dcmigrate" in text and "restart" in text
     assert "0.62x" in text            # 10 s vs 16 s after the redirect

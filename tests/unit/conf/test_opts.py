@@ -30,7 +30,11 @@ def test_register_and_bounds():
     conf = cfg.ConfigOpts()
     agent.register_opts(conf)
     conf([])
-    assert conf.dcmigrate_agent.local_address == "127.0.0.1"
+    assert conf.dcmigrate_agent.socket_dir == "/run/dcmigrate"
+    assert conf.dcmigrate_agent.peer_tls is False
+    assert conf.dcmigrate_agent.max_peer_connections == 64
+    with pytest.raises(ValueError):
+        conf.set_override("max_peer_connections", 0, "dcmigrate_agent")
     assert conf.dcmigrate_agent.peer_port == 16590
     with pytest.raises(ValueError, match="16384"):   # min=16 KiB
         conf.set_override("chunk_size", 4096, "dcmigrate_agent")

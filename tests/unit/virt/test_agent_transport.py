@@ -7,6 +7,7 @@ tests/functional/nova/test_agent_transport.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import types
 import uuid
@@ -15,6 +16,7 @@ import pytest
 
 from nova_dcmigrate.agent.manager import AgentManager
 import nova_dcmigrate.conf
+from nova_dcmigrate.virt import attempts
 from nova_dcmigrate.virt.libvirt import flags
 from nova_dcmigrate.virt.libvirt import transport
 from tests.unit.agent.harness import make_conf
@@ -23,12 +25,20 @@ CONF = nova_dcmigrate.conf.CONF
 
 
 class Agents:
-    """AgentAPI's calls mapped onto AgentManager methods."""
+    """AgentAPI's calls mapped onto AgentManager methods.
 
-    def __init__(self, managers):
+    All hosts share one filesystem here, so every agent has a socket_dir
+    of its own (one path would collide); a deployment has the same path
+    on both hosts.  With ``same_path`` the source's answer carries the
+    destination's path, as it would there.
+    """
+
+    def __init__(self, managers, same_path=True):
         self.managers = managers
         self.calls = []
         self.ping_timeouts = []
+        self.same_path = same_path
+        self.dest_socket = None
 
     def __getattr__(self, method):
         def call(host, *args, **kwargs):
@@ -37,15 +47,20 @@ class Agents:
                 self.ping_timeouts.append(kwargs.pop("timeout", None))
             fn = getattr(self.managers[host], method)
             if method == "prepare_destination":
-                names = ("migration_id", "secret", "qemu_port", "attempt",
+                names = ("migration_id", "secret", "attempt",
                          "holders", "split", "source_rate")
             elif method == "prepare_source":
-                names = ("migration_id", "secret", "listen_port",
+                names = ("migration_id", "secret",
                          "dest_address", "dest_port", "attempt")
             else:
                 names = ("migration_id", "reason")
             kwargs.update(zip(names, args))
-            return fn({}, **kwargs)
+            result = fn({}, **kwargs)
+            if method == "prepare_destination":
+                self.dest_socket = result["socket"]
+            elif method == "prepare_source" and self.same_path:
+                result = dict(result, socket=self.dest_socket)
+            return result
         return call
 
 
@@ -178,7 +193,8 @@ def test_attempts_share_id_and_secret_and_list_holders(cluster):
     t._abort_agents(mig, ["src", "a"])      # the redirect stopped it
     second = t._prepare(mig, "b", _md(mid))
     assert second.holders == ["a"]
-    assert second.port != first.port
+    assert second.socket != first.socket
+    assert second.socket == cluster["b"].sessions[(mid, 1)].socket_path
     dst = cluster["b"].sessions[(mid, 1)]
     assert dst.holders == [{"host": "a", "address": "127.0.0.1",
                             "port": cluster["a"].listener.port}]
@@ -194,27 +210,50 @@ def test_attempts_share_id_and_secret_and_list_holders(cluster):
     assert t.migrations == {}
 
 
-def test_taken_loopback_port_is_refused_clearly(cluster):
-    t = transport.AgentTransport(Agents(cluster))
-    busy = socket.socket()
-    busy.bind(("127.0.0.1", 0))
-    busy.listen()
-    port = busy.getsockname()[1]
-    CONF.set_override("agent_port_min", port, group="dcmigrate_compute")
-    CONF.set_override("agent_port_max", port, group="dcmigrate_compute")
+def test_socket_dir_mismatch_is_refused_clearly(cluster):
+    t = transport.AgentTransport(Agents(cluster, same_path=False))
     mid = str(uuid.uuid4())
     try:
         mig = t._migration(types.SimpleNamespace(uuid="i"), _md(mid), "src")
-        with pytest.raises(transport.AgentTransportError,
-                           match="no free loopback port"):
+        with pytest.raises(attempts.SocketPathMismatch,
+                           match="socket_dir must be the same") as ei:
             t._prepare(mig, "a", _md())
-        # Nothing left prepared anywhere.
-        assert not cluster["a"].sessions and not cluster["src"].sessions
+        assert ei.value.kwargs["source"] != ei.value.kwargs["dest"]
+        # Nothing left running anywhere, no socket directory left.
+        for h in ("src", "a"):
+            for s in cluster[h].sessions.values():
+                assert s.state.value == "aborted"
+                assert not os.path.exists(s.socket_dir)
     finally:
-        busy.close()
-        CONF.clear_override("agent_port_min", group="dcmigrate_compute")
-        CONF.clear_override("agent_port_max", group="dcmigrate_compute")
         t.end_migration("i")
+
+
+def test_agent_transport_uses_the_unix_socket_and_agent_tls():
+    """migrateToURI3 gets unix://, no listen address, a disks URI for a
+    block migration, and no VIR_MIGRATE_TLS (the agents carry it)."""
+    lv = types.SimpleNamespace(VIR_MIGRATE_TLS=8, VIR_MIGRATE_PARALLEL=4)
+    seen = []
+    dom = types.SimpleNamespace(
+        migrateToURI3=lambda uri, params, flags: seen.append(
+            (uri, params, flags)))
+    mig = transport.AgentMigration("m", "s" * 64, "src")
+    att = transport.AgentAttempt(
+        0, transport.AgentEndpoint("b", "10.0.0.2", 16590),
+        "/run/dcmigrate/x.0/migration.sock", [])
+    d = transport._AgentDomain(dom, transport.AgentTransport(object()),
+                               mig, att, lv)
+    d.migrateToURI3("qemu+tcp://b/system",
+                    {"listen_address": "10.0.0.2",
+                     "migrate_disks": ["vda"]}, 1 | 8)
+    uri, params, fl = seen[0]
+    assert params["migrate_uri"] == \
+        "unix:///run/dcmigrate/x.0/migration.sock"
+    assert "listen_address" not in params
+    assert params["disks_uri"] == "tcp://10.0.0.2"
+    assert fl == 1
+    t = transport.AgentTransport(object())
+    assert t.unsupported_flags(1 | 8, lv) == []
+    assert t.unsupported_flags(1 | 4 | 8, lv) == ["VIR_MIGRATE_PARALLEL"]
 
 
 def test_downtime_steps_wait_for_the_gate():
@@ -230,3 +269,49 @@ def test_downtime_steps_wait_for_the_gate():
     mig.gated = False
     t.configure_downtime(guest, 150)
     assert applied == [50, 150]
+
+
+def test_agent_api_needs_1_3_for_prepares():
+    from nova_dcmigrate.agent import exception as agent_exc
+    from nova_dcmigrate.agent import rpcapi
+
+    sent = []
+
+    class Client:
+        def __init__(self, cap):
+            self.cap = cap
+
+        def can_send_version(self, v):
+            return tuple(map(int, v.split("."))) <= self.cap
+
+        def prepare(self, **kwargs):
+            return types.SimpleNamespace(
+                call=lambda ctxt, method, **kw: sent.append(
+                    (kwargs["version"], method, kw)) or {"socket": "/s"})
+
+    api = rpcapi.AgentAPI.__new__(rpcapi.AgentAPI)
+    api.client = Client((1, 2))
+    with pytest.raises(agent_exc.InvalidRequest, match="below 1.3"):
+        api.prepare_destination("h", "m", "s" * 64)
+    with pytest.raises(agent_exc.InvalidRequest, match="below 1.3"):
+        api.prepare_source("h", "m", "s" * 64, "10.0.0.1", 1)
+    assert sent == []
+    api.client = Client((1, 3))
+    api.prepare_destination("h", "m", "s" * 64, 1)
+    api.prepare_source("h", "m", "s" * 64, "10.0.0.1", 1, 1, tls=True)
+    assert [(v, m) for v, m, _kw in sent] == [
+        ("1.3", "prepare_destination"), ("1.3", "prepare_source")]
+    # tls only sent when asked for (an agent without it still answers).
+    assert "tls" not in sent[0][2] and sent[1][2]["tls"] is True
+    assert "qemu_port" not in sent[0][2] and "listen_port" not in sent[1][2]
+
+
+def test_unencrypted_warning_logged_once(monkeypatch):
+    warned = []
+    monkeypatch.setattr(transport.LOG, "warning",
+                        lambda msg, *a: warned.append(msg))
+    monkeypatch.setattr(transport, "_UNENCRYPTED_WARNED",
+                        transport.threading.Event())
+    transport._warn_unencrypted_once()
+    transport._warn_unencrypted_once()
+    assert len(warned) == 1 and "unencrypted" in warned[0]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from nova_dcmigrate.agent import exception as agent_exception
 from nova_dcmigrate.virt import attempts
 
 
@@ -38,16 +41,18 @@ def test_holders_newest_first_without_target_repeats_or_dead():
     assert attempts.holders_for([], "a") == []
 
 
-def test_failed_holders_from_relay_flags_and_error_text():
+def test_failed_holders_from_relay_flags_only():
+    # The error text names holder b, but only the status flags count
+    # (errors are never parsed).
     status = {"attempts": [
         {"attempt": 0, "state": "failed",
          "redirect": {"holders": {"x": {"failed": True}}}},
         {"attempt": 1, "state": "failed", "error": "lost holder b: reset",
-         "redirect": {"holders": {"a": {"failed": True},
-                                  "b": {"failed": False}}}}]}
+         "redirect": {"holders": {"a": {"failed": "reset"},
+                                  "b": {"failed": None}}}}]}
     agents = StatusSource(status)
     assert attempts.failed_holders(agents, "new", "mid", 1,
-                                   ["a", "b", "c"]) == {"a", "b"}
+                                   ["a", "b", "c"]) == {"a"}
     assert agents.calls == [("new", "mid")]
 
 
@@ -80,3 +85,68 @@ def test_wait_relayed_gives_up_at_the_deadline():
     done = attempts.wait_relayed(StatusSource(_dst(1)), "new", "mid", 1,
                                  lambda: True, timeout=0.2)
     assert not done.relayed and not done.ended
+
+
+class SocketAgents:
+    """Agents that answer prepare_* with a socket path, or refuse."""
+
+    def __init__(self, src_socket: str = "/run/dcmigrate/m.0/s",
+                 dst_socket: str = "/run/dcmigrate/m.0/s",
+                 error: Exception | None = None) -> None:
+        self.src_socket = src_socket
+        self.dst_socket = dst_socket
+        self.error = error
+        self.aborted: list[str] = []
+
+    def prepare_destination(self, *args: Any) -> dict[str, str]:
+        return {"socket": self.dst_socket}
+
+    def prepare_source(self, *args: Any) -> dict[str, str]:
+        if self.error is not None:
+            raise self.error
+        return {"socket": self.src_socket}
+
+    def abort(self, host: str, mid: str, reason: str) -> None:
+        self.aborted.append(host)
+
+
+def _prepare(agents: Any) -> str:
+    return attempts.prepare_agents(
+        agents, "mid", "s", 0, "src", "dst", "10.0.0.2", 4000, [], True,
+        None)
+
+
+def test_prepare_agents_returns_the_common_socket():
+    agents = SocketAgents()
+    assert _prepare(agents) == agents.src_socket
+    assert agents.aborted == []
+
+
+def test_prepare_agents_refuses_different_socket_dirs():
+    agents = SocketAgents(dst_socket="/elsewhere/m.0/s")
+    with pytest.raises(attempts.SocketPathMismatch):
+        _prepare(agents)
+    assert sorted(agents.aborted) == ["dst", "src"]
+
+
+def test_prepare_agents_raises_refusals_and_aborts_both():
+    agents = SocketAgents(error=agent_exception.InvalidRequest(
+        migration_id="mid", reason="bad destination address"))
+    with pytest.raises(agent_exception.InvalidRequest):
+        _prepare(agents)
+    assert sorted(agents.aborted) == ["dst", "src"]
+
+
+def test_wait_relayed_backs_off_and_wakes_on_stop():
+    import threading
+    import time
+    stop = threading.Event()
+    agents = StatusSource(_dst(1))
+    threading.Timer(0.5, stop.set).start()
+    start = time.monotonic()
+    done = attempts.wait_relayed(agents, "new", "mid", 1,
+                                 lambda: not stop.is_set(), timeout=30,
+                                 stop=stop)
+    assert done.ended and time.monotonic() - start < 2.0
+    # 50 ms growing by half each poll: far fewer than 10 polls in 0.5 s.
+    assert len(agents.calls) <= 8
