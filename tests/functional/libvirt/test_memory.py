@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from tests.functional.libvirt.conftest import agent_mount_ns
 from tests.functional.libvirt.conftest import LIBVIRT_LAB
 
 pytestmark = LIBVIRT_LAB
@@ -53,7 +54,10 @@ REDIRECT_BUDGET = 0.05 * GUEST_BYTES
 def agents(lab, hosts, rabbit_broker):
     from nova_dcmigrate.lab.agents import LabAgents
 
-    with LabAgents(lab, extra_conf="store_expiry = %d\n" % EXPIRY_S) as a:
+    # Each agent in its libvirtd's mount namespace, as the package's
+    # agents fixture does (the hosts' socket_dir).
+    with LabAgents(lab, extra_conf="store_expiry = %d\n" % EXPIRY_S,
+                   mount_ns=agent_mount_ns(hosts)) as a:
         yield a
 
 
