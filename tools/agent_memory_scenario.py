@@ -27,6 +27,7 @@ from typing import Any
 import libvirt
 
 from nova_dcmigrate.lab.agents import LabAgents
+from nova_dcmigrate.lab.agents import libvirt_mount_ns
 from nova_dcmigrate.lab import image
 from nova_dcmigrate.lab import libvirt_host
 from nova_dcmigrate.lab import libvirt_migration as lm
@@ -130,7 +131,8 @@ def main() -> int:
         with Lab({h: "500mbit" for h in HOSTS}) as lab:
             hosts = libvirt_host.start_libvirt_hosts(lab)
             try:
-                with LabAgents(lab) as agents:
+                with LabAgents(lab, mount_ns=libvirt_mount_ns(hosts)) \
+                        as agents:
                     for redirect in (False, True):
                         results.append(scenario(lab, hosts, agents, img,
                                                 redirect))
