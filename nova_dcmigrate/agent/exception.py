@@ -63,3 +63,19 @@ class LocalSocketError(AgentError):
 
 class TLSConfigError(AgentError):
     msg_fmt = "Agent peer TLS is misconfigured: %(reason)s"
+
+
+class BackingUnavailable(AgentError):
+    msg_fmt = ("Cannot hold the guest RAM of QEMU pid %(pid)s: %(reason)s")
+
+
+class RamLayoutTooLarge(AgentError):
+    msg_fmt = ("Migration %(migration_id)s: the stream announces RAM blocks "
+               "of %(announced)d bytes in all (largest %(block)s, "
+               "%(largest)d bytes), more than the %(limit)d bytes the "
+               "domain may have; nothing was allocated")
+
+
+class HeldPageChanged(AgentError):
+    msg_fmt = ("Migration %(migration_id)s: held page %(page)d of RAM block "
+               "%(block)s no longer has the content this agent announced")

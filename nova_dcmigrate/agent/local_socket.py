@@ -31,6 +31,7 @@ import socket
 import stat
 import struct
 import uuid
+from typing import Any
 
 from oslo_log import log as logging
 
@@ -121,13 +122,22 @@ def make_attempt_dir(socket_dir: str, migration_id: str, attempt: int,
     return path
 
 
+def _skip_missing(func: Any, path: str, exc_info: Any) -> None:
+    """rmtree error handler: an entry already gone is fine (the session's
+    own thread unlinks the socket while its directory is removed); a
+    FileNotFoundError would otherwise stop rmtree and leave the
+    directory behind."""
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
+
+
 def remove_attempt_dir(path: str) -> None:
     """Remove an attempt's directory and whatever socket is left in it."""
     try:
         if os.path.islink(path):
             os.unlink(path)
         else:
-            shutil.rmtree(path)
+            shutil.rmtree(path, onerror=_skip_missing)
     except FileNotFoundError:
         pass
     except OSError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import math
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ import oslo_messaging as messaging
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.holder import HolderRelay
 from nova_dcmigrate.agent import local_socket
+from nova_dcmigrate.agent.page_store import CopyBudget
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.peer_listener import PeerListener
 from nova_dcmigrate.agent import protocol
@@ -30,6 +32,9 @@ from nova_dcmigrate.stream import fastpath
 LOG = logging.getLogger(__name__)
 
 MIN_SECRET_LEN = 32
+MIB = 1024 * 1024
+#: Longest sleep of the expiry thread (s).
+EXPIRY_POLL_MAX = 30.0
 
 
 def _check_id(migration_id: str) -> str:
@@ -60,6 +65,11 @@ class AgentManager:
         self.stores: dict[str, PageStore] = {}
         self.secrets: dict[str, str] = {}
         self.relays: dict[tuple[str, int], HolderRelay] = {}
+        # One cap for the page copies of all migrations here.
+        self.copy_budget = CopyBudget(conf.copy_store_max_mib * MIB)
+        # Migration id -> monotonic time it was last seen in use.
+        self.last_used: dict[str, float] = {}
+        self._stopping = threading.Event()
         self.tls = PeerTLS.from_conf(conf)
         self.listener = PeerListener(conf.peer_listen_address,
                                      conf.peer_port, self._resolve_peer,
@@ -80,8 +90,66 @@ class AgentManager:
         LOG.info("per-page code: %s", fastpath.reason
                  if fastpath.native is None else "native (_speedups)")
         self.listener.start()
+        threading.Thread(target=self._expiry_loop, name="store-expiry",
+                         daemon=True).start()
+
+    # -- expiry --------------------------------------------------------------
+    def _expiry_loop(self) -> None:
+        poll = min(EXPIRY_POLL_MAX, max(0.2, self.conf.store_expiry / 4))
+        while not self._stopping.wait(poll):
+            try:
+                self.expire_idle()
+            except Exception:  # noqa: BLE001 - the thread must go on
+                LOG.exception("store expiry failed")
+
+    def _busy(self, migration_id: str) -> bool:
+        with self._lock:
+            sessions = [s for (m, _a), s in self.sessions.items()
+                        if m == migration_id]
+            relays = [r for (m, _a), r in self.relays.items()
+                      if m == migration_id]
+        return any(s.state not in sess.FINAL_STATES for s in sessions) or \
+            any(not r.done.is_set() for r in relays)
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Drop migrations unused for ``store_expiry`` seconds: nothing
+        of a migration whose controller vanished stays for ever.
+
+        :returns: the migration ids dropped.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            ids = {m for m, _a in self.sessions} | set(self.stores) | \
+                set(self.secrets)
+        expired = []
+        for mid in sorted(ids):
+            if self._busy(mid):
+                self.last_used[mid] = now
+                continue
+            last = self.last_used.setdefault(mid, now)
+            if now - last >= self.conf.store_expiry:
+                expired.append(mid)
+        for mid in expired:
+            with self._lock:
+                store = self.stores.get(mid)
+            held = store.counters() if store is not None else None
+            LOG.warning("migration %(mid)s: unused for %(s)d s "
+                        "([dcmigrate_agent] store_expiry), dropping it "
+                        "(%(pages)s pages, %(copied)d MiB copied, "
+                        "%(backing)d MiB of guest RAM held)",
+                        {"mid": mid, "s": self.conf.store_expiry,
+                         "pages": held.pages if held else 0,
+                         "copied": (held.copied_bytes if held else 0) >> 20,
+                         "backing": (held.backing_bytes if held else 0)
+                         >> 20})
+            self.cleanup({}, mid)
+        return expired
+
+    def _touch(self, migration_id: str) -> None:
+        self.last_used[migration_id] = time.monotonic()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.listener.stop()
         with self._lock:
             sessions = list(self.sessions.values())
@@ -128,6 +196,9 @@ class AgentManager:
                 % writers[0].attempt)
 
         def start(conn: protocol.FramedConnection) -> None:
+            self._touch(mid)
+            # Announce only what the held RAM really contains.
+            store.settle()
             relay = HolderRelay(self.conf, mid, store, conn)
             with self._lock:
                 old = self.relays.get((mid, hello.attempt))
@@ -203,7 +274,9 @@ class AgentManager:
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
                             source_rate: float | None = None,
-                            tls: bool = False) -> dict[str, Any]:
+                            tls: bool = False,
+                            guest_memory: int | None = None
+                            ) -> dict[str, Any]:
         """Expect a stream for ``migration_id`` and feed it to the local
         QEMU, which listens on the returned UNIX socket ``socket`` (its
         directory is created here, 0700 and owned by the QEMU user).
@@ -223,6 +296,9 @@ class AgentManager:
         :param source_rate: the source's expected upload rate (bytes/s).
             With every holder's rate, it places the first frontier before
             anything was measured; without, equal rates are assumed.
+        :param guest_memory: the domain's memory (bytes); RAM blocks
+            summing to more than this plus ``ram_overhead_mib`` are
+            refused before anything is allocated for them.
         """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
@@ -247,12 +323,26 @@ class AgentManager:
             raise exception.InvalidRequest(
                 migration_id=migration_id,
                 reason="bad source rate %r" % (source_rate,))
+        ram_limit = None
+        if guest_memory is not None:
+            if not isinstance(guest_memory, int) or \
+                    isinstance(guest_memory, bool) or guest_memory <= 0:
+                raise exception.InvalidRequest(
+                    migration_id=migration_id,
+                    reason="bad guest memory %r" % (guest_memory,))
+            ram_limit = guest_memory + self.conf.ram_overhead_mib * MIB
         with self._lock:
             self._bind_secret(migration_id, secret)
             store = self.stores.get(migration_id)
             if store is None:
-                store = PageStore(sess.digest_seed(secret.encode()))
+                store = PageStore(sess.digest_seed(secret.encode()),
+                                  budget=self.copy_budget,
+                                  ram_limit=ram_limit,
+                                  migration_id=migration_id)
                 self.stores[migration_id] = store
+            elif ram_limit is not None:
+                store.ram_limit = ram_limit
+            self.last_used[migration_id] = time.monotonic()
         # A new attempt supersedes older ones here: nothing but it may
         # write into the migration's page store from now on.
         for old in self._sessions_of(migration_id):
@@ -307,6 +397,7 @@ class AgentManager:
                 reason="bad destination address %r" % dest_address)
         with self._lock:
             self._bind_secret(migration_id, secret)
+            self.last_used[migration_id] = time.monotonic()
         s = sess.SourceSession(self.conf, migration_id, secret, int(attempt),
                                dest_address, int(dest_port), self.tls)
         self._add((migration_id, int(attempt)), s)
@@ -343,7 +434,10 @@ class AgentManager:
         if store is not None:
             c = store.counters()
             result["store"] = {"pages": c.pages, "zero_pages": c.zero_pages,
-                               "bytes_held": c.bytes_held}
+                               "bytes_held": c.bytes_held,
+                               "copied_bytes": c.copied_bytes,
+                               "backing_bytes": c.backing_bytes,
+                               "backing_pids": store.backing_pids()}
         with self._lock:
             relays = [r.status() for (m, _a), r in self.relays.items()
                       if m == migration_id]
@@ -375,6 +469,7 @@ class AgentManager:
             self.secrets.pop(migration_id, None)
             rkeys = [k for k in self.relays if k[0] == migration_id]
             relays = [self.relays.pop(k) for k in rkeys]
+            self.last_used.pop(migration_id, None)
         for r in relays:
             r.abort()
         for s in sessions:

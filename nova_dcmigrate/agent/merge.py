@@ -61,12 +61,18 @@ class RelayPuller:
         self.dropped = 0
         self.lowest: int | None = None
 
-    def read_inventory(self) -> None:
+    def read_inventory(
+            self, check: Callable[[list[tuple[str, int]]], None] | None = None
+    ) -> None:
+        """:param check: called with the holder's RAM blocks before
+            anything is sized from them; raises to refuse them."""
         ftype, payload = self.conn.recv()
         if ftype != FrameType.LAYOUT:
             raise exception.PeerProtocolError(
                 peer=self.conn.peer, reason="expected LAYOUT")
         self.layout = Layout.from_json(payload, self.conn.peer)
+        if check is not None:
+            check(list(zip(self.layout.names, self.layout.lengths)))
         inv = planmod.Inventory.empty(self.layout)
         while True:
             ftype, payload = self.conn.recv()

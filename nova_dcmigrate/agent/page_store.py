@@ -7,28 +7,63 @@ and records a keyed 128-bit digest of each page (xxh3_128 with a
 per-migration seed: the guest controls page content, so digests must not be
 predictable) so the source can tell which pages need not be resent.
 
-Memory: one anonymous mmap per RAM block, sized to the block; the kernel
-only backs pages that were written, so a store costs what it holds.
+Memory: the store keeps no copy of the pages it forwarded to a QEMU whose
+guest RAM it could open (:mod:`nova_dcmigrate.agent.ram_backing`): it
+records where each page is (which QEMU's RAM, held open) and reads it from
+there when it must relay it.  A page's digest is recorded as it passes;
+:meth:`PageStore.settle` checks the last pages forwarded against what QEMU
+really applied (QEMU is stopped during an incoming migration and writes
+nothing but the stream into its RAM, but the stream's last bytes may have
+been in flight when QEMU was killed), and every page read back for a relay
+is checked against its digest.  Per page the store costs 20 bytes (digest,
+state, attempt, location): 0.5% of guest RAM.
+
+Fallback: RAM blocks with no shared file (a guest booted with anonymous
+RAM, or QEMU's small ROM blocks) are copied into one anonymous mmap per
+block, the former store.  Copies are capped per agent (:class:`CopyBudget`);
+a page beyond the cap is not kept (its claim is dropped, so a redirect
+resends it).
 """
 
 from __future__ import annotations
 
 import array
+import collections
 import mmap
+import os
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from oslo_log import log as logging
 import xxhash
 
+from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent.ram_backing import QemuRam
+from nova_dcmigrate.agent.ram_backing import RamFile
 from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream import PAGE_SIZE
 from nova_dcmigrate.stream import RamBlock
 from nova_dcmigrate.stream import RamStart
 
+LOG = logging.getLogger(__name__)
+
 DIGEST_LEN = 16
 ZERO_PAGE = bytes(PAGE_SIZE)
+#: Location of a page: in the store's own copy (0), else the index of the
+#: held QEMU RAM it is in.
+COPY = 0
+#: Most QEMU RAMs one store holds (one per attempt to this host).
+MAX_BACKINGS = 255
+#: Pages forwarded last that settle() checks against QEMU's RAM: the
+#: stream QEMU had not applied when it was killed is at most what the
+#: socket buffers between agent and QEMU hold (a few MiB), far below this
+#: (64 MiB).
+RECENT_PAGES = 16384
+#: Pages of a block sampled to tell which of several same-sized RAM files
+#: holds it.
+SAMPLES = 16
 
 # Per-page state byte.
 ABSENT = 0
@@ -40,23 +75,73 @@ def zero_digest(seed: int) -> bytes:
     return xxhash.xxh3_128_digest(ZERO_PAGE, seed)
 
 
+class CopyBudget:
+    """Pages all copy stores of one agent may hold (the fallback's cap)."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.limit = None if max_bytes is None else max_bytes // PAGE_SIZE
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used >= self.limit:
+                return False
+            self.used += 1
+            return True
+
+    def give(self, n: int = 1) -> None:
+        with self._lock:
+            self.used -= n
+
+    def reserve(self, n: int) -> bool:
+        """Take ``n`` pages at once, or none (the native copy path
+        reserves the most a run of records can add, then gives back
+        what it did not use)."""
+        with self._lock:
+            if self.limit is not None and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+
 class _BlockStore:
-    __slots__ = ("block", "data", "digests", "state", "held", "attempt")
+    __slots__ = ("block", "_data", "digests", "state", "held", "attempt",
+                 "where", "target", "copies", "remote")
 
     def __init__(self, block: RamBlock) -> None:
         self.block = block
         n = block.npages
-        # mmap(-1, 0) is invalid: keep at least one page.  A private
-        # mapping faults in much cheaper than a shared one (measured:
-        # first writes into the store dominate a destination agent's CPU).
-        self.data = mmap.mmap(-1, max(n, 1) * PAGE_SIZE,
-                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._data: mmap.mmap | None = None
         self.digests = bytearray(n * DIGEST_LEN)
         self.state = bytearray(n)
         # Attempt that last wrote each page: a newer attempt's copy of a
         # page supersedes an older one held elsewhere.
         self.attempt = array.array("H", bytes(2 * n))
+        # Where each DATA page is: COPY or a held QEMU RAM.
+        self.where = bytearray(n)
+        # Where pages arriving now go.
+        self.target = COPY
         self.held = 0
+        self.copies = 0
+        # DATA pages in a held QEMU RAM (where != COPY).
+        self.remote = 0
+
+    @property
+    def data(self) -> mmap.mmap:
+        """The copy area, mapped on first use (a private mapping faults
+        in much cheaper than a shared one; the kernel backs only pages
+        written)."""
+        if self._data is None:
+            self._data = mmap.mmap(
+                -1, max(len(self.state), 1) * PAGE_SIZE,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        return self._data
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
+            self._data = None
 
 
 @dataclass(frozen=True)
@@ -64,13 +149,26 @@ class StoreCounters:
     pages: int          # pages held with data
     zero_pages: int     # pages held as zero
     bytes_held: int     # PAGE_SIZE * (pages + zero_pages)
+    copied_bytes: int = 0   # of which kept as the agent's own copy
+    backing_bytes: int = 0  # memory of the QEMU RAM files held open
 
 
 class PageStore:
-    """Pages of one migration; thread-safe for one writer and readers."""
+    """Pages of one migration; thread-safe for one writer and readers.
 
-    def __init__(self, seed: int) -> None:
+    :param budget: cap of the copies (None: unlimited, a private budget).
+    :param ram_limit: most bytes of RAM blocks a stream may announce (the
+        domain's memory plus allowance for ROMs and video RAM); None: no
+        check.
+    """
+
+    def __init__(self, seed: int, *, budget: CopyBudget | None = None,
+                 ram_limit: int | None = None,
+                 migration_id: str = "-") -> None:
         self.seed = seed
+        self.migration_id = migration_id
+        self.ram_limit = ram_limit
+        self.budget = budget or CopyBudget(None)
         self._zero_digest = zero_digest(seed)
         self._blocks: list[_BlockStore] = []
         self._by_name: dict[str, _BlockStore] = {}
@@ -78,10 +176,37 @@ class PageStore:
         self._lock = threading.Lock()
         self._pages = 0
         self._zero_pages = 0
+        # Held QEMU RAMs by location index (COPY: none), with the number
+        # of pages each still holds for us.
+        self._backings: list[QemuRam | None] = [None]
+        self._refs: list[int] = [0]
+        self._current = COPY
+        # (location, block index) -> the RAM file with that block, once
+        # known; None: none does.
+        self._files: dict[tuple[int, int], RamFile | None] = {}
+        self._recent: collections.deque[tuple[int, int]] = \
+            collections.deque(maxlen=RECENT_PAGES)
+        self._full_logged = False
+        self.verified_pages = 0
+        self.corrected_pages = 0
 
     @property
     def configured(self) -> bool:
         return self.ram_start is not None
+
+    def check_layout(self, blocks: list[tuple[str, int]]) -> None:
+        """Refuse RAM blocks the domain cannot have, before allocating.
+
+        :raises RamLayoutTooLarge: the blocks sum to more than the limit.
+        """
+        if self.ram_limit is None or not blocks:
+            return
+        total = sum(length for _n, length in blocks)
+        name, largest = max(blocks, key=lambda b: b[1])
+        if total > self.ram_limit:
+            raise exception.RamLayoutTooLarge(
+                migration_id=self.migration_id, announced=total,
+                block=name, largest=largest, limit=self.ram_limit)
 
     def configure(self, start: RamStart) -> None:
         """Size the store from the stream's RAM block list.
@@ -89,41 +214,241 @@ class PageStore:
         A second attempt of the same migration announces the same blocks;
         the store keeps its pages then.  A different layout is a new VM
         shape and resets the store.
+
+        :raises RamLayoutTooLarge: see :meth:`check_layout`.
         """
+        self.check_layout([(b.name, b.used_length) for b in start.blocks])
         with self._lock:
             if self.ram_start is not None:
                 old = [(b.name, b.used_length) for b in self.ram_start.blocks]
                 new = [(b.name, b.used_length) for b in start.blocks]
                 if old == new:
                     self.ram_start = start
+                    self._retarget()
                     return
                 self._close_blocks()
             self.ram_start = start
             self._blocks = [_BlockStore(b) for b in start.blocks]
             self._by_name = {b.block.name: b for b in self._blocks}
             self._pages = self._zero_pages = 0
+            self._retarget()
 
+    # -- held QEMU RAM ------------------------------------------------------
+    def attach(self, ram: QemuRam) -> bool:
+        """Pages forwarded from now on are in ``ram`` (the RAM of the
+        QEMU this agent feeds), not copied; False if the store holds too
+        many RAMs already (pages are copied then)."""
+        with self._lock:
+            if len(self._backings) >= MAX_BACKINGS:
+                return False
+            self._backings.append(ram)
+            self._refs.append(0)
+            self._current = len(self._backings) - 1
+            self._retarget()
+            return True
+
+    def _retarget(self) -> None:
+        """Choose where each block's arriving pages go (caller locks)."""
+        ram = self._backings[self._current]
+        for idx, bs in enumerate(self._blocks):
+            if ram is not None and ram.candidates(bs.block.used_length):
+                bs.target = self._current
+            else:
+                bs.target = COPY
+
+    def begin_attempt(self) -> None:
+        """A new writer: settle what the last one left, copy by default
+        until :meth:`attach`."""
+        self.settle()
+        with self._lock:
+            self._current = COPY
+            self._retarget()
+            for loc, ram in enumerate(self._backings):
+                if ram is not None and not self._refs[loc]:
+                    ram.close()
+
+    def settle(self) -> None:
+        """Make every claim true before it is announced or reused.
+
+        Tells same-sized RAM files apart by sampled digests (a block no
+        file holds loses its pages), and checks the last pages forwarded
+        against what QEMU applied: a page QEMU did not get keeps the
+        content QEMU has, with that content's digest.  Call with no
+        writer active.
+        """
+        with self._lock:
+            needed = set()
+            for i, bs in enumerate(self._blocks):
+                if bs.held == 0:
+                    continue
+                for loc in set(bs.where) - {COPY}:
+                    if (loc, i) not in self._files:
+                        needed.add((loc, i))
+            recent = set(self._recent)
+            self._recent.clear()
+            for loc, i in sorted(needed):
+                self._files[(loc, i)] = self._identify(loc, i, recent)
+                if self._files[(loc, i)] is None:
+                    self._drop_location(loc, i)
+            for i, page in recent:
+                self._verify_recent(i, page)
+
+    def _identify(self, loc: int, idx: int,
+                  recent: set[tuple[int, int]]) -> RamFile | None:
+        ram = self._backings[loc]
+        bs = self._blocks[idx]
+        if ram is None or ram.closed:
+            return None
+        cands = ram.candidates(bs.block.used_length)
+        samples = []
+        for page in range(len(bs.state)):
+            if bs.state[page] == DATA and bs.where[page] == loc and \
+                    (idx, page) not in recent:
+                samples.append(page)
+        step = max(1, len(samples) // SAMPLES)
+        samples = samples[::step][:SAMPLES]
+        for f in cands:
+            if all(self._matches(f, bs, p) for p in samples):
+                return f
+        LOG.warning("migration %(mid)s: no RAM file of QEMU pid %(pid)d "
+                    "holds block %(block)s; its pages are not kept",
+                    {"mid": self.migration_id, "pid": ram.pid,
+                     "block": bs.block.name})
+        return None
+
+    def _matches(self, f: RamFile, bs: _BlockStore, page: int) -> bool:
+        data = self._read(f, page)
+        di = page * DIGEST_LEN
+        return data is not None and xxhash.xxh3_128_digest(
+            data, self.seed) == bs.digests[di:di + DIGEST_LEN]
+
+    def _drop_location(self, loc: int, idx: int) -> None:
+        bs = self._blocks[idx]
+        for page in range(len(bs.state)):
+            if bs.state[page] == DATA and bs.where[page] == loc:
+                self._forget(bs, page)
+
+    def _verify_recent(self, idx: int, page: int) -> None:
+        bs = self._blocks[idx]
+        loc = bs.where[page]
+        if bs.state[page] != DATA or loc == COPY:
+            return
+        f = self._files.get((loc, idx))
+        data = self._read(f, page) if f is not None else None
+        if data is None:
+            self._forget(bs, page)
+            return
+        self.verified_pages += 1
+        d = xxhash.xxh3_128_digest(data, self.seed)
+        di = page * DIGEST_LEN
+        if bs.digests[di:di + DIGEST_LEN] == d:
+            return
+        self.corrected_pages += 1
+        if data == ZERO_PAGE:
+            self._forget(bs, page)
+            bs.state[page] = ZERO
+            bs.held += 1
+            self._zero_pages += 1
+            bs.digests[di:di + DIGEST_LEN] = self._zero_digest
+        else:
+            bs.digests[di:di + DIGEST_LEN] = d
+
+    @staticmethod
+    def _read(f: RamFile | None, page: int) -> bytes | None:
+        if f is None:
+            return None
+        try:
+            data = os.pread(f.fd, PAGE_SIZE, page * PAGE_SIZE)
+        except OSError:
+            return None
+        return data if len(data) == PAGE_SIZE else None
+
+    def _unref(self, loc: int) -> None:
+        self._refs[loc] -= 1
+        if self._refs[loc] == 0 and loc != self._current:
+            ram = self._backings[loc]
+            if ram is not None:
+                ram.close()
+                LOG.info("migration %(mid)s: released the guest RAM of "
+                         "QEMU pid %(pid)d (no page held there any more)",
+                         {"mid": self.migration_id, "pid": ram.pid})
+
+    def _release(self, bs: _BlockStore, page: int) -> None:
+        """The DATA page leaves its location (copy or QEMU RAM)."""
+        loc = bs.where[page]
+        if loc == COPY:
+            bs.copies -= 1
+            self.budget.give()
+        else:
+            bs.remote -= 1
+            self._unref(loc)
+        bs.where[page] = COPY
+
+    def _forget(self, bs: _BlockStore, page: int) -> None:
+        """Drop a claim (caller keeps the counters right)."""
+        st = bs.state[page]
+        if st == DATA:
+            self._release(bs, page)
+            self._pages -= 1
+        elif st == ZERO:
+            self._zero_pages -= 1
+        if st != ABSENT:
+            bs.held -= 1
+            bs.state[page] = ABSENT
+
+    def _copy_full(self, bs: _BlockStore) -> None:
+        if not self._full_logged:
+            self._full_logged = True
+            LOG.warning("migration %(mid)s: the agent's page copies reached "
+                        "[dcmigrate_agent] copy_store_max_mib; further pages "
+                        "of block %(block)s and others are not kept (a "
+                        "redirect resends them)",
+                        {"mid": self.migration_id, "block": bs.block.name})
+
+    # -- pages ---------------------------------------------------------------
     def digest_of(self, data: bytes | memoryview) -> bytes:
         return xxhash.xxh3_128_digest(data, self.seed)
 
     def put_page(self, block: RamBlock, page: int,
                  data: bytes | memoryview, attempt: int = 0) -> bytes:
-        """Store one page; returns its digest."""
-        bs = self._blocks[block.index]
-        bs.attempt[page] = attempt
-        off = page * PAGE_SIZE
-        bs.data[off:off + PAGE_SIZE] = data
+        """Record one page forwarded to QEMU (copied if its block is not
+        in a held RAM); returns its digest."""
+        idx = block.index
+        bs = self._blocks[idx]
         d = xxhash.xxh3_128_digest(data, self.seed)
+        st = bs.state[page]
+        loc = bs.target
+        if st == DATA:
+            old = bs.where[page]
+            if old != loc or loc != COPY:
+                self._release(bs, page)
+                st = bs.state[page] = ABSENT
+                bs.held -= 1
+                self._pages -= 1
+        elif st == ZERO:
+            self._zero_pages -= 1
+            bs.held -= 1
+            st = bs.state[page] = ABSENT
+        if loc == COPY:
+            if st == ABSENT:
+                if not self.budget.take():
+                    self._copy_full(bs)
+                    return d
+                bs.copies += 1
+            off = page * PAGE_SIZE
+            bs.data[off:off + PAGE_SIZE] = data
+        else:
+            self._refs[loc] += 1
+            bs.remote += 1
+            self._recent.append((idx, page))
+        if st == ABSENT:
+            bs.held += 1
+            self._pages += 1
+        bs.where[page] = loc
+        bs.state[page] = DATA
+        bs.attempt[page] = attempt
         di = page * DIGEST_LEN
         bs.digests[di:di + DIGEST_LEN] = d
-        st = bs.state[page]
-        if st != DATA:
-            if st == ZERO:
-                self._zero_pages -= 1
-            else:
-                bs.held += 1
-            self._pages += 1
-            bs.state[page] = DATA
         return d
 
     def put_records(self, block: RamBlock, buf: bytearray, pos: int,
@@ -132,15 +457,38 @@ class PageStore:
         stream reader's buffer in native code (:mod:`fastpath`); same
         effect as :meth:`put_page`/:meth:`put_zero` for each.
 
+        The native code copies pages, so it applies only to a block whose
+        pages are all the store's own copies and stay so: arriving pages
+        go to the copy area (no held QEMU RAM for the block), none of its
+        pages is in a held RAM, and the copy budget has room for every
+        page record the run can hold.  Otherwise nothing is consumed
+        (``pos`` is returned) and the reader calls :meth:`put_page` /
+        :meth:`put_zero` per record: pages forwarded into a held RAM
+        need their location and reference kept per page.
+
         :returns: (position after the run, pages, zero pages).
         """
         native = fastpath.native
         if native is None:
             return pos, 0, 0
         bs = self._blocks[block.index]
-        pos, pages, zeros, d_data, d_zero, d_held = native.store_records(
-            buf, pos, end, block.used_length, bs.data, bs.digests,
-            bs.state, bs.attempt, attempt, self.seed, self._zero_digest)
+        if bs.target != COPY or bs.remote:
+            return pos, 0, 0
+        # Most pages the run can add to the copies.
+        bound = (end - pos) // (PAGE_SIZE + 8)
+        if not self.budget.reserve(bound):
+            return pos, 0, 0
+        d_data = 0
+        try:
+            pos, pages, zeros, d_data, d_zero, d_held = \
+                native.store_records(
+                    buf, pos, end, block.used_length, bs.data, bs.digests,
+                    bs.state, bs.attempt, attempt, self.seed,
+                    self._zero_digest)
+        finally:
+            # Keep what the run really added (d_data < 0: it freed some).
+            self.budget.give(bound - d_data)
+        bs.copies += d_data
         self._pages += d_data
         self._zero_pages += d_zero
         bs.held += d_held
@@ -154,8 +502,7 @@ class PageStore:
             return
         if st == DATA:
             self._pages -= 1
-            off = page * PAGE_SIZE
-            bs.data[off:off + PAGE_SIZE] = ZERO_PAGE
+            self._release(bs, page)
         else:
             bs.held += 1
         self._zero_pages += 1
@@ -169,13 +516,44 @@ class PageStore:
     def block_at(self, index: int) -> RamBlock:
         return self._blocks[index].block
 
-    def page_at(self, index: int, page: int) -> memoryview | None:
-        """Page content by block index; None for a zero page."""
+    def _data_of(self, idx: int, page: int) -> bytes | memoryview:
+        bs = self._blocks[idx]
+        loc = bs.where[page]
+        if loc == COPY:
+            off = page * PAGE_SIZE
+            return memoryview(bs.data)[off:off + PAGE_SIZE]
+        f = self._files.get((loc, idx))
+        if f is None and (loc, idx) not in self._files:
+            ram = self._backings[loc]
+            cands = ram.candidates(bs.block.used_length) if ram else []
+            f = cands[0] if len(cands) == 1 else None
+        data = self._read(f, page)
+        if data is None:
+            raise exception.HeldPageChanged(
+                migration_id=self.migration_id, block=bs.block.name,
+                page=page)
+        return data
+
+    def page_at(self, index: int, page: int) -> bytes | memoryview | None:
+        """Page content by block index; None for a zero page.
+
+        A page read back from a held QEMU RAM is checked against the
+        digest announced for it.
+
+        :raises HeldPageChanged: it no longer matches (or cannot be read).
+        """
         bs = self._blocks[index]
         if bs.state[page] != DATA:
             return None
-        off = page * PAGE_SIZE
-        return memoryview(bs.data)[off:off + PAGE_SIZE]
+        data = self._data_of(index, page)
+        if bs.where[page] != COPY:
+            di = page * DIGEST_LEN
+            if xxhash.xxh3_128_digest(data, self.seed) != \
+                    bs.digests[di:di + DIGEST_LEN]:
+                raise exception.HeldPageChanged(
+                    migration_id=self.migration_id, block=bs.block.name,
+                    page=page)
+        return data
 
     def state_at(self, index: int, page: int) -> int:
         return self._blocks[index].state[page]
@@ -213,8 +591,7 @@ class PageStore:
             return None
         if st == ZERO:
             return ZERO_PAGE
-        off = page * PAGE_SIZE
-        return bs.data[off:off + PAGE_SIZE]
+        return bytes(self.page_at(bs.block.index, page))  # type: ignore
 
     def inventory(self) -> Iterator[tuple[str, int, bytes]]:
         """Yield (block name, page, digest) for every held page."""
@@ -226,16 +603,53 @@ class PageStore:
                     yield name, page, bytes(dg[di:di + DIGEST_LEN])
 
     def counters(self) -> StoreCounters:
+        copies = sum(bs.copies for bs in self._blocks)
         return StoreCounters(self._pages, self._zero_pages,
-                             (self._pages + self._zero_pages) * PAGE_SIZE)
+                             (self._pages + self._zero_pages) * PAGE_SIZE,
+                             copies * PAGE_SIZE, self.backing_bytes())
+
+    def backing_bytes(self) -> int:
+        """Memory of the QEMU RAM files this store holds open."""
+        return sum(r.held_bytes() for r in self._backings if r is not None)
+
+    def backing_pids(self) -> list[int]:
+        return [r.pid for r in self._backings
+                if r is not None and not r.closed]
 
     def _close_blocks(self) -> None:
         for bs in self._blocks:
-            bs.data.close()
+            if bs.copies:
+                self.budget.give(bs.copies)
+                bs.copies = 0
+            bs.close()
         self._blocks = []
         self._by_name = {}
+        for ram in self._backings:
+            if ram is not None:
+                ram.close()
+        self._backings = [None]
+        self._refs = [0]
+        self._current = COPY
+        self._files = {}
+        self._recent.clear()
+
+    def drop_backings(self) -> None:
+        """Forget the pages in held QEMU RAMs and close those (the
+        migration completed: the guest runs on that RAM)."""
+        with self._lock:
+            for bs in self._blocks:
+                for page in range(len(bs.state)):
+                    if bs.state[page] == DATA and bs.where[page] != COPY:
+                        self._forget(bs, page)
+            for ram in self._backings:
+                if ram is not None:
+                    ram.close()
+            self._current = COPY
+            self._retarget()
+            self._recent.clear()
 
     def close(self) -> None:
+        """Drop every page: the copies and the held QEMU RAMs."""
         with self._lock:
             self._close_blocks()
             self.ram_start = None

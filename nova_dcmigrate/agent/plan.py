@@ -166,7 +166,9 @@ class _CostTree:
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.t = [0] * (n + 1)
+        # int64 array, not a list: a list costs ~40 bytes per page (one
+        # int object each), against the agents' memory budget.
+        self.t = array.array("q", bytes(8 * (n + 1)))
 
     def add(self, g: int, v: int) -> None:
         i = g + 1
@@ -224,8 +226,9 @@ class FrontierPlanner:
         self.owner = assignment.owner
         self.state = assignment.state
         self.remote = set(remote)
-        held = [0] * (total + 1)       # remote-held cost below g
-        unheld = [0] * (total + 1)     # count of pages nobody holds below g
+        # int64 arrays (8 bytes per page; a list would cost ~40).
+        held = array.array("q", bytes(8 * (total + 1)))  # remote cost < g
+        unheld = array.array("q", bytes(8 * (total + 1)))  # unheld < g
         h = u = data = zero = 0
         owner, state = assignment.owner, assignment.state
         for g in range(total):

@@ -13,7 +13,9 @@ API version history:
         the attempt's UNIX socket path (the same on both hosts), and
         refuse a second prepare with another secret (SecretMismatch); new
         ``tls`` argument (refused unless ``peer_tls`` is on); ``ping``
-        reports ``tls``.
+        reports ``tls``. prepare_destination: new ``guest_memory``
+        argument (the domain's memory, bounding the RAM blocks a stream
+        may announce).
 """
 
 from __future__ import annotations
@@ -79,10 +81,14 @@ class AgentAPI:
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
                             source_rate: float | None = None,
-                            tls: bool = False) -> dict[str, Any]:
+                            tls: bool = False,
+                            guest_memory: int | None = None
+                            ) -> dict[str, Any]:
         """Prepare a destination.
 
         :param tls: refuse unless the agent's links use TLS.
+        :param guest_memory: the domain's memory in bytes; the destination
+            refuses a stream announcing more RAM than that allows.
 
         :returns: ``peer_port`` and ``socket``, the UNIX socket path the
             destination QEMU must listen on.
@@ -97,6 +103,8 @@ class AgentAPI:
             kwargs["source_rate"] = source_rate
         if tls:
             kwargs["tls"] = True
+        if guest_memory is not None:
+            kwargs["guest_memory"] = int(guest_memory)
         return cast(dict[str, Any], self._call(
             host, "prepare_destination", version="1.3", **kwargs))
 

@@ -45,6 +45,7 @@ from nova_dcmigrate.agent.page_store import zero_digest
 from nova_dcmigrate.agent import plan as planmod
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.protocol import FrameType
+from nova_dcmigrate.agent import ram_backing
 from nova_dcmigrate.agent import relay_wire as wire
 from nova_dcmigrate.agent import return_gate
 from nova_dcmigrate.agent.tls import PeerTLS
@@ -957,6 +958,8 @@ class DestinationSession(MigrationSession):
         self.split = split
         self._stream_done = False
         self._return_done = False
+        #: Why the QEMU's RAM could not be held (None: held or not tried).
+        self.backing_error: str | None = None
         # Redirect state (merge mode).
         self.pullers: list[merge.RelayPuller] = []
         self.feed: merge.QemuFeed | None = None
@@ -1037,6 +1040,8 @@ class DestinationSession(MigrationSession):
                 pass
             raise
         _tune(qsock, self.conf.socket_buffer)
+        self.store.begin_attempt()
+        self._hold_qemu_ram(qsock)
         if self.holders or self._store_has_pages():
             return self._run_merge(conn, qsock)
         self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
@@ -1048,6 +1053,43 @@ class DestinationSession(MigrationSession):
             raise exception.SessionFailed(
                 migration_id=self.migration_id,
                 reason="source agent connection lost: %s" % err) from err
+
+    def _hold_qemu_ram(self, qsock: socket.socket) -> None:
+        """Keep the RAM of the QEMU we feed open, so that the pages we
+        forward need no copy here (module :mod:`.ram_backing`)."""
+        if not self.conf.hold_qemu_ram:
+            self.counters["ram_backing"] = 0
+            return
+        try:
+            ram = ram_backing.attach(qsock)
+        except exception.BackingUnavailable as err:
+            self.counters["ram_backing"] = 0
+            self.backing_error = str(err)
+            LOG.warning("migration %(mid)s attempt %(att)d: %(err)s. This "
+                        "agent keeps its own copy of the pages it forwards "
+                        "instead (up to [dcmigrate_agent] "
+                        "copy_store_max_mib in all)",
+                        {"mid": self.migration_id, "att": self.attempt,
+                         "err": err})
+            return
+        if not self.store.attach(ram):
+            ram.close()
+            self.counters["ram_backing"] = 0
+            return
+        self.counters["ram_backing"] = 1
+        LOG.info("migration %(mid)s attempt %(att)d: holding the guest RAM "
+                 "of QEMU pid %(pid)d (%(files)s); pages are not copied",
+                 {"mid": self.migration_id, "att": self.attempt,
+                  "pid": ram.pid, "files": ", ".join(
+                      "%s %d MiB" % (f.label, f.size >> 20)
+                      for f in ram.files)})
+
+    def _complete(self) -> None:
+        super()._complete()
+        if self.state == SessionState.COMPLETED:
+            # The guest runs on that RAM now: nothing will be relayed
+            # from it, and holding it would pin it after the guest ends.
+            self.store.drop_backings()
 
     def _forward_loop(self, conn: protocol.FramedConnection,
                       qsock: socket.socket) -> None:
@@ -1133,7 +1175,7 @@ class DestinationSession(MigrationSession):
                                 self.attempt)
         puller = merge.RelayPuller(index, str(holder.get("host", peer)),
                                    conn)
-        puller.read_inventory()
+        puller.read_inventory(self.store.check_layout)
         sock.settimeout(None)
         return puller
 
@@ -1683,6 +1725,8 @@ class DestinationSession(MigrationSession):
         sc = self.store.counters()
         st["store"] = {"pages": sc.pages, "zero_pages": sc.zero_pages,
                        "bytes_held": sc.bytes_held}
+        if self.backing_error:
+            st["ram_backing_error"] = self.backing_error
         if self.holders or self.feed is not None:
             feed = self.feed
             st["redirect"] = {

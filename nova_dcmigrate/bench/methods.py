@@ -80,6 +80,8 @@ class MigrationRun:
     result: MigrationResult | None = None
     dst_guest: QemuGuest | None = None
     agent_status: dict[str, Any] | None = None
+    #: Per agent host: peak memory during the run (bench.agent_memory).
+    agent_memory: dict[str, Any] | None = None
     #: Agents' counters of every attempt after the first redirect (every
     #: attempt when there was no redirect).
     counters: list[ctr.AttemptCounters] = dataclasses.field(

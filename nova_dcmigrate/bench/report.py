@@ -195,6 +195,9 @@ def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
     rec["ram_identical"] = bool(ram.identical) if ram is not None else False
     rec["differing_pages"] = ram.differing_pages if ram is not None else None
     rec["guest_alive_after_resume"] = alive
+    # Per agent host: peak RSS and its growth, PSS, shared memory, and
+    # the guest RAM held open / copied at the end of the migration.
+    rec["agent_memory"] = run.agent_memory or {}
     rec["redirects"] = [
         {"t_s": _r(e.at - t0), "fraction": e.fraction,
          "from": e.from_host, "to": e.to_host,

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from oslo_log import log as logging
 
+from nova_dcmigrate.bench import agent_memory
 from nova_dcmigrate.bench import methods as meth
 from nova_dcmigrate.bench import report
 from nova_dcmigrate.bench.linkstats import LinkSampler
@@ -291,6 +292,10 @@ class Runner:
                                  detail="%d MiB at %d MiB/s" %
                                  (cfg.dirty_mib, cfg.dirty_rate))
             time.sleep(cfg.settle_s)
+            probe = agent_memory.AgentMemoryProbe(agents) \
+                if agents is not None else None
+            if probe is not None:
+                probe.start()
             driver = side.driver(method, run, agents)
             schedule = meth.RedirectSchedule(
                 cfg.redirect_at, cfg.route,
@@ -309,6 +314,9 @@ class Runner:
                 meth.drive(method, driver, schedule, cfg.timeout_s, observe)
             finally:
                 sampler.stop()
+                if probe is not None:
+                    # Before cleanup: holders still hold their RAM.
+                    run.agent_memory = probe.finish()
             self.progress.update(key, phase="verifying",
                                  detail="comparing RAM byte for byte")
             ram = side.verify(run)

@@ -124,6 +124,49 @@ OPTS = [
              "of what the source has left to send matters less. 0: skipped "
              "pages are dropped and the frontier can only be raised up to "
              "the first of them."),
+    cfg.BoolOpt(
+        "hold_qemu_ram",
+        default=True,
+        help="A destination agent opens the guest RAM of the QEMU it feeds "
+             "(a memfd or a shared file in libvirt's memory_backing_dir) "
+             "and keeps it open after that QEMU exits, instead of copying "
+             "every page it forwards: a plain migration then costs the "
+             "destination no second copy of the guest's RAM, and after a "
+             "redirect the old destination keeps what its QEMU had "
+             "allocated until the migration ends or its store expires. "
+             "Needs the guest booted with shared RAM ([dcmigrate_compute] "
+             "memory_backing), root and the host's PID view. When the RAM "
+             "cannot be opened the agent copies the pages (see "
+             "copy_store_max_mib).\n\n"
+             "Related options: copy_store_max_mib, store_expiry."),
+    cfg.IntOpt(
+        "copy_store_max_mib",
+        default=2048, min=0,
+        help="Most memory (MiB) one agent uses, for all its migrations, to "
+             "copy pages it forwarded to a QEMU whose RAM it cannot hold "
+             "(a guest booted with anonymous RAM, QEMU's ROM blocks). Pages "
+             "beyond it are not kept: a redirect resends them from the "
+             "source.\n\n"
+             "Related options: hold_qemu_ram."),
+    cfg.IntOpt(
+        "store_expiry",
+        default=1800, min=1,
+        help="Seconds a migration's state (page store, held guest RAM, "
+             "sessions) is kept once nothing uses it: no session or relay "
+             "running. The controller normally drops it when the migration "
+             "ends; this bounds what stays behind when it cannot (e.g. "
+             "nova-compute died mid-migration). It must exceed the longest "
+             "pause between a redirect's abort and the new attempt's "
+             "relays."),
+    cfg.IntOpt(
+        "ram_overhead_mib",
+        default=512, min=0,
+        help="Allowance (MiB) on top of the domain's memory for the RAM "
+             "blocks a migration stream may announce (firmware, option "
+             "ROMs, video RAM). A stream or holder whose blocks sum to "
+             "more than the domain's memory (given by the controller at "
+             "prepare) plus this is refused before anything is "
+             "allocated."),
     cfg.FloatOpt(
         "ack_interval",
         default=0.1, min=0.01,

@@ -140,6 +140,30 @@ OPTS: list[cfg.Opt] = [
              "peer_port).\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: transport."),
+    cfg.StrOpt(
+        "memory_backing",
+        default="memfd",
+        choices=[
+            ("memfd", "new guests' RAM is a shared memfd"),
+            ("file", "guests' RAM is a shared file in libvirt's "
+                     "memory_backing_dir (must be a tmpfs); also applied to "
+                     "running guests when they migrate"),
+            ("anonymous", "guest RAM is left as Nova makes it"),
+        ],
+        help="How guest RAM is backed so that the destination's dcmigrate "
+             "agent can hold it instead of copying every page it forwards "
+             "(a plain migration then costs the destination no second "
+             "copy of the guest's RAM). Applied when Nova builds a "
+             "domain's XML (boot, hard reboot, rebuild, cold migration); "
+             "guests with huge pages or [libvirt] file_backed_memory keep "
+             "Nova's backing. Guests booted without shared RAM still "
+             "migrate; their destination agent copies pages, up to its "
+             "[dcmigrate_agent] copy_store_max_mib. Shared guest RAM is "
+             "not merged by KSM and uses transparent huge pages only with "
+             "shmem_enabled.\n\n"
+             "Services that use this: nova-compute.\n\n"
+             "Related options: [dcmigrate_agent] hold_qemu_ram, "
+             "copy_store_max_mib."),
     cfg.PortOpt(
         "agent_port_min",
         default=49152,

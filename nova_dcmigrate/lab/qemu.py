@@ -230,7 +230,13 @@ class QemuGuest:
             os.environ.get("DCMIGRATE_QEMU", QEMU_BINARY),
             "-name", name,
             "-accel", "tcg",
-            "-machine", "pc",
+            # Guest RAM in a shared memfd (as Nova's driver boots guests
+            # with [dcmigrate_compute] memory_backing = memfd): the
+            # destination agent holds it instead of copying pages.  The
+            # RAM block keeps QEMU's default name, pc.ram.
+            "-object", f"memory-backend-memfd,id=pc.ram,"
+                       f"size={memory_mib}M,share=on",
+            "-machine", "pc,memory-backend=pc.ram",
             "-m", str(memory_mib),
             "-smp", "1",
             "-nodefaults", "-no-user-config",

@@ -153,7 +153,8 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
                    number: int, source: str, dest: str, dest_address: str,
                    dest_port: int, holders: Sequence[Mapping[str, Any]],
                    split: bool, source_rate: float | None,
-                   tls: bool = False) -> str:
+                   tls: bool = False,
+                   guest_memory: int | None = None) -> str:
     """Prepare the source and destination agents of attempt ``number``.
 
     The destination agent creates the directory its QEMU will bind the
@@ -163,14 +164,19 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
 
     :param tls: the agents' links must use TLS (they refuse the prepare
         when their ``peer_tls`` is off); passed only when set.
+    :param guest_memory: the domain's memory in bytes (the destination
+        refuses a stream announcing more RAM than that allows).
     :returns: the socket path.
     :raises SocketPathMismatch: the agents' socket_dir differ.
     :raises: whatever the agents' ``prepare_*`` raised.
     """
-    extra = {"tls": True} if tls else {}
+    extra: dict[str, Any] = {"tls": True} if tls else {}
+    dst_extra = dict(extra)
+    if guest_memory is not None:
+        dst_extra["guest_memory"] = int(guest_memory)
     dst = agents.prepare_destination(dest, migration_id, secret, number,
                                      list(holders), split, source_rate,
-                                     **extra)
+                                     **dst_extra)
     try:
         src = agents.prepare_source(source, migration_id, secret,
                                     dest_address, dest_port, number,

@@ -215,7 +215,7 @@ class RedirectableMigration:
                 self.source.name, info.name, info.agent_address,
                 info.agent_port, specs, self.split,
                 self.source_link_rate or self.source.upload_rate,
-                tls=self.tls)
+                tls=self.tls, guest_memory=self._guest_memory())
             gate = bool(holders)
             self.dom.migrateSetMaxDowntime(GATE_DOWNTIME_MS if gate else
                                            self.max_downtime_ms)
@@ -247,6 +247,17 @@ class RedirectableMigration:
             threading.Thread(target=self._ungate_when_relayed,
                              args=(attempt,), daemon=True).start()
         return attempt
+
+    def _guest_memory(self) -> int | None:
+        """The domain's memory (bytes): the destination agent refuses a
+        stream announcing more RAM than that allows."""
+        try:
+            return int(self.dom.maxMemory()) * 1024
+        except libvirt.libvirtError as err:
+            LOG.warning("migration %(mid)s: cannot read the domain's "
+                        "memory, RAM blocks are not bounded: %(err)s",
+                        {"mid": self.migration_id, "err": err})
+            return None
 
     def _run_attempt(self, attempt: Attempt, params: dict[str, Any]) -> None:
         try:

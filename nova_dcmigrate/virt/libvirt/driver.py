@@ -126,6 +126,7 @@ from nova_dcmigrate.scheduler import constants as scheduler_constants
 from nova_dcmigrate.triggers import monitor as trigger_monitor
 from nova_dcmigrate.virt.libvirt import flags as migration_flags
 from nova_dcmigrate.virt.libvirt import housekeeping
+from nova_dcmigrate.virt.libvirt import memory_backing
 from nova_dcmigrate.virt.libvirt import progress as redirect_progress
 from nova_dcmigrate.virt.libvirt import transport
 
@@ -499,6 +500,8 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         finds out from libvirt how the job ended.
         """
         run = self.dcmigrate_runs.get(instance.uuid)
+        guest = memory_backing.keep_backing(
+            guest, CONF.dcmigrate_compute.memory_backing, instance)
         local = self._dcmigrate_log_filter.local
         local.stopping = (lambda: run.stopping) if run is not None else None
         try:
@@ -522,6 +525,17 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             raise
         finally:
             local.stopping = None
+
+    def _get_guest_memory_backing_config(
+            self, inst_topology: Any, numatune: Any, flavor: Any,
+            image_meta: Any) -> Any:
+        """Nova's backing, made shareable for the dcmigrate agents
+        (``[dcmigrate_compute] memory_backing``, see
+        :mod:`.memory_backing`)."""
+        membacking = super()._get_guest_memory_backing_config(
+            inst_topology, numatune, flavor, image_meta)
+        return memory_backing.configure(
+            membacking, CONF.dcmigrate_compute.memory_backing)
 
     def live_migration_abort(self, instance: Any) -> None:
         """Abort, also while a redirect is being prepared or switched.

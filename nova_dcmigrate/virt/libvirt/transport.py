@@ -273,6 +273,8 @@ class AgentMigration:
     wanted_downtime: int | None = None
     #: Bytes/s the source's link really moved (0: not measured yet).
     link_rate: float = 0.0
+    #: The flavor's memory (bytes); bounds the RAM a stream may announce.
+    guest_memory: int | None = None
     #: Agent links must use TLS (live_migration_with_native_tls).
     tls: bool = False
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
@@ -470,6 +472,10 @@ class AgentTransport(MigrationTransport):
                 migration = _field(migrate_data, "migration")
                 mid = str(getattr(migration, "uuid", None) or uuid.uuid4())
                 mig = AgentMigration(mid, secrets.token_hex(32), source)
+                memory_mb = getattr(getattr(instance, "flavor", None),
+                                    "memory_mb", None)
+                if isinstance(memory_mb, int) and memory_mb > 0:
+                    mig.guest_memory = memory_mb * 1024 * 1024
                 self.migrations[instance.uuid] = mig
             return mig
 
@@ -513,7 +519,8 @@ class AgentTransport(MigrationTransport):
             path = attempts.prepare_agents(
                 self.agents, mig.migration_id, mig.secret, number,
                 mig.source, dest, endpoint.address, endpoint.port, specs,
-                True, mig.link_rate or None, tls=mig.tls)
+                True, mig.link_rate or None, tls=mig.tls,
+                guest_memory=mig.guest_memory)
             attempt = AgentAttempt(number, endpoint, path, holders)
             mig.attempts.append(attempt)
         LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "

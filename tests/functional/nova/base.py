@@ -95,11 +95,14 @@ class InProcessAgents:
                             holders: list[dict[str, Any]] | None = None,
                             split: bool = True,
                             source_rate: float | None = None,
-                            tls: bool = False) -> dict[str, Any]:
+                            tls: bool = False,
+                            guest_memory: int | None = None
+                            ) -> dict[str, Any]:
         result = self._call(host, "prepare_destination",
                             migration_id=migration_id, secret=secret,
                             attempt=attempt, holders=holders, split=split,
-                            source_rate=source_rate, tls=tls)
+                            source_rate=source_rate, tls=tls,
+                            guest_memory=guest_memory)
         self._dest_socket[(migration_id, attempt)] = result["socket"]
         return result
 

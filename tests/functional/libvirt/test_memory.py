@@ -1,0 +1,222 @@
+"""Agent memory with real libvirtd/QEMU: one copy of guest RAM.
+
+The lab guests are booted with a memfd memory backing (as Nova's driver
+does with ``[dcmigrate_compute] memory_backing = memfd``), so a
+destination agent holds its QEMU's RAM instead of copying the pages it
+forwards.  Checked here, with RAM compared byte for byte after each
+migration:
+
+* a plain migration of a guest whose RAM is mostly non-zero grows the
+  destination agent's peak RSS by less than 2% of guest RAM (a memory
+  check, not a timing one);
+* after a redirect the old destination holds what its QEMU had reserved
+  until the migration is cleaned up, and nothing after;
+* an agent whose controller vanished releases the held RAM after
+  ``store_expiry``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.functional.libvirt.conftest import agent_mount_ns
+from tests.functional.libvirt.conftest import LIBVIRT_LAB
+
+pytestmark = LIBVIRT_LAB
+
+libvirt = pytest.importorskip("libvirt",
+                              reason="libvirt-python is not installed")
+
+from nova_dcmigrate.agent import exception as agent_exc  # noqa: E402
+from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
+from nova_dcmigrate.lab.libvirt_guest import MEMFD_NAME  # noqa: E402
+from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
+from nova_dcmigrate.lab import proc_memory  # noqa: E402
+from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
+
+LAB_HOSTS = ("src", "a", "b")
+LAB_LINK = "500mbit"
+MEMORY_MIB = 384
+DIRTY_MIB = 300          # touched at boot: most of the RAM is non-zero
+GUEST_BYTES = MEMORY_MIB << 20
+#: Seconds an unused store is kept in this module's agents.
+EXPIRY_S = 20
+#: The goal: a migration costs a destination agent at most this.
+BUDGET = 0.02 * GUEST_BYTES
+#: What the old and new destinations of a redirect may grow by.
+REDIRECT_BUDGET = 0.05 * GUEST_BYTES
+
+
+@pytest.fixture(scope="module")
+def agents(lab, hosts, rabbit_broker):
+    from nova_dcmigrate.lab.agents import LabAgents
+
+    # Each agent in its libvirtd's mount namespace, as the package's
+    # agents fixture does (the hosts' socket_dir).
+    with LabAgents(lab, extra_conf="store_expiry = %d\n" % EXPIRY_S,
+                   mount_ns=agent_mount_ns(hosts)) as a:
+        yield a
+
+
+def _memfds_held(pid: int) -> int:
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith(
+                    "/memfd:" + MEMFD_NAME):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class Run:
+    def __init__(self, lab, hosts, agents, image) -> None:
+        self.lab, self.hosts, self.agents = lab, hosts, agents
+        self.guest = LibvirtGuest.start(hosts["src"], image,
+                                        memory_mib=MEMORY_MIB,
+                                        dirty_mib=DIRTY_MIB, dirty_rate=4)
+        self.guest.wait_booted(timeout=180)
+        time.sleep(1)
+        self.src_ram = self.guest.open_ram(hosts["src"])
+        self.conn = hosts["src"].open()
+        dom = self.conn.lookupByUUIDString(self.guest.uuid)
+        self.m = ctl.RedirectableMigration(
+            dom, self.info("src"), agents.api, self.info,
+            extra_flags=libvirt.VIR_MIGRATE_PAUSED)
+        self.before = {}
+        for name in LAB_HOSTS:
+            pid = self.pid(name)
+            proc_memory.reset_peak(pid)
+            self.before[name] = proc_memory.read(pid)
+
+    def pid(self, name: str) -> int:
+        return self.agents.procs[name].pid
+
+    def info(self, name: str) -> ctl.HostInfo:
+        return ctl.HostInfo(name, self.hosts[name].uri,
+                            self.lab.hosts[name].address,
+                            self.agents.peer_port)
+
+    def wait_progress(self, nbytes: float) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (self.m.status().job.get("memory_processed") or 0) >= nbytes:
+                return
+            time.sleep(0.05)
+        raise AssertionError("no progress")
+
+    def store(self, name: str) -> dict:
+        return self.agents.api.get_status(name, self.m.migration_id)["store"]
+
+    def finish_and_check(self) -> str:
+        attempt = self.m.wait(400)
+        dst = self.hosts[attempt.host.name]
+        cmp = lm.compare_moved_ram(self.guest, self.hosts["src"],
+                                   self.src_ram, dst)
+        assert cmp.identical, "RAM differs in %d pages" % \
+            cmp.differing_pages
+        self.guest.moved_to(dst)
+        lines = self.guest.alive_count()
+        self.guest.domain(dst).resume()
+        self.guest.wait_alive(lines, timeout=60)
+        return attempt.host.name
+
+    def growth(self, name: str) -> tuple[int, proc_memory.ProcMemory]:
+        after = proc_memory.read(self.pid(name))
+        growth = after.peak_rss - self.before[name].rss
+        print("agent %s: peak RSS growth %.1f MiB; %s"
+              % (name, growth / 2**20, after))
+        return growth, after
+
+    def close(self) -> None:
+        os.close(self.src_ram)
+        self.m.cleanup()
+        self.guest.destroy()
+        self.conn.close()
+
+
+@pytest.fixture
+def run(lab, hosts, agents, guest_image):
+    runs = []
+
+    def make():
+        r = Run(lab, hosts, agents, guest_image)
+        runs.append(r)
+        return r
+    yield make
+    for r in runs:
+        r.close()
+
+
+@pytest.mark.timeout(400)
+def test_plain_migration_costs_the_destination_agent_under_2pct(run):
+    r = run()
+    r.m.start("a")
+    assert r.finish_and_check() == "a"
+    st = r.agents.api.get_status("a", r.m.migration_id)
+    att = st["attempts"][0]
+    assert att["counters"]["ram_backing"] == 1, att
+    # Most of the RAM was non-zero pages, none of them copied (only
+    # QEMU's small ROM blocks are), and the completed migration's RAM is
+    # no longer held (the guest runs on it).
+    assert att["counters"]["pages"] * 4096 > 0.7 * GUEST_BYTES
+    assert st["store"]["copied_bytes"] < 4 << 20, st["store"]
+    assert st["store"]["backing_bytes"] == 0
+    assert _memfds_held(r.pid("a")) == 0
+    growth, after = r.growth("a")
+    assert growth < BUDGET, (
+        "destination agent peak RSS grew by %.1f MiB (budget %.1f MiB): %s"
+        % (growth / 2**20, BUDGET / 2**20, after))
+    src_growth, _ = r.growth("src")
+    assert src_growth < BUDGET, src_growth
+
+
+@pytest.mark.timeout(500)
+def test_redirect_old_destination_holds_qemu_ram_until_cleanup(run, hosts):
+    r = run()
+    r.m.start("a")
+    r.wait_progress(120e6)
+    r.m.redirect("b")
+    assert hosts["a"].qemu_pid(r.guest.name) is None
+    # A's QEMU is gone; A's agent holds its RAM (no copy).
+    held = r.store("a")
+    assert held["backing_bytes"] > 100e6, held
+    assert held["backing_bytes"] <= GUEST_BYTES, held
+    assert held["copied_bytes"] < 4 << 20, held
+    assert _memfds_held(r.pid("a")) == 1
+    assert r.finish_and_check() == "b"
+    st = r.m.status()
+    assert st.bytes_relayed.get("a", 0) > 30e6, st.bytes_relayed
+    # Redirect state (inventories, the plan) is per page too: far below
+    # the copy of guest RAM the agents used to keep (~80% here).
+    growths = {name: r.growth(name) for name in ("a", "b")}
+    for name, (growth, after) in growths.items():
+        assert growth < REDIRECT_BUDGET, (name, growth / 2**20, after)
+    r.m.cleanup()
+    assert _memfds_held(r.pid("a")) == 0
+    with pytest.raises(agent_exc.UnknownMigration):
+        r.agents.api.get_status("a", r.m.migration_id)
+
+
+@pytest.mark.timeout(400)
+def test_vanished_controller_held_ram_released_after_expiry(run, hosts):
+    r = run()
+    r.m.start("a")
+    r.wait_progress(100e6)
+    # The controller dies: the job is cancelled (libvirt kills A's QEMU)
+    # but nobody tells the agents to abort or clean up.
+    r.m.dom.abortJob()
+    r.m.current.thread.join(60)
+    assert hosts["a"].qemu_pid(r.guest.name) is None
+    assert _memfds_held(r.pid("a")) == 1
+    assert r.store("a")["backing_bytes"] > 50e6
+    deadline = time.monotonic() + EXPIRY_S + 45
+    while _memfds_held(r.pid("a")):
+        assert time.monotonic() < deadline, "held RAM not released"
+        time.sleep(1)
+    with pytest.raises(agent_exc.UnknownMigration):
+        r.agents.api.get_status("a", r.m.migration_id)
