@@ -116,6 +116,9 @@ class LiveMigrationRun:
         self.last_error: dict[str, Any] | None = None
         #: A user abort arrived while the migration was between attempts.
         self.abort_requested = False
+        #: A user abort went to libvirt at once (not deferred): the job's
+        #: "operation aborted" error is then its expected end.
+        self.abort_sent = False
         #: (destination, migrate_data) of the next attempt, once committed.
         self.switch: tuple[str, Any] | None = None
         #: Set when a running prepare must stop at its next step (the job
@@ -370,12 +373,14 @@ class LiveMigrationRun:
                                     "code": "Aborted",
                                     "message": self.last_error["message"]})
                 self.pending_record = None
+                self.abort_sent = True
                 return False
             if self.phase in (PREPARING, SWITCHING) or \
                     self.switch is not None:
                 self.abort_requested = True
                 self.cancel.set()
                 return True
+            self.abort_sent = True
             return False
 
     def cancelling(self) -> None:

@@ -158,18 +158,31 @@ class DcmigrateBaseTest(base.BaseV2ComputeAdminTest):
         found = _ALIVE_RE.findall(output)
         return float(found[-1]) if found else None
 
-    def assert_guest_alive(self, server_id: str, before: float | None
-                           ) -> None:
+    def assert_guest_alive(self, server_id: str, before: float | None,
+                           running_since: float | None = None) -> None:
+        """A new ``alive`` line with an uptime above ``before``.
+
+        With ``running_since`` (a ``time.monotonic()`` taken after
+        ``before`` was read) the uptime must also have gained at least
+        half the wall time since then: the guest clock (kvmclock) stands
+        still while QEMU is stopped, so a guest paused in between fails.
+        """
+        gain = 0.0
+        if running_since is not None:
+            gain = (time.monotonic() - running_since) / 2
         deadline = time.monotonic() + 60
         uptime = None
         while time.monotonic() < deadline:
             uptime = self.alive_uptime(server_id)
-            if uptime is not None and (before is None or uptime > before):
+            if uptime is not None and (before is None or
+                                       uptime > before + gain):
                 return
             time.sleep(2)
         self.fail("guest of %s shows no rising 'alive' uptime (before "
-                  "%s, now %s): not running after the move"
-                  % (server_id, before, uptime))
+                  "%s, wanted above %s, now %s): not running after the "
+                  "move" % (server_id, before,
+                            None if before is None else before + gain,
+                            uptime))
 
     def assert_only_allocation_on(self, server_id: str, host: str) -> None:
         """Placement: the server consumes only the final host's node."""

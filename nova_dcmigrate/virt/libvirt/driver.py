@@ -514,6 +514,14 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                          "%(err)s", {"dest": dest, "err": err},
                          instance=instance)
                 return
+            if run is not None and run.abort_sent:
+                # Nova's monitor rolls back to the source; Nova 34 would
+                # also collect this error (future.result()) and put the
+                # instance in ERROR after the rollback.
+                LOG.info("Migration job to %(dest)s ended by the user's "
+                         "abort: %(err)s", {"dest": dest, "err": err},
+                         instance=instance)
+                return
             raise
         except Exception as err:
             if run is not None and run.stopping:

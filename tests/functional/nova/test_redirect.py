@@ -343,6 +343,22 @@ class RedirectTestBase(base.DCMigrateDriverMixin,
 
 class RedirectTest(RedirectTestBase):
 
+    def test_abort_without_a_redirect(self) -> None:
+        # Nova's abort API with no redirect under way: libvirt ends the
+        # job with "operation aborted" and Nova's monitor rolls back to
+        # the source. Nova 34 then collects the migration thread's error
+        # (future.result()) and would put the instance in ERROR: the
+        # error of a job the user aborted is its expected end.
+        self._boot()
+        self._start_migration("dest1")
+        self.api.api_delete("/servers/%s/migrations/%s" % (
+            self.server["id"], self.migration["id"]))
+        mig = self._wait_migration("cancelled", "failed", "error")
+        self.assertTrue(self.attempts[0].aborted)
+        self.assertEqual(1, len(self.attempts))
+        self.assertNotEqual("error", mig["status"], mig)
+        self._assert_back_on_source(("dest1",), status=mig["status"])
+
     def test_redirect_to_named_host(self) -> None:
         self._boot()
         self._start_migration("dest1")

@@ -89,6 +89,14 @@ def test_abort_drops_a_queued_request() -> None:
     assert not run.defer_abort()
     assert run.phase == run_state.RUNNING
     assert not run.abort_requested
+    assert run.abort_sent
+
+
+def test_abort_without_a_redirect_is_sent_at_once() -> None:
+    run = _run()
+    assert not run.abort_sent
+    assert not run.defer_abort()
+    assert run.abort_sent and not run.abort_requested
 
 
 @pytest.mark.parametrize("phase", [run_state.PREPARING,
@@ -97,6 +105,7 @@ def test_abort_is_deferred_during_a_redirect(phase: str) -> None:
     run = _run(phase)
     assert run.defer_abort()
     assert run.abort_requested and run.cancel.is_set()
+    assert not run.abort_sent
     # A prepared host is not switched to once an abort is pending.
     run.phase = run_state.PREPARING
     assert not run.prepared()
