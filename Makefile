@@ -17,9 +17,11 @@ demo: system-deps tox guest-image
 	.tox/functional/bin/dcmigrate-bench --json demo.json --plot demo.png $(DEMO_ARGS)
 
 # nova-functional: Nova's in-process harness with our driver (nova 34.0.0
-# from PyPI, installed by tox; no network while the tests run).
+# from PyPI, installed by tox; no network while the tests run); then the
+# lab cloud with tempest (make tempest, ~11 min).
 test: system-deps tox guest-image
 	$(TOX) -e py3,functional,nova-functional -- $(TEST_ARGS)
+	$(MAKE) tempest
 
 system-deps:
 	bash tools/install-system-deps.sh
