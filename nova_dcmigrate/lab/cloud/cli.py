@@ -48,8 +48,20 @@ def _cloud(args: argparse.Namespace) -> lab_cloud.Cloud:
                            api=not args.no_api)
 
 
+def _forked_child_exits(owner: int) -> None:
+    """End a forked child here, before it tears down the parent's cloud.
+
+    Libraries fork (pyroute2 enters network namespaces in children); an
+    exception in such a child unwinds through our ``finally`` blocks,
+    which must run in the process that brought the cloud up only.
+    """
+    if os.getpid() != owner:
+        os._exit(1)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Bring the cloud up and keep it until SIGTERM/Ctrl-C."""
+    owner = os.getpid()
     cloud = _cloud(args)
     try:
         info = cloud.up()
@@ -68,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        _forked_child_exits(owner)
         cloud.down()
 
 
@@ -107,6 +120,7 @@ def _down(args: argparse.Namespace) -> int:
 
 def _tempest(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    owner = os.getpid()
     cloud = _cloud(args)
     rc = 1
     peak = 0.0
@@ -126,6 +140,7 @@ def _tempest(args: argparse.Namespace) -> int:
         print(f"cloud: bring-up {info['bringup_seconds']} s, "
               f"steps {info['timings']}")
     finally:
+        _forked_child_exits(owner)
         cloud.down()
         print(f"cloud tempest: rc {rc}, {time.monotonic() - started:.0f} s "
               f"total, machine RSS {peak:.0f} MiB at peak sample")
