@@ -36,6 +36,21 @@ function is_service_enabled {
     return 1
 }
 
+# devstack functions-common: install_package pkg...  The lab host's
+# Debian packages come from tools/install-system-deps.sh (bindep.txt);
+# here they are checked, not installed.
+function install_package {
+    local p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | \
+                grep -q "install ok installed"; then
+            echo "install_package: $p is missing" \
+                 "(tools/install-system-deps.sh installs it)" >&2
+            return 1
+        fi
+    done
+}
+
 # devstack inc/python: pip_install package...
 function pip_install {
     local c args=()
