@@ -20,7 +20,7 @@ demo: system-deps tox guest-image
 # from PyPI, installed by tox; no network while the tests run); then the
 # lab cloud with tempest (make tempest, ~11 min).
 test: system-deps tox guest-image
-	$(TOX) -e py3,functional,nova-functional -- $(TEST_ARGS)
+	$(TOX) -e py3,functional,nova-functional $(if $(TEST_ARGS),-- $(TEST_ARGS))
 	$(MAKE) tempest
 
 system-deps:
