@@ -83,13 +83,17 @@ class Cluster:
                 "port": self.agents[name].listener.port}
 
     def migrate(self, dest: str, data: bytes, holders=(), stop_after=None,
-                chunk=65536, pause=None):
+                chunk=65536, pause=None, dest_args=()):
+        """:param holders: host names, or holder dicts (e.g. with a
+            ``rate`` hint); :param dest_args: further positional arguments
+            of ``prepare_destination`` (split, source_rate)."""
         att = self.attempt
         self.attempt += 1
         dq = FakeDestQemu()
         d = self.agents[dest].prepare_destination(
             None, self.mid, self.secret, None, att,
-            [self.holder(h) for h in holders])
+            [h if isinstance(h, dict) else self.holder(h)
+             for h in holders], *dest_args)
         dq.listen(d["socket"])
         listen = self.agents["src"].prepare_source(
             None, self.mid, self.secret, "127.0.0.1",
@@ -218,23 +222,9 @@ def test_relay_only_mode_sends_no_held_page_from_source(cluster):
     s0 = g.stream(extra_passes=0)
     cluster.migrate("a", s0.data, stop_after=len(s0.data) // 2)
     s1 = g.stream()
-    att = cluster.attempt
-    dq = FakeDestQemu()
-    cluster.attempt += 1
-    d = cluster.agents["b"].prepare_destination(
-        None, cluster.mid, cluster.secret, None, att,
-        [cluster.holder("a")], False)
-    dq.listen(d["socket"])
-    listen = cluster.agents["src"].prepare_source(
-        None, cluster.mid, cluster.secret, "127.0.0.1",
-        cluster.agents["b"].listener.port, att)["socket"]
-    FakeSourceQemu(listen, s1.data).start()
-    src = cluster.agents["src"].sessions[(cluster.mid, att)]
-    dst = cluster.agents["b"].sessions[(cluster.mid, att)]
-    assert wait_state(src, {SessionState.COMPLETED, SessionState.FAILED},
-                      30) == SessionState.COMPLETED, src.error
-    wait_state(dst, {SessionState.COMPLETED, SessionState.FAILED}, 30)
-    dq.thread.join(10)
+    src, dst, dq = cluster.migrate("b", s1.data, holders=["a"],
+                                   dest_args=(False,))
+    assert src.state == SessionState.COMPLETED, src.error
     assert _decode(dq) == g.expect()
     assert src.counters["held_pages_forwarded"] == 0
     assert dst.frontier == 0
@@ -299,24 +289,10 @@ def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
     cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
     g.dirty(0.05)
     s1 = g.stream()
-    att = cluster.attempt
-    cluster.attempt += 1
-    dq = FakeDestQemu()
     slow = dict(cluster.holder("a"), rate=1e6)
-    d = cluster.agents["b"].prepare_destination(
-        None, cluster.mid, cluster.secret, None, att, [slow],
-        True, 100e6)
-    dq.listen(d["socket"])
-    listen = cluster.agents["src"].prepare_source(
-        None, cluster.mid, cluster.secret, "127.0.0.1",
-        cluster.agents["b"].listener.port, att)["socket"]
-    FakeSourceQemu(listen, s1.data).start()
-    src = cluster.agents["src"].sessions[(cluster.mid, att)]
-    dst = cluster.agents["b"].sessions[(cluster.mid, att)]
-    assert wait_state(src, {SessionState.COMPLETED, SessionState.FAILED},
-                      30) == SessionState.COMPLETED, src.error
-    wait_state(dst, {SessionState.COMPLETED, SessionState.FAILED}, 30)
-    dq.thread.join(10)
+    src, dst, dq = cluster.migrate("b", s1.data, holders=[slow],
+                                   dest_args=(True, 100e6))
+    assert src.state == SessionState.COMPLETED, src.error
     assert _decode(dq) == g.expect()
     assert dst.first_frontier == dst.planner.total
     assert dst.status()["redirect"]["relay_pages_injected"] == 0
