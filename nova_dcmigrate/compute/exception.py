@@ -119,3 +119,10 @@ class RunStateError(RedirectError):
 
     msg_fmt = ("The live migration of instance %(instance)s is %(state)s; "
                "it cannot become %(new)s.")
+
+
+class RunRecordError(exception.DcmigrateError):
+    """A persisted redirect record could not be written or read."""
+
+    msg_fmt = ("Redirect record %(path)s of instance %(instance)s: "
+               "%(reason)s")

@@ -260,9 +260,12 @@ class Redirector:
 
         try:
             go_on(step)
+            # From here on a restarted source can undo it (.journal).
+            run.persist()
             limits, provider_mapping = self._claim(
                 context, instance, run, host, prep)
             new_host = str(prep.host)
+            run.note_target(new_host)
 
             # Before anything else is set up there, and long before the
             # running attempt is stopped (point of no return).
@@ -283,6 +286,9 @@ class Redirector:
             step = go_on("preparing %s (pre_live_migration)" % prep.host)
             prep.dest_bdms = objects.BlockDeviceMappingList.\
                 get_by_instance_uuid(context, instance.uuid)
+            run.note_attachments(prep.old_dest, [
+                b.attachment_id for b in prep.dest_bdms
+                if b.is_volume and b.attachment_id])
             prep.pre_live_migration_called = True
             md = self._pre_live_migration(context, instance, new_host,
                                           block_migration, md,

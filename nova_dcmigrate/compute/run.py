@@ -33,6 +33,7 @@ from typing import Protocol
 from oslo_log import log as logging
 
 from nova_dcmigrate.compute import exception
+from nova_dcmigrate.compute import journal as run_journal
 from nova_dcmigrate.compute import records
 
 LOG = logging.getLogger(__name__)
@@ -139,6 +140,15 @@ class LiveMigrationRun:
         self.history: records.RedirectHistory | None = None
         #: Writes Nova instance actions (set by Registry.add).
         self.actions: ActionRecorder | None = None
+        # -- restarts --
+        #: Where the run is persisted once a redirect starts (set by
+        #: Registry.add); None: nowhere.
+        self.journal: run_journal.RunJournal | None = None
+        #: A redirect was started: the run is persisted until it ends.
+        self.persisted = False
+        #: ``{host: [attachment ids]}`` each destination's
+        #: pre_live_migration made (for a clean-up after a restart).
+        self.attachments: dict[str, list[str]] = {}
 
     # -- the guard -------------------------------------------------------
 
@@ -166,6 +176,74 @@ class LiveMigrationRun:
     def stopping(self) -> bool:
         """Whether the running job is being stopped on purpose."""
         return self.phase in STOPPING
+
+    # -- persistence (restarts, see .journal) ------------------------------
+
+    def record(self) -> run_journal.RunRecord:
+        """What a restarted source needs to finish or undo this run."""
+        with self.lock:
+            md = self.migrate_data
+            return run_journal.RunRecord(
+                instance=self.instance_uuid, migration=self.migration.uuid,
+                source=self.source, destinations=list(self.destinations),
+                target=self.target, phase=self.phase,
+                migrate_data=(md.obj_to_primitive()
+                              if hasattr(md, "obj_to_primitive") else None),
+                source_bdms=[b.obj_to_primitive() for b in self.source_bdms
+                             if hasattr(b, "obj_to_primitive")],
+                attachments={h: list(a) for h, a in
+                             self.attachments.items()},
+                cleanup_hosts=sorted({c.host for c in self.cleanup_pending
+                                      if c.state == "pending"}))
+
+    def persist(self) -> None:
+        """Write the run's record (from now on, until it ends).
+
+        Never raises: a record that cannot be written is an ERROR (a
+        restart in the middle of this redirect would then need a manual
+        clean-up), not a reason to stop the migration.
+        """
+        if self.journal is None:
+            return
+        with self.lock:
+            self.persisted = True
+            try:
+                self.journal.write(self.record())
+            except (exception.RunRecordError, TypeError,
+                    ValueError) as err:
+                LOG.error("Redirect of live migration %(mig)s: not "
+                          "persisted: %(err)s", {"mig": self.migration.uuid,
+                                                 "err": err},
+                          instance_uuid=self.instance_uuid)
+
+    def note_target(self, host: str) -> None:
+        """The host being prepared is known (named or re-picked)."""
+        with self.lock:
+            self.target = host
+            self.persist()
+
+    def note_attachments(self, host: str, attachment_ids: list[str]) -> None:
+        """``host``'s pre_live_migration made these volume attachments."""
+        with self.lock:
+            self.attachments[host] = sorted(
+                set(self.attachments.get(host, [])) | set(attachment_ids))
+            self.persist()
+
+    def _persist_if_started(self) -> None:
+        # After a change a restarted source must know (lock held).
+        if self.persisted:
+            self.persist()
+
+    def unpersist(self) -> None:
+        """The run ended: drop its record, or keep the hosts whose
+        clean-up is still pending (the housekeeping drops it later)."""
+        if self.journal is None or not self.persisted:
+            return
+        with self.lock:
+            if any(c.state == "pending" for c in self.cleanup_pending):
+                self.persist()
+            else:
+                self.journal.remove(self.instance_uuid)
 
     # -- requests (RPC endpoint) -----------------------------------------
 
@@ -280,6 +358,7 @@ class LiveMigrationRun:
         with self.lock:
             self.last_error = error_record(err)
             self.target = None
+            self._persist_if_started()
             # The pending redirect (if any) is what did not happen.
             self._record_to(self.pending_record,
                             records.RedirectState.FAILED, err)
@@ -333,6 +412,7 @@ class LiveMigrationRun:
             self.migrate_data = migrate_data
             self.switch = (dest, migrate_data)
             self.redirects += 1
+            self.persist()
             record = self.pending_record
             if record is not None:
                 record.new_destination = dest
@@ -476,6 +556,8 @@ class Registry:
         self.history = history or records.RedirectHistory(
             history_per_instance, history_instances)
         self.actions = actions
+        #: Where runs are persisted once redirected (the driver sets it).
+        self.journal: run_journal.RunJournal | None = None
         #: ``progress(instance_uuid) -> dict | None`` of the running
         #: attempt (the driver's, which knows the transport); None: none.
         self.progress: Callable[[str], dict[str, Any] | None] | None = None
@@ -483,6 +565,7 @@ class Registry:
     def add(self, run: LiveMigrationRun) -> None:
         run.history = self.history
         run.actions = self.actions
+        run.journal = self.journal
         with self._lock:
             self._running[run.instance_uuid] = run
             self._finished.pop(run.instance_uuid, None)
@@ -495,6 +578,7 @@ class Registry:
         """Forget a run, keeping its last status."""
         self.update_progress(run)
         run.finish(phase)
+        run.unpersist()
         status = run.status()
         with self._lock:
             if self._running.get(run.instance_uuid) is run:

@@ -37,6 +37,27 @@ OPTS: list[cfg.Opt] = [
              "the migration back to the source.\n\n"
              "Services that use this: nova-compute (migration source).\n\n"
              "Related options: none."),
+    cfg.StrOpt(
+        "state_dir",
+        default=None,
+        help="Directory where nova-compute keeps one small JSON record per "
+             "live migration it redirects as the source (hosts involved, "
+             "migration id, clean-up still to do), so that a restarted "
+             "nova-compute finishes or undoes an interrupted redirect. "
+             "Default: ``dcmigrate/runs`` under Nova's ``[DEFAULT] "
+             "state_path``. Must be local to the host.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: run_record_max_bytes."),
+    cfg.IntOpt(
+        "run_record_max_bytes",
+        default=262144,
+        min=4096,
+        help="Largest size of one persisted redirect record. A record "
+             "that would be larger (a pathological number of volumes or "
+             "ports) is not written; an ERROR says that a restart in the "
+             "middle of that redirect will need a manual clean-up.\n\n"
+             "Services that use this: nova-compute (migration source).\n\n"
+             "Related options: state_dir."),
     cfg.IntOpt(
         "finished_status_entries",
         default=100,

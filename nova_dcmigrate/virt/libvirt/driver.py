@@ -105,6 +105,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import os
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -117,8 +118,10 @@ from oslo_log import log as logging
 from nova_dcmigrate.compute import cleanup
 from nova_dcmigrate.compute import events as redirect_events
 from nova_dcmigrate.compute import exception as redirect_exception
+from nova_dcmigrate.compute import journal as run_journal
 from nova_dcmigrate.compute import manager as redirect_manager
 from nova_dcmigrate.compute import redirect
+from nova_dcmigrate.compute import restart as redirect_restart
 from nova_dcmigrate.compute import run as run_state
 import nova_dcmigrate.conf
 from nova_dcmigrate.exception import DcmigrateError
@@ -218,6 +221,11 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             lambda: CONF.dcmigrate_compute.housekeeping_interval,
             "dcmigrate-housekeeping")
         self._dcmigrate_log_filter = housekeeping.stopped_job_filter()
+        #: Redirected runs persisted for a restart (compute/journal.py).
+        self.dcmigrate_runs.journal = run_journal.RunJournal(
+            group.state_dir or os.path.join(CONF.state_path, "dcmigrate",
+                                            "runs"),
+            group.run_record_max_bytes)
         manager = self._compute_manager()
         if manager is not None:
             manager.additional_endpoints.append(
@@ -272,6 +280,52 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             self.dcmigrate_agent_probe.refresh()
         self._dcmigrate_housekeeper.start()
 
+    def process_instances_at_startup(self, context: Any,
+                                     instances: Any) -> Any:
+        """Stock checks, then finish redirects a restart interrupted.
+
+        Nova 34 calls this before its own ``_init_instance``: a redirect
+        this host ran as the source is rolled back or cleaned up here
+        (:mod:`nova_dcmigrate.compute.restart`) so that Nova finds the
+        instance ACTIVE on one host.
+        """
+        instances = super().process_instances_at_startup(context, instances)
+        reconciler = self.dcmigrate_reconciler()
+        if reconciler is not None:
+            reconciler.reconcile_all(context, instances)
+        return instances
+
+    def dcmigrate_reconciler(self) -> redirect_restart.Reconciler | None:
+        """The start-up reconciler of persisted redirects (None outside
+        nova-compute)."""
+        manager = self._compute_manager()
+        journal = self.dcmigrate_runs.journal
+        if manager is None or journal is None:
+            return None
+        agent_transport = self.dcmigrate_transport
+        drop = None
+        if isinstance(agent_transport, transport.AgentTransport):
+            drop = agent_transport.agents.cleanup
+        return redirect_restart.Reconciler(
+            manager, journal, self.dcmigrate_cleanups,
+            runs_here=self._dcmigrate_runs_here,
+            abort_job=self._dcmigrate_abort_leftover_job,
+            drop_agent_sessions=drop)
+
+    def _dcmigrate_runs_here(self, instance: Any) -> bool:
+        try:
+            return bool(self._host.get_guest(instance).is_active())
+        except nova_exception.InstanceNotFound:
+            return False
+
+    def _dcmigrate_abort_leftover_job(self, instance: Any) -> None:
+        # A job started by the previous process may still run in libvirt.
+        try:
+            super().live_migration_abort(instance)
+        except Exception as err:  # noqa: BLE001 - usually no job at all
+            LOG.debug("No migration job to abort at start-up: %(err)s",
+                      {"err": err}, instance=instance)
+
     def cleanup_host(self, host: str) -> None:
         """Stop the housekeeping thread, then the stock clean-up."""
         self._dcmigrate_housekeeper.stop()
@@ -288,6 +342,21 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                     CONF.dcmigrate_compute.agent_check_interval)):
             self.dcmigrate_agent_probe.refresh()
         self.dcmigrate_cleanups.retry()
+        self._dcmigrate_drop_finished_records()
+
+    def _dcmigrate_drop_finished_records(self) -> None:
+        # A record kept for pending clean-up steps (of an ended run, or of
+        # a start-up reconciliation) goes once its steps are done.
+        reconciler = self.dcmigrate_reconciler()
+        if reconciler is None:
+            return
+        journal = reconciler.journal
+        for uuid in journal.instances():
+            if self.dcmigrate_runs.get(uuid) is not None:
+                continue
+            record = journal.load(uuid)
+            if record is not None and record.cleanup_hosts:
+                reconciler.finished(uuid)
 
     def _dcmigrate_ping_agent(self) -> None:
         agent_transport = self.dcmigrate_transport
