@@ -38,6 +38,7 @@ from typing import Any
 from nova.compute import task_states
 from nova import exception as nova_exception
 from nova import objects
+from nova.objects import migrate_data as migrate_data_obj
 from oslo_log import log as logging
 
 from nova_dcmigrate.compute import cleanup
@@ -149,7 +150,7 @@ class Reconciler:
                   record: run_journal.RunRecord) -> None:
         md = None
         if record.migrate_data is not None:
-            md = objects.LiveMigrateData.obj_from_primitive(
+            md = migrate_data_obj.LiveMigrateData.obj_from_primitive(
                 record.migrate_data)
             # The migration as it is now, not as it was persisted.
             md.migration = objects.Migration.get_by_uuid(
@@ -198,7 +199,7 @@ class Reconciler:
                       record: run_journal.RunRecord, host: str) -> None:
         if record.migrate_data is None:
             return
-        md = objects.LiveMigrateData.obj_from_primitive(record.migrate_data)
+        md = migrate_data_obj.LiveMigrateData.obj_from_primitive(record.migrate_data)
         do_cleanup, destroy_disks = \
             self.manager._live_migration_cleanup_flags(
                 md, migr_ctxt=instance.migration_context)
