@@ -11,8 +11,9 @@ retried by :meth:`CleanupQueue.retry`, which the driver's periodic
 housekeeping calls, until it succeeds or ``cleanup_retries`` is used up
 (then an ERROR says what is left to do by hand).
 
-Steps are in memory: a nova-compute restart forgets them (the ERROR lines
-stay in the log).
+Steps are in memory; the hosts they concern are also in the run's
+persisted record (:mod:`.journal`), so a restarted source releases those
+hosts again (:mod:`.restart`) and retries what fails through this queue.
 """
 
 from __future__ import annotations

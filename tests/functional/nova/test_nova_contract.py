@@ -103,6 +103,12 @@ class NovaPrivateNamesTest(testtools.TestCase):
     def test_manager_live_migration_cleanup_flags(self) -> None:
         _bind(self.M._live_migration_cleanup_flags, X, X, migr_ctxt=X)
 
+    def test_manager_rollback_live_migration(self) -> None:
+        # compute/restart.py: a restarted source rolls an interrupted
+        # redirect back with Nova's own rollback.
+        _bind(self.M._rollback_live_migration, X, X, X, X,
+              migrate_data=X, migration_status=X, source_bdms=X)
+
     def test_manager_post_method_keeps_source_bdms(self) -> None:
         # The driver reads post_method.keywords["source_bdms"]: Nova's
         # _do_live_migration passes a partial of this method with it.
