@@ -213,4 +213,3 @@ class RunJournal:
             return []
         return sorted(n[:-len(SUFFIX)] for n in names
                       if n.endswith(SUFFIX) and not n.startswith("."))
-

@@ -199,7 +199,8 @@ class Reconciler:
                       record: run_journal.RunRecord, host: str) -> None:
         if record.migrate_data is None:
             return
-        md = migrate_data_obj.LiveMigrateData.obj_from_primitive(record.migrate_data)
+        md = migrate_data_obj.LiveMigrateData.obj_from_primitive(
+            record.migrate_data)
         do_cleanup, destroy_disks = \
             self.manager._live_migration_cleanup_flags(
                 md, migr_ctxt=instance.migration_context)
