@@ -201,7 +201,10 @@ class LiveMigrationRun:
 
         Never raises: a record that cannot be written is an ERROR (a
         restart in the middle of this redirect would then need a manual
-        clean-up), not a reason to stop the migration.
+        clean-up), not a reason to stop the migration. Written under the
+        run's lock so that two writers cannot reorder records; the
+        monitor's poll waits at most for one small write (a few KiB and
+        an fsync), only at the redirect's steps.
         """
         if self.journal is None:
             return
