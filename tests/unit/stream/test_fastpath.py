@@ -160,6 +160,63 @@ class TestTrackerAndStore:
                 got = store_final[blk.index][0].get(page, bytes(4096))
                 assert got == (content or bytes(4096))
 
+    @SETTINGS
+    @hypothesis.given(stream_specs(), chunk_sizes, st.integers(0, 3))
+    def test_page_store_in_held_ram_identical(self, spec: dict[str, object],
+                                              chunks: list[int],
+                                              mode: int) -> None:
+        """Pages forwarded into a held QEMU RAM (memfd backing) are
+        recorded identically: digests, states, attempts, locations,
+        references, the recent-pages ring, counters.  mode bit 0: the
+        store first got a copy attempt; bit 1: a second held RAM (the
+        next attempt's QEMU) takes over, so pages move between
+        locations."""
+        stream = streamgen.build_stream(**spec)  # type: ignore[arg-type]
+        sizes = sorted({b.used_length for b in stream.ram_start.blocks})
+
+        def run() -> Any:
+            store = PageStore(SEED)
+            rams = []
+            try:
+                if mode & 1:
+                    err = _feed(StreamReader(sess._StoreVisitor(store)),
+                                stream.data, chunks)
+                for _ in range(1 + (mode >> 1)):
+                    rams.append(_memfd_ram(sizes))
+                    if store.configured:
+                        assert store.attach(rams[-1])
+                    else:
+                        # Attach once the layout is known (as an agent
+                        # does before the stream's RAM_START).
+                        store.configure(stream.ram_start)
+                        assert store.attach(rams[-1])
+                    err = _feed(StreamReader(sess._StoreVisitor(store)),
+                                stream.data, chunks)
+                blocks = store._blocks
+                return ([(_held_pages(b), bytes(b.digests), bytes(b.state),
+                          b.attempt.tobytes(), b.held, bytes(b.where),
+                          b.copies, b.remote) for b in blocks],
+                        list(store._refs), sorted(store._take_recent()),
+                        [r.closed for r in rams], store.counters(),
+                        _err(err))
+            finally:
+                store.close()
+                for r in rams:
+                    r.close()
+        native, python = _both(run)
+        assert native == python
+
+
+def _memfd_ram(sizes: list[int]) -> Any:
+    """A QEMU's shared RAM files (memfds of the blocks' sizes)."""
+    from nova_dcmigrate.agent import ram_backing
+    files = []
+    for size in sizes:
+        fd = os.memfd_create("memory-backend-memfd")
+        os.ftruncate(fd, size)
+        files.append(ram_backing.RamFile(fd, size, "memfd"))
+    return ram_backing.QemuRam(os.getpid(), files)
+
 
 def _held_pages(bs: Any) -> dict[int, bytes]:
     """Content of a block store's DATA pages, by page."""
