@@ -14,7 +14,8 @@ destination gets the lower ``held`` fraction of the pages from a holder
 frontier sits at ``frontier`` (held pages below it the source sends
 itself; above it they are skipped and kept for a later raise, up to the
 default budget).  Measured: parse + digest + filter + re-encode + the
-DATA frames' HMAC, in this process's CPU time; socket system calls are
+DATA frames' MAC (this release's protocol version: keyed BLAKE3), in this
+process's CPU time; socket system calls are
 not in it (the agent pair measures those for a plain attempt).
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 import types
 from typing import Any, Callable, Iterator
@@ -101,10 +103,11 @@ def filter_once(data: bytes, chunk: int, plan: RedirectPlan
                 ) -> dict[str, Any]:
     """One timed pass of the source filter over ``data``."""
     flags, expected = plan.tables()
-    conf = types.SimpleNamespace(assist_buffer_mib=256)
+    conf = types.SimpleNamespace(assist_buffer_mib=256,
+                                 socket_dir=tempfile.gettempdir())
     s = sess.SourceSession(conf, "00000000-0000-0000-0000-0000000000be",
                            "bench", 1, 0, "127.0.0.1", 0)
-    key = os.urandom(32)
+    key = protocol.frame_key(os.urandom(32), protocol.VERSION)
     header = bytes(protocol.FRAME_HEADER_LEN)
     sent = [0, 0]
     try:
@@ -115,7 +118,8 @@ def filter_once(data: bytes, chunk: int, plan: RedirectPlan
         def frame() -> None:
             out = f.w.take()
             if out:
-                protocol._mac(key, protocol._SEQ.pack(sent[0]), header, out)
+                protocol.frame_mac(key, protocol.VERSION, sent[0], header,
+                                   out)
                 sent[0] += 1
                 sent[1] += len(out)
 
