@@ -74,8 +74,10 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
+from nova_dcmigrate.agent import destination  # noqa: E402
 from nova_dcmigrate.agent import protocol  # noqa: E402
 from nova_dcmigrate.agent import session as sess  # noqa: E402
+from nova_dcmigrate.agent import source  # noqa: E402
 from nova_dcmigrate.agent.page_store import PageStore  # noqa: E402
 from nova_dcmigrate.stream import StreamReader  # noqa: E402
 from nova_dcmigrate.stream import StreamVisitor  # noqa: E402
@@ -317,12 +319,12 @@ def micro_benchmarks(stream: Stream, chunk: int, repeat: int
         ("parse-only", "StreamReader, no-op visitor",
          lambda: _feed(data, StreamVisitor(), chunk)),
         ("parse+digest", "source visitor: xxh3_128 per page",
-         lambda: _feed(data, sess._SourceTracker(cast(Any, None), _Seed.seed),
+         lambda: _feed(data, source.SourceTracker(cast(Any, None), _Seed.seed),
                        chunk)),
         ("parse+store", "destination visitor: new PageStore.put_page",
          lambda: _store_run(data, chunk)),
         ("parse+store warm", "same, store memory already touched",
-         lambda: _feed(data, sess._StoreVisitor(warm), chunk)),
+         lambda: _feed(data, destination.StoreVisitor(warm), chunk)),
         ("frame MAC", "keyed BLAKE3 of %d KiB frames (protocol 4)"
          % (chunk >> 10), lambda: _mac_only(data, chunk, 4)),
         ("frame MAC v3", "HMAC-SHA256 of %d KiB frames (protocol 3)"
@@ -332,7 +334,7 @@ def micro_benchmarks(stream: Stream, chunk: int, repeat: int
     ]
     # A second attempt of a migration reuses its store: no page faults.
     warm = PageStore(_Seed.seed)
-    _feed(data, sess._StoreVisitor(warm), chunk)
+    _feed(data, destination.StoreVisitor(warm), chunk)
     try:
         return _run_cases(data, cases, repeat)
     finally:
@@ -380,7 +382,7 @@ def _held_run(data: bytes, chunk: int) -> StreamReader:
     try:
         store.configure(probe.ram_start)
         store.attach(ram)
-        return _feed(data, sess._StoreVisitor(store), chunk)
+        return _feed(data, destination.StoreVisitor(store), chunk)
     finally:
         store.close()
         ram.close()
@@ -389,7 +391,7 @@ def _held_run(data: bytes, chunk: int) -> StreamReader:
 def _store_run(data: bytes, chunk: int) -> StreamReader:
     store = PageStore(_Seed.seed)
     try:
-        return _feed(data, sess._StoreVisitor(store), chunk)
+        return _feed(data, destination.StoreVisitor(store), chunk)
     finally:
         store.close()
 
