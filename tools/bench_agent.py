@@ -74,8 +74,10 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
+from nova_dcmigrate.agent import destination  # noqa: E402
 from nova_dcmigrate.agent import protocol  # noqa: E402
 from nova_dcmigrate.agent import session as sess  # noqa: E402
+from nova_dcmigrate.agent import source  # noqa: E402
 from nova_dcmigrate.agent.page_store import PageStore  # noqa: E402
 from nova_dcmigrate.stream import StreamReader  # noqa: E402
 from nova_dcmigrate.stream import StreamVisitor  # noqa: E402
@@ -296,14 +298,16 @@ def _feed(data: bytes, visitor: StreamVisitor, chunk: int) -> StreamReader:
     return reader
 
 
-def _mac_only(data: bytes, chunk: int) -> int:
-    key = os.urandom(32)
+def _mac_only(data: bytes, chunk: int, version: int) -> int:
+    """Frame MACs of ``data`` at a protocol version (3: HMAC-SHA256, 4:
+    keyed BLAKE3)."""
+    key = protocol.frame_key(os.urandom(32), version)
     header = bytes(protocol.FRAME_HEADER_LEN)
     src = memoryview(data)
     frames = 0
     for pos in range(0, len(data), chunk):
-        protocol._mac(key, protocol._SEQ.pack(frames), header,
-                      src[pos:pos + chunk])[:protocol.MAC_LEN]
+        protocol.frame_mac(key, version, frames, header,
+                           src[pos:pos + chunk])
         frames += 1
     return frames
 
@@ -315,18 +319,22 @@ def micro_benchmarks(stream: Stream, chunk: int, repeat: int
         ("parse-only", "StreamReader, no-op visitor",
          lambda: _feed(data, StreamVisitor(), chunk)),
         ("parse+digest", "source visitor: xxh3_128 per page",
-         lambda: _feed(data, sess._SourceTracker(cast(Any, None), _Seed.seed),
+         lambda: _feed(data, source.SourceTracker(cast(Any, None), _Seed.seed),
                        chunk)),
         ("parse+store", "destination visitor: new PageStore.put_page",
          lambda: _store_run(data, chunk)),
         ("parse+store warm", "same, store memory already touched",
-         lambda: _feed(data, sess._StoreVisitor(warm), chunk)),
-        ("frame MAC", "HMAC-SHA256 of %d KiB frames" % (chunk >> 10),
-         lambda: _mac_only(data, chunk)),
+         lambda: _feed(data, destination.StoreVisitor(warm), chunk)),
+        ("frame MAC", "keyed BLAKE3 of %d KiB frames (protocol 4)"
+         % (chunk >> 10), lambda: _mac_only(data, chunk, 4)),
+        ("frame MAC v3", "HMAC-SHA256 of %d KiB frames (protocol 3)"
+         % (chunk >> 10), lambda: _mac_only(data, chunk, 3)),
+        ("parse+track held", "destination visitor, pages in held QEMU "
+         "RAM (memfd)", lambda: _held_run(data, chunk)),
     ]
     # A second attempt of a migration reuses its store: no page faults.
     warm = PageStore(_Seed.seed)
-    _feed(data, sess._StoreVisitor(warm), chunk)
+    _feed(data, destination.StoreVisitor(warm), chunk)
     try:
         return _run_cases(data, cases, repeat)
     finally:
@@ -355,10 +363,35 @@ def _run_cases(data: bytes, cases: list[tuple[str, str, Callable[[], Any]]],
     return results
 
 
+def _held_run(data: bytes, chunk: int) -> StreamReader:
+    """The destination's store when it holds the QEMU's RAM: digests and
+    locations only (memfds of the blocks' sizes stand for QEMU's)."""
+    from nova_dcmigrate.agent import ram_backing
+
+    probe = StreamReader(StreamVisitor())
+    probe.feed(data[:1 << 20])
+    assert probe.ram_start is not None
+    sizes = sorted({b.used_length for b in probe.ram_start.blocks})
+    files = []
+    for size in sizes:
+        fd = os.memfd_create("bench-ram")
+        os.ftruncate(fd, size)
+        files.append(ram_backing.RamFile(fd, size, "memfd"))
+    ram = ram_backing.QemuRam(os.getpid(), files)
+    store = PageStore(_Seed.seed)
+    try:
+        store.configure(probe.ram_start)
+        store.attach(ram)
+        return _feed(data, destination.StoreVisitor(store), chunk)
+    finally:
+        store.close()
+        ram.close()
+
+
 def _store_run(data: bytes, chunk: int) -> StreamReader:
     store = PageStore(_Seed.seed)
     try:
-        return _feed(data, sess._StoreVisitor(store), chunk)
+        return _feed(data, destination.StoreVisitor(store), chunk)
     finally:
         store.close()
 
@@ -460,9 +493,20 @@ def _feeder_proc(conn: Any, data: bytes, path: str, chunk: int) -> None:
                       "cpu": _cpu_seconds() - c0}))
 
 
-def _sink_proc(conn: Any) -> None:
+def _sink_proc(conn: Any, ram_sizes: list[int]) -> None:
     """Plays the destination QEMU: listens on the UNIX socket path it is
-    sent, reads to EOF, replies SHUT."""
+    sent, reads to EOF, replies SHUT.
+
+    :param ram_sizes: guest RAM as shared memfds of these sizes, mapped
+        like QEMU's ``memory-backend-memfd`` (the agent then holds them
+        instead of copying pages); empty: anonymous RAM.
+    """
+    import mmap
+    rams = []
+    for size in ram_sizes:
+        fd = os.memfd_create("memory-backend-memfd")
+        os.ftruncate(fd, size)
+        rams.append((fd, mmap.mmap(fd, size, mmap.MAP_SHARED)))
     path = conn.recv()
     lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lsock.bind(path)
@@ -497,12 +541,22 @@ def _sink_proc(conn: Any) -> None:
 def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
                          socket_buffer: int, feed_chunk: int,
                          tls: dict[str, Any] | None = None,
-                         native: bool = True) -> dict[str, Any]:
+                         native: bool = True,
+                         held_ram: bool = False) -> dict[str, Any]:
     """:param tls: ``peer_tls*`` options: the pair talks TLS 1.3.
 
     :param native: run the agents on the native per-page code.
+    :param held_ram: the destination QEMU stand-in has memfd RAM, which
+        its agent holds (no copies); else the agent copies every page.
     """
     data = stream.data
+    ram_sizes: list[int] = []
+    if held_ram:
+        probe = StreamReader(StreamVisitor())
+        probe.feed(data[:1 << 20])
+        assert probe.ram_start is not None
+        ram_sizes = sorted({b.used_length
+                            for b in probe.ram_start.blocks})
     digest = xxhash.xxh3_64_hexdigest(data)
     overrides = {"chunk_size": chunk, "socket_buffer": socket_buffer,
                  **(tls or {})}
@@ -517,7 +571,7 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
         dst_peer_port = _reply(dst, 30, "destination agent start")
         for i in range(repeat):
             runs.append(_one_pair_run(src, dst, dst_peer_port, data, digest,
-                                      feed_chunk, bool(tls)))
+                                      feed_chunk, bool(tls), ram_sizes))
             r = runs[-1]
             out("    run %d: %.2f s wall, %.0f MB/s; source agent %.2f CPU-s "
                 "(%.2f user + %.2f sys), destination agent %.2f CPU-s "
@@ -538,7 +592,8 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
     keys = ["wall_s", "wall_mb_s", "pages_s", "src_cpu_s", "dst_cpu_s",
             "src_user_s", "src_sys_s", "dst_user_s", "dst_sys_s",
             "src_mb_per_cpu_s", "dst_mb_per_cpu_s", "src_pages_per_cpu_s",
-            "dst_pages_per_cpu_s", "feeder_cpu_s", "sink_cpu_s"]
+            "dst_pages_per_cpu_s", "feeder_cpu_s", "sink_cpu_s",
+            "dst_ram_backing"]
     return {"runs": runs,
             "median": {k: median([r[k] for r in runs]) for k in keys},
             "chunk_size": chunk, "socket_buffer": socket_buffer,
@@ -546,11 +601,12 @@ def agent_pair_benchmark(stream: Stream, repeat: int, chunk: int,
 
 
 def _one_pair_run(src: Any, dst: Any, dst_peer_port: int, data: bytes,
-                  digest: str, feed_chunk: int, tls: bool = False
-                  ) -> dict[str, Any]:
+                  digest: str, feed_chunk: int, tls: bool = False,
+                  ram_sizes: list[int] | None = None) -> dict[str, Any]:
     mid = str(uuid.uuid4())
     secret = secrets.token_hex(32)
-    sink_proc, sink = _start_child(_sink_proc, name="bench-sink")
+    sink_proc, sink = _start_child(_sink_proc, ram_sizes or [],
+                                   name="bench-sink")
     feeder_proc = feeder = None
     try:
         src.send(("cpu",))
@@ -616,6 +672,7 @@ def _one_pair_run(src: Any, dst: Any, dst_peer_port: int, data: bytes,
         "src_pages_per_cpu_s": pages / src_cpu,
         "dst_pages_per_cpu_s": pages / dst_cpu,
         "feeder_cpu_s": feed_res["cpu"], "sink_cpu_s": sink_res["cpu"],
+        "dst_ram_backing": dst_res["counters"].get("ram_backing", 0),
         "completion_s": feed_res["t_return_eof"] - feed_res["t_connect"],
     }
 
@@ -651,6 +708,7 @@ def throughput_part(args: argparse.Namespace, workdir: str
         out("  agent pair with mutual TLS 1.3 (peer_tls)")
     result["micro"] = {}
     result["pair_by_path"] = {}
+    result["pair_held_by_path"] = {}
     for name in bench_paths.paths():
         out("  [%s per-page code] in-process micro benchmarks (single "
             "thread, %d KiB chunks, median of %d):"
@@ -674,20 +732,18 @@ def throughput_part(args: argparse.Namespace, workdir: str
                                     args.socket_buffer, args.feed_chunk,
                                     tls, native=name == "native")
         result["pair_by_path"][name] = pair
-        m = pair["median"]
-        out(table(["measure (median of %d)" % reps, "MB/s",
-                   "pages/s", "CPU-s"], [
-            ["pipeline wall (4 procs on %d cores)" % (os.cpu_count() or 0),
-             round(m["wall_mb_s"]), round(m["pages_s"]), None],
-            ["source agent per core (parse+digest+frame+MAC+send)",
-             round(m["src_mb_per_cpu_s"]), round(m["src_pages_per_cpu_s"]),
-             m["src_cpu_s"]],
-            ["destination agent per core (MAC+parse+store+forward)",
-             round(m["dst_mb_per_cpu_s"]), round(m["dst_pages_per_cpu_s"]),
-             m["dst_cpu_s"]],
-            ["fake source QEMU (feeder)", None, None, m["feeder_cpu_s"]],
-            ["fake destination QEMU (sink)", None, None, m["sink_cpu_s"]],
-        ], indent="    "))
+        _pair_table(pair["median"], reps, "copies every page")
+        out("  [%s per-page code] the same, destination QEMU stand-in with "
+            "memfd RAM that its agent holds (no copies):" % name)
+        held = agent_pair_benchmark(stream, reps, args.chunk_size,
+                                    args.socket_buffer, args.feed_chunk,
+                                    tls, native=name == "native",
+                                    held_ram=True)
+        if not held["median"]["dst_ram_backing"]:
+            raise BenchError("the destination agent did not hold the "
+                             "stand-in's memfd RAM")
+        result["pair_held_by_path"][name] = held
+        _pair_table(held["median"], reps, "pages in held QEMU RAM")
     out("  source agent filtering a redirected attempt (in-process: parse "
         "+ digest + filter + re-encode + frame MAC; held: lower half of "
         "the pages, frontier at a quarter):")
@@ -720,6 +776,22 @@ def throughput_part(args: argparse.Namespace, workdir: str
 # ---------------------------------------------------------------------------
 # Lab: agents vs direct on shaped links
 # ---------------------------------------------------------------------------
+
+def _pair_table(m: dict[str, Any], reps: int, store: str) -> None:
+    out(table(["measure (median of %d)" % reps, "MB/s",
+               "pages/s", "CPU-s"], [
+        ["pipeline wall (4 procs on %d cores)" % (os.cpu_count() or 0),
+         round(m["wall_mb_s"]), round(m["pages_s"]), None],
+        ["source agent per core (parse+digest+frame+MAC+send)",
+         round(m["src_mb_per_cpu_s"]), round(m["src_pages_per_cpu_s"]),
+         m["src_cpu_s"]],
+        ["destination agent per core (MAC+parse+store+forward; %s)"
+         % store, round(m["dst_mb_per_cpu_s"]),
+         round(m["dst_pages_per_cpu_s"]), m["dst_cpu_s"]],
+        ["fake source QEMU (feeder)", None, None, m["feeder_cpu_s"]],
+        ["fake destination QEMU (sink)", None, None, m["sink_cpu_s"]],
+    ], indent="    "))
+
 
 def lab_part(args: argparse.Namespace) -> dict[str, Any]:
     from nova_dcmigrate.lab.agents import LabAgents
@@ -900,20 +972,30 @@ def summary(results: dict[str, Any]) -> list[str]:
                      "above are not)")
         for name, pair in tp["pair_by_path"].items():
             mi, pm = tp["micro"][name], pair["median"]
+            hm = tp["pair_held_by_path"][name]["median"]
             filt = tp["redirect_filter"].get(name)
             lines += [
                 "[%s] in-process MB/CPU-s: parse-only %.0f, parse+digest "
-                "%.0f, parse+store %.0f (warm %.0f), frame MAC %.0f" % (
+                "%.0f, parse+store %.0f (warm %.0f, held RAM %.0f), frame "
+                "MAC %.0f (protocol 3 HMAC: %.0f)" % (
                     name, mi["parse-only"]["mb_per_cpu_s"],
                     mi["parse+digest"]["mb_per_cpu_s"],
                     mi["parse+store"]["mb_per_cpu_s"],
                     mi["parse+store warm"]["mb_per_cpu_s"],
-                    mi["frame MAC"]["mb_per_cpu_s"]),
+                    mi["parse+track held"]["mb_per_cpu_s"],
+                    mi["frame MAC"]["mb_per_cpu_s"],
+                    mi["frame MAC v3"]["mb_per_cpu_s"]),
                 "[%s] destination agent       %6.0f MB/CPU-s  target >= "
-                "%.0f: %s" % (
+                "%.0f: %s  (copies every page)" % (
                     name, pm["dst_mb_per_cpu_s"],
                     bench_paths.TARGET_DST_MB_S,
                     verdict(pm["dst_mb_per_cpu_s"]
+                            >= bench_paths.TARGET_DST_MB_S)),
+                "[%s] destination agent       %6.0f MB/CPU-s  target >= "
+                "%.0f: %s  (holds QEMU's memfd RAM)" % (
+                    name, hm["dst_mb_per_cpu_s"],
+                    bench_paths.TARGET_DST_MB_S,
+                    verdict(hm["dst_mb_per_cpu_s"]
                             >= bench_paths.TARGET_DST_MB_S)),
                 "[%s] source agent (plain)    %6.0f MB/CPU-s" % (
                     name, pm["src_mb_per_cpu_s"]),

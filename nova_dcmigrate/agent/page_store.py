@@ -28,13 +28,13 @@ resends it).
 from __future__ import annotations
 
 import array
-import collections
 import mmap
 import os
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from oslo_log import log as logging
 import xxhash
@@ -184,8 +184,11 @@ class PageStore:
         # (location, block index) -> the RAM file with that block, once
         # known; None: none does.
         self._files: dict[tuple[int, int], RamFile | None] = {}
-        self._recent: collections.deque[tuple[int, int]] = \
-            collections.deque(maxlen=RECENT_PAGES)
+        # Ring of the last RECENT_PAGES pages forwarded into a held RAM,
+        # each (block index << 32 | page); _recent_count were appended
+        # since the last settle (the native code appends too).
+        self._recent = array.array("Q", bytes(8 * RECENT_PAGES))
+        self._recent_count = 0
         self._full_logged = False
         self.verified_pages = 0
         self.corrected_pages = 0
@@ -284,14 +287,20 @@ class PageStore:
                 for loc in set(bs.where) - {COPY}:
                     if (loc, i) not in self._files:
                         needed.add((loc, i))
-            recent = set(self._recent)
-            self._recent.clear()
+            recent = self._take_recent()
             for loc, i in sorted(needed):
                 self._files[(loc, i)] = self._identify(loc, i, recent)
                 if self._files[(loc, i)] is None:
                     self._drop_location(loc, i)
             for i, page in recent:
                 self._verify_recent(i, page)
+
+    def _take_recent(self) -> set[tuple[int, int]]:
+        """(block index, page) of the last pages forwarded into a held
+        RAM since the last call (at most RECENT_PAGES)."""
+        n = min(self._recent_count, RECENT_PAGES)
+        self._recent_count = 0
+        return {(v >> 32, v & 0xFFFFFFFF) for v in self._recent[:n]}
 
     def _identify(self, loc: int, idx: int,
                   recent: set[tuple[int, int]]) -> RamFile | None:
@@ -440,7 +449,9 @@ class PageStore:
         else:
             self._refs[loc] += 1
             bs.remote += 1
-            self._recent.append((idx, page))
+            self._recent[self._recent_count % RECENT_PAGES] = \
+                idx << 32 | page
+            self._recent_count += 1
         if st == ABSENT:
             bs.held += 1
             self._pages += 1
@@ -457,14 +468,15 @@ class PageStore:
         stream reader's buffer in native code (:mod:`fastpath`); same
         effect as :meth:`put_page`/:meth:`put_zero` for each.
 
-        The native code copies pages, so it applies only to a block whose
-        pages are all the store's own copies and stay so: arriving pages
-        go to the copy area (no held QEMU RAM for the block), none of its
-        pages is in a held RAM, and the copy budget has room for every
+        A block whose arriving pages go to a held QEMU RAM: the native
+        code records digest, state, attempt and location of each page
+        (no copy) and stops before a page held in another location
+        (:meth:`put_page` moves that one).  A block whose pages go to the
+        copy area: the native code copies them, if none of the block's
+        pages is in a held RAM and the copy budget has room for every
         page record the run can hold.  Otherwise nothing is consumed
         (``pos`` is returned) and the reader calls :meth:`put_page` /
-        :meth:`put_zero` per record: pages forwarded into a held RAM
-        need their location and reference kept per page.
+        :meth:`put_zero` per record.
 
         :returns: (position after the run, pages, zero pages).
         """
@@ -472,7 +484,9 @@ class PageStore:
         if native is None:
             return pos, 0, 0
         bs = self._blocks[block.index]
-        if bs.target != COPY or bs.remote:
+        if bs.target != COPY:
+            return self._track_records(native, bs, buf, pos, end, attempt)
+        if bs.remote:
             return pos, 0, 0
         # Most pages the run can add to the copies.
         bound = (end - pos) // (PAGE_SIZE + 8)
@@ -489,6 +503,24 @@ class PageStore:
             # Keep what the run really added (d_data < 0: it freed some).
             self.budget.give(bound - d_data)
         bs.copies += d_data
+        self._pages += d_data
+        self._zero_pages += d_zero
+        bs.held += d_held
+        return pos, pages, zeros
+
+    def _track_records(self, native: Any, bs: _BlockStore, buf: bytearray,
+                       pos: int, end: int, attempt: int
+                       ) -> tuple[int, int, int]:
+        """:meth:`put_records` for a block forwarded into held RAM."""
+        loc = bs.target
+        (pos, pages, zeros, d_data, d_zero, d_held, d_remote,
+         self._recent_count) = native.track_records(
+            buf, pos, end, bs.block.used_length, bs.digests, bs.state,
+            bs.attempt, bs.where, self._recent, self._recent_count,
+            bs.block.index, attempt, loc, self.seed, self._zero_digest)
+        # The location is the current one: it cannot drop to no page.
+        self._refs[loc] += d_remote
+        bs.remote += d_remote
         self._pages += d_data
         self._zero_pages += d_zero
         bs.held += d_held
@@ -631,7 +663,7 @@ class PageStore:
         self._refs = [0]
         self._current = COPY
         self._files = {}
-        self._recent.clear()
+        self._recent_count = 0
 
     def drop_backings(self) -> None:
         """Forget the pages in held QEMU RAMs and close those (the
@@ -646,7 +678,7 @@ class PageStore:
                     ram.close()
             self._current = COPY
             self._retarget()
-            self._recent.clear()
+            self._recent_count = 0
 
     def close(self) -> None:
         """Drop every page: the copies and the held QEMU RAMs."""

@@ -7,6 +7,12 @@ also derives one key per direction.  Every frame after that carries a
 truncated HMAC over an implicit sequence number, so frames cannot be forged,
 replayed, reordered or dropped without the receiver noticing.
 
+Frame MACs: HMAC-SHA256 up to version 3; from version 4 keyed BLAKE3
+(about four times cheaper per byte, which is most of a destination agent's
+CPU at 10 Gbit/s), keyed per direction by a key derived from that
+direction's HMAC key.  Both are truncated to 16 bytes.  An agent of the
+previous release offers only version 3 and so keeps HMAC-SHA256.
+
 Over TLS (``[dcmigrate_agent] peer_tls``) the same handshake runs inside
 the TLS session (the secret still binds the connection to one migration)
 and frames carry no MAC: TLS already authenticates every record.
@@ -45,17 +51,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import blake3
+
 from nova_dcmigrate.agent import exception
 
 MAGIC = b"DCMG"
 #: 2: the source confirms every FRONTIER (frontier raises).
 #: 3: SKIP frames (holders skip pages the source sent itself).
-VERSION = 3
+#: 4: frame MACs are keyed BLAKE3 instead of HMAC-SHA256.
+VERSION = 4
 #: Oldest version this release still speaks (a rolling upgrade mixes
 #: agents of two adjacent releases).
 MIN_VERSION = 3
 #: Newest version this release speaks.
 MAX_VERSION = VERSION
+#: First version whose frame MAC is keyed BLAKE3.
+BLAKE3_VERSION = 4
 NONCE_LEN = 32
 MAC_LEN = 16
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -173,6 +184,31 @@ def _mac(key: bytes, *parts: bytes | bytearray | memoryview) -> bytes:
     return h.digest()
 
 
+Buffer = bytes | bytearray | memoryview
+
+
+def frame_key(key: bytes, version: int) -> bytes:
+    """The frame MAC key of one direction for a protocol version."""
+    if version >= BLAKE3_VERSION:
+        # A key of its own for the other MAC function.
+        return _mac(key, b"dcmigrate-frame-blake3")
+    return key
+
+
+def frame_mac(key: bytes, version: int, seq: int, header: Buffer,
+              payload: Buffer) -> bytes:
+    """MAC of frame number ``seq`` (truncated to :data:`MAC_LEN`).
+
+    :param key: from :func:`frame_key` for the same version.
+    """
+    if version >= BLAKE3_VERSION:
+        h = blake3.blake3(_SEQ.pack(seq), key=key)
+        h.update(header)
+        h.update(payload)
+        return h.digest(MAC_LEN)
+    return _mac(key, _SEQ.pack(seq), header, payload)[:MAC_LEN]
+
+
 def _keys(secret: bytes, hello: bytes, nonce_a: bytes) -> tuple[bytes, bytes]:
     base = _mac(secret, b"dcmigrate-keys", hello, nonce_a)
     return (_mac(base, b"connector->acceptor"),
@@ -222,8 +258,8 @@ class FramedConnection:
         self.tls_version = sock.version() if isinstance(
             sock, ssl.SSLSocket) else None
         self.mac_len = 0 if self.tls else MAC_LEN
-        self._send_key = send_key
-        self._recv_key = recv_key
+        self._send_key = frame_key(send_key, version)
+        self._recv_key = frame_key(recv_key, version)
         self._send_seq = 0
         self._recv_seq = 0
         self._send_lock = threading.Lock()
@@ -245,8 +281,8 @@ class FramedConnection:
                 parts: tuple[bytes | bytearray | memoryview, ...] = (
                     header, payload)
             else:
-                mac = _mac(self._send_key, _SEQ.pack(self._send_seq),
-                           header, payload)[:MAC_LEN]
+                mac = frame_mac(self._send_key, self.version,
+                                self._send_seq, header, payload)
                 parts = (header, payload, mac)
             self._send_seq += 1
             try:
@@ -299,8 +335,8 @@ class FramedConnection:
         recv_exact_into(self.sock, target, self.peer)
         if not self.tls:
             recv_exact_into(self.sock, memoryview(self._mac), self.peer)
-            expect = _mac(self._recv_key, _SEQ.pack(self._recv_seq),
-                          self._hdr, target)[:MAC_LEN]
+            expect = frame_mac(self._recv_key, self.version,
+                               self._recv_seq, self._hdr, target)
             if not hmac.compare_digest(expect, self._mac):
                 raise exception.PeerAuthError(
                     peer=self.peer, reason="bad frame MAC at frame %d"

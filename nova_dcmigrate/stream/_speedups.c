@@ -322,6 +322,114 @@ fail:
     return NULL;
 }
 
+PyDoc_STRVAR(track_doc,
+"track_records(buf, pos, end, used, digests, state, attempts, where,\n"
+"              ring, ring_count, block_index, attempt, loc, seed,\n"
+"              zero_digest)\n"
+"    -> (pos, pages, zeros, d_data, d_zero, d_held, d_remote, ring_count)\n"
+"\n"
+"Destination page store, block held in QEMU's RAM (location loc != 0):\n"
+"record every page's digest, state, attempt and location without\n"
+"copying it, and append (block_index << 32 | page) of every page to the\n"
+"ring of recently forwarded pages (slot ring_count % len).  Stops\n"
+"before a record whose page is DATA in another location (Python moves\n"
+"it: references of other held RAMs change).  Returns the change of the\n"
+"store's data/zero/held page counts and of the pages in location loc.");
+
+static PyObject *
+track_records(PyObject *self, PyObject *args)
+{
+    PyObject *bufobj, *dgobj, *stobj, *attobj, *whobj, *ringobj;
+    Py_ssize_t pos, end;
+    unsigned long long used, seed, ring_count;
+    unsigned int attempt, loc, block_index;
+    const char *zero;
+    Py_ssize_t zero_len;
+    bufset s = {.n = 0};
+    Py_ssize_t pages = 0, zeros = 0, d_data = 0, d_zero = 0, d_held = 0,
+        d_remote = 0;
+    uint64_t page;
+    enum rec_kind k;
+
+    if (!PyArg_ParseTuple(args, "OnnKOOOOOKIIIKy#", &bufobj, &pos, &end,
+                          &used, &dgobj, &stobj, &attobj, &whobj, &ringobj,
+                          &ring_count, &block_index, &attempt, &loc, &seed,
+                          &zero, &zero_len))
+        return NULL;
+    if (zero_len != DIGEST_LEN || attempt > 0xFFFF || loc == 0 ||
+            loc > 0xFF) {
+        PyErr_SetString(PyExc_ValueError,
+                        "bad zero_digest, attempt or location");
+        return NULL;
+    }
+    if (get_buf(&s, bufobj, 0, end, "buf") < 0 ||
+            get_buf(&s, dgobj, 1, 0, "digests") < 0 ||
+            get_buf(&s, stobj, 1, 0, "state") < 0 ||
+            get_buf(&s, attobj, 1, 0, "attempts") < 0 ||
+            get_buf(&s, whobj, 1, 0, "where") < 0 ||
+            get_buf(&s, ringobj, 1, 8, "ring") < 0 ||
+            check_tables(used, s.b[1].len / DIGEST_LEN, "digests") < 0 ||
+            check_tables(used, s.b[2].len, "state") < 0 ||
+            check_tables(used, s.b[3].len / 2, "attempts") < 0 ||
+            check_tables(used, s.b[4].len, "where") < 0)
+        goto fail;
+    {
+        const unsigned char *buf = s.b[0].buf;
+        unsigned char *dg = s.b[1].buf;
+        unsigned char *st = s.b[2].buf;
+        uint16_t *att = s.b[3].buf;
+        unsigned char *wh = s.b[4].buf;
+        uint64_t *ring = s.b[5].buf;
+        uint64_t nring = (uint64_t)(s.b[5].len / 8);
+        uint64_t tag = (uint64_t)block_index << 32;
+
+        while ((k = next_record(buf, pos, end, used, &page)) != REC_STOP) {
+            unsigned char old = st[page];
+            if (old == ST_DATA && wh[page] != loc)
+                break;
+            att[page] = (uint16_t)attempt;
+            if (k == REC_PAGE) {
+                digest_into(dg + page * DIGEST_LEN, buf + pos + 8, seed);
+                if (old != ST_DATA) {
+                    if (old == ST_ZERO)
+                        d_zero--;
+                    else
+                        d_held++;
+                    d_data++;
+                    d_remote++;
+                    st[page] = ST_DATA;
+                    wh[page] = (unsigned char)loc;
+                }
+                ring[ring_count % nring] = tag | page;
+                ring_count++;
+                pos += PAGE_REC;
+                pages++;
+            } else {
+                if (old != ST_ZERO) {
+                    if (old == ST_DATA) {
+                        d_data--;
+                        d_remote--;
+                        wh[page] = 0;
+                    } else {
+                        d_held++;
+                    }
+                    d_zero++;
+                    st[page] = ST_ZERO;
+                    memcpy(dg + page * DIGEST_LEN, zero, DIGEST_LEN);
+                }
+                pos += ZERO_REC;
+                zeros++;
+            }
+        }
+    }
+    release_all(&s);
+    return Py_BuildValue("nnnnnnnK", pos, pages, zeros, d_data, d_zero,
+                         d_held, d_remote, ring_count);
+fail:
+    release_all(&s);
+    return NULL;
+}
+
 /* Append one re-encoded record to out (a bytearray). */
 static int
 emit(PyObject *out, uint64_t word, const char *idstr, Py_ssize_t idlen,
@@ -530,6 +638,7 @@ static PyMethodDef methods[] = {
     {"scan_records", scan_records, METH_VARARGS, scan_doc},
     {"digest_records", digest_records, METH_VARARGS, digest_doc},
     {"store_records", store_records, METH_VARARGS, store_doc},
+    {"track_records", track_records, METH_VARARGS, track_doc},
     {"filter_records", filter_records, METH_VARARGS, filter_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -35,6 +35,7 @@ pytestmark = LIBVIRT_LAB
 libvirt = pytest.importorskip("libvirt",
                               reason="libvirt-python is not installed")
 
+from nova_dcmigrate.agent import protocol  # noqa: E402
 from nova_dcmigrate.lab import libvirt_host  # noqa: E402
 from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
 from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
@@ -263,7 +264,8 @@ def test_attacker_refused_during_tls_migration(run, agents):
     r.m.start("a")
     assert r.finish_and_check() == "a"
     r.check_attackers(("src", "a"))
-    assert r.link_of("a", 0) == {"protocol": 3, "tls": "TLSv1.3"}
+    assert r.link_of("a", 0) == {"protocol": protocol.VERSION,
+                                 "tls": "TLSv1.3"}
     # The attacker's junk on the peer port was dropped, not served.
     assert agents.api.peer_stats("a")["rejected"] > before
     # Nothing left in the socket directories.
@@ -282,7 +284,8 @@ def test_attacker_refused_during_tls_redirect(run, hosts):
     st = r.m.status()
     assert st.bytes_relayed.get("a", 0) > 0
     assert st.pages_deduplicated > 0
-    assert r.link_of("b", 1) == {"protocol": 3, "tls": "TLSv1.3"}
+    assert r.link_of("b", 1) == {"protocol": protocol.VERSION,
+                                 "tls": "TLSv1.3"}
     for h in ("src", "a", "b"):
         assert _attempt_dirs(r, h) == []
 

@@ -257,3 +257,89 @@ def test_acceptor_cannot_be_downgraded_by_a_forged_choice():
         protocol.connect(c, "a", SECRET, protocol.Channel.STREAM, MID, 0,
                          (3, 5))
     t.join(5)
+
+
+def _wire_frames(version: int, payloads: list[bytes]):
+    """Frames a connector sends at ``version``, captured off the wire,
+    with the acceptor's connection and the connector's send key."""
+    r = _negotiated((version, version), (protocol.MIN_VERSION,
+                                         protocol.MAX_VERSION))
+    con, acc = r["con"], r["acc"]
+    assert con.version == acc.version == version
+    x, y = socket.socketpair()
+    con.sock, real = x, con.sock
+    for p in payloads:
+        con.send(FrameType.DATA, p)
+    x.close()
+    wire = b""
+    while True:
+        d = y.recv(1 << 16)
+        if not d:
+            break
+        wire += d
+    con.sock = real
+    return wire, acc, con._send_key
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_frame_mac_of_each_version(version):
+    """Version 3 (the previous release) keeps HMAC-SHA256 frame MACs, so
+    its agents still understand ours; version 4 uses keyed BLAKE3.  The
+    MAC on the wire is the documented function of key, sequence number,
+    header and payload."""
+    import hashlib
+    import hmac
+
+    import blake3
+
+    payloads = [b"first", b"x" * 70000, b""]
+    wire, acc, key = _wire_frames(version, payloads)
+    pos = 0
+    for seq, p in enumerate(payloads):
+        header = wire[pos:pos + protocol.FRAME_HEADER_LEN]
+        body = wire[pos + 8:pos + 8 + len(p)]
+        mac = wire[pos + 8 + len(p):pos + 8 + len(p) + protocol.MAC_LEN]
+        assert body == p
+        seq_raw = seq.to_bytes(8, "big")
+        if version == 3:
+            want = hmac.new(key, seq_raw + header + p,
+                            hashlib.sha256).digest()[:16]
+        else:
+            want = blake3.blake3(seq_raw + header + p, key=key).digest(16)
+        assert mac == want
+        pos += 8 + len(p) + protocol.MAC_LEN
+    assert pos == len(wire)
+    # The receiver of that version accepts exactly these frames.
+    peer = socket.socketpair()
+    acc.sock = peer[0]
+    peer[1].sendall(wire)
+    for p in payloads:
+        ftype, got = acc.recv()
+        assert ftype == FrameType.DATA and bytes(got) == p
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_tampered_frame_detected_in_each_version(version):
+    wire, acc, _key = _wire_frames(version, [b"payload!"])
+    forged = bytearray(wire)
+    forged[9] ^= 1          # one bit of the payload
+    peer = socket.socketpair()
+    acc.sock = peer[0]
+    peer[1].sendall(bytes(forged))
+    with pytest.raises(exception.PeerAuthError, match="bad frame MAC"):
+        acc.recv()
+
+
+def test_frame_keys_differ_between_versions():
+    """Version 4 does not reuse the HMAC key as the BLAKE3 key."""
+    key = b"k" * 32
+    assert protocol.frame_key(key, 3) == key
+    k4 = protocol.frame_key(key, 4)
+    assert len(k4) == 32 and k4 != key
+
+
+def test_this_release_prefers_blake3_and_still_offers_hmac():
+    assert protocol.MIN_VERSION == 3
+    assert protocol.MAX_VERSION == protocol.BLAKE3_VERSION == 4
+    r = _negotiated(None, None)
+    assert r["con"].version == r["acc"].version == 4

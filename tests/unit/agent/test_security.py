@@ -22,6 +22,7 @@ import pytest
 
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent import local_socket
+from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.peer_listener import LogLimiter
 from nova_dcmigrate.agent.session import SessionState
 from nova_dcmigrate.lab.certs import LabCA
@@ -269,7 +270,7 @@ def test_tls_migration_carries_stream_without_frame_macs(certs):
         assert src._conn is not None and src._conn.tls
         assert src._conn.tls_version == "TLSv1.3"
         st = p.dst.get_status(None, p.migration_id)["attempts"][0]
-        assert st["link"] == {"protocol": 3, "tls": "TLSv1.3"}
+        assert st["link"] == {"protocol": protocol.VERSION, "tls": "TLSv1.3"}
         assert src._conn.mac_len == 0
         store = p.dst.stores[p.migration_id]
         for block, pages in s.final.items():
@@ -298,6 +299,12 @@ def test_tls_listener_refuses_untrusted_or_plain_peers(certs, client):
         assert wait_state(src, {SessionState.FAILED}, 20) \
             == SessionState.FAILED
         assert dq.received == b""
+        # The connector may give up (its own TLS check fails too) before
+        # the acceptor's listener has counted the rejection.
+        deadline = time.monotonic() + 10
+        while acc.dst.listener.rejected < 1 and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
         assert acc.dst.listener.rejected >= 1
         assert acc.dst.sessions[(acc.migration_id, 0)].state \
             == SessionState.PREPARED

@@ -98,6 +98,7 @@ def test_return_path_closed_before_stream_end_still_completes():
                                          SessionState.FAILED}) \
                     == SessionState.COMPLETED, sess.error
             sq.thread.join(5)
+            dq.thread.join(5)     # it may still be reading the tail
             assert bytes(dq.received) == s.data
             assert bytes(sq.returned) == b"HELLO-RPSHUT"
         finally:

@@ -22,10 +22,14 @@ import pytest
 import xxhash
 
 from nova_dcmigrate.agent import plan as planmod
+from nova_dcmigrate.agent.destination import StoreVisitor
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
-from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.agent.page_store import zero_digest
+from nova_dcmigrate.agent.source import SourceSession
+from nova_dcmigrate.agent.source import SourceTracker
+from nova_dcmigrate.agent.source_filter import SourceFilter
 from nova_dcmigrate.stream import constants as c
 from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream import StreamReader
@@ -68,10 +72,10 @@ def _both(run: Any) -> tuple[Any, Any]:
 
 def test_native_is_used_when_forced() -> None:
     with fastpath.forced(True):
-        assert sess._SourceTracker(None, 1).fast_records is not None
+        assert SourceTracker(None, 1).fast_records is not None
         assert fastpath.enabled()
     with fastpath.forced(False):
-        assert sess._SourceTracker(None, 1).fast_records is None
+        assert SourceTracker(None, 1).fast_records is None
         assert not fastpath.enabled()
 
 
@@ -122,7 +126,7 @@ class TestTrackerAndStore:
         data = streamgen.build_stream(**spec).data  # type: ignore[arg-type]
 
         def run() -> Any:
-            tracker = sess._SourceTracker(None, SEED)  # type: ignore
+            tracker = SourceTracker(None, SEED)  # type: ignore
             err = _feed(StreamReader(tracker), data, chunks)
             return [bytes(d) for d in tracker.digests], _err(err)
         native, python = _both(run)
@@ -139,7 +143,7 @@ class TestTrackerAndStore:
             try:
                 # A second attempt into the same store (state changes).
                 for _ in range(1 + rounds % 2):
-                    err = _feed(StreamReader(sess._StoreVisitor(store)),
+                    err = _feed(StreamReader(StoreVisitor(store)),
                                 stream.data, chunks)
                 blocks = store._blocks
                 # The pages held (the copy area's other bytes are not
@@ -159,6 +163,63 @@ class TestTrackerAndStore:
             for page, content in stream.final.get(blk.name, {}).items():
                 got = store_final[blk.index][0].get(page, bytes(4096))
                 assert got == (content or bytes(4096))
+
+    @SETTINGS
+    @hypothesis.given(stream_specs(), chunk_sizes, st.integers(0, 3))
+    def test_page_store_in_held_ram_identical(self, spec: dict[str, object],
+                                              chunks: list[int],
+                                              mode: int) -> None:
+        """Pages forwarded into a held QEMU RAM (memfd backing) are
+        recorded identically: digests, states, attempts, locations,
+        references, the recent-pages ring, counters.  mode bit 0: the
+        store first got a copy attempt; bit 1: a second held RAM (the
+        next attempt's QEMU) takes over, so pages move between
+        locations."""
+        stream = streamgen.build_stream(**spec)  # type: ignore[arg-type]
+        sizes = sorted({b.used_length for b in stream.ram_start.blocks})
+
+        def run() -> Any:
+            store = PageStore(SEED)
+            rams = []
+            try:
+                if mode & 1:
+                    err = _feed(StreamReader(StoreVisitor(store)),
+                                stream.data, chunks)
+                for _ in range(1 + (mode >> 1)):
+                    rams.append(_memfd_ram(sizes))
+                    if store.configured:
+                        assert store.attach(rams[-1])
+                    else:
+                        # Attach once the layout is known (as an agent
+                        # does before the stream's RAM_START).
+                        store.configure(stream.ram_start)
+                        assert store.attach(rams[-1])
+                    err = _feed(StreamReader(StoreVisitor(store)),
+                                stream.data, chunks)
+                blocks = store._blocks
+                return ([(_held_pages(b), bytes(b.digests), bytes(b.state),
+                          b.attempt.tobytes(), b.held, bytes(b.where),
+                          b.copies, b.remote) for b in blocks],
+                        list(store._refs), sorted(store._take_recent()),
+                        [r.closed for r in rams], store.counters(),
+                        _err(err))
+            finally:
+                store.close()
+                for r in rams:
+                    r.close()
+        native, python = _both(run)
+        assert native == python
+
+
+def _memfd_ram(sizes: list[int]) -> Any:
+    """A QEMU's shared RAM files (memfds of the blocks' sizes)."""
+    from nova_dcmigrate.agent import ram_backing
+    files = []
+    for size in sizes:
+        fd = os.memfd_create("memory-backend-memfd")
+        os.ftruncate(fd, size)
+        files.append(ram_backing.RamFile(fd, size, "memfd"))
+    return ram_backing.QemuRam(os.getpid(), files)
 
 
 def _held_pages(bs: Any) -> dict[int, bytes]:
@@ -208,8 +269,8 @@ def _filter_run(case: dict[str, Any]) -> Any:
     layout = Layout.from_start(stream.ram_start)
     conf = types.SimpleNamespace(assist_buffer_mib=0,
                                  socket_dir="/run/dcmigrate-unused")
-    s = sess.SourceSession(conf, "00000000-0000-0000-0000-000000000001",
-                           "secret", 1, 0, "127.0.0.1", 0)
+    s = SourceSession(conf, "00000000-0000-0000-0000-000000000001",
+                      "secret", 1, 0, "127.0.0.1", 0)
     try:
         s.assist_budget = case["budget"]
         s.frontier = case["frontier"]
@@ -223,11 +284,11 @@ def _filter_run(case: dict[str, Any]) -> Any:
                 e = case["expected"][g]
                 ex[p * DIGEST_LEN:(p + 1) * DIGEST_LEN] = \
                     xxhash.xxh3_128_digest(POOL[e], SEED) if e >= 0 \
-                    else sess.zero_digest(SEED)
+                    else zero_digest(SEED)
                 g += 1
             flags.append(fl)
             expected.append(ex)
-        f = sess._SourceFilter(s, layout, flags, expected, SEED)
+        f = SourceFilter(s, layout, flags, expected, SEED)
         reader = StreamReader(f)
         out = bytearray()
         data = stream.data
