@@ -255,7 +255,8 @@ def _kept(sc: Scenario, out_dir: str) -> Outcome:
         with open(o.json_path) as f:
             o.result = json.load(f)
     except (OSError, ValueError) as err:
-        o.error = "no result kept (%s)" % err.__class__.__name__
+        o.error = "not run (no %s)" % os.path.basename(o.json_path)
+        o.returncode = -1
     return o
 
 
@@ -276,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     bench = shlex.split(args.bench) if args.bench else _default_bench()
     outcomes = []
+    ran: list[Outcome] = []
     for sc in scenarios:
         if args.table_only or (args.only and sc.name not in args.only):
             outcomes.append(_kept(sc, args.out))
@@ -288,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.strftime("%H:%M:%S"), sc.name,
             "ok" if o.error is None else o.error, o.seconds), flush=True)
         outcomes.append(o)
+        ran.append(o)
     text = table(outcomes)
     with open(os.path.join(args.out, "table.rst"), "w") as f:
         f.write(text)
@@ -300,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(text)
-    return 0 if all(o.error is None for o in outcomes) else 1
+    checked = outcomes if args.table_only else ran
+    return 0 if all(o.error is None for o in checked) else 1
 
 
 if __name__ == "__main__":
