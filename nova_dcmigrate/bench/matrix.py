@@ -254,7 +254,7 @@ def _kept(sc: Scenario, out_dir: str) -> Outcome:
     try:
         with open(o.json_path) as f:
             o.result = json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError):
         o.error = "not run (no %s)" % os.path.basename(o.json_path)
         o.returncode = -1
     return o

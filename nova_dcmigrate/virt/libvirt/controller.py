@@ -245,6 +245,7 @@ class RedirectableMigration:
         try:
             return self._prepare_agents(info)
         except Exception as err:
+            self._forget_host(info.name)
             LOG.warning("migration %(mid)s: the new destination %(h)s is "
                         "not ready; the migration goes on to %(cur)s: "
                         "%(err)s", {"mid": self.migration_id,
@@ -265,15 +266,18 @@ class RedirectableMigration:
         attempts.abort_agents(self.agents, self.migration_id,
                               [self.source.name, prepared.host.name],
                               attempt=prepared.number)
-        if prepared.host.name not in {a.host.name for a in self.attempts}:
-            # Nothing of this migration was stored there before.
-            try:
-                self.agents.cleanup(prepared.host.name, self.migration_id)
-            except Exception as err:  # noqa: BLE001 - agent may be gone
-                LOG.warning("migration %(mid)s: cleanup on %(h)s: "
-                            "%(err)s", {"mid": self.migration_id,
-                                        "h": prepared.host.name,
-                                        "err": err})
+        self._forget_host(prepared.host.name)
+
+    def _forget_host(self, host: str) -> None:
+        """Drop the migration on ``host`` unless an attempt went there
+        (then it holds pages for later attempts)."""
+        if host in {a.host.name for a in self.attempts}:
+            return
+        try:
+            self.agents.cleanup(host, self.migration_id)
+        except Exception as err:  # noqa: BLE001 - agent may be gone
+            LOG.warning("migration %(mid)s: cleanup on %(h)s: %(err)s",
+                        {"mid": self.migration_id, "h": host, "err": err})
 
     def start(self, host: str,
               prepared: Prepared | None = None) -> Attempt:
