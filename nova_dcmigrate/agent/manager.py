@@ -365,6 +365,7 @@ class AgentManager:
                 self.sessions.pop((migration_id, int(attempt)), None)
             s.close()
             raise
+        s.connect_holders_early()
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
                  "(QEMU socket %(path)s)", {"mid": migration_id,
                                             "att": attempt,

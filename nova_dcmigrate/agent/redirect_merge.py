@@ -5,11 +5,17 @@ which page (:mod:`.plan`), tells the source what to drop, and feeds QEMU
 one stream merged from the source's and the holders' pages (the building
 blocks are in :mod:`.merge`; the frontier between the source and the
 holders is steered by :mod:`.frontier`).
+
+The holders are connected and their inventories read as soon as the
+attempt is prepared (:meth:`RedirectMerge.connect_holders_early`), while
+libvirt still stops the old attempt and starts the destination QEMU, so
+the plan is ready when the source's stream arrives (issue 13, part 4).
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 from typing import NoReturn
@@ -68,6 +74,67 @@ class RedirectMerge(FrontierControl):
         def _return_loop(self, conn: protocol.FramedConnection,
                          qsock: socket.socket) -> None: ...
 
+    #: Pullers connected before the source attached (None: not tried or
+    #: failed; the merge then connects as it always did).
+    _early_pullers: list[merge.RelayPuller] | None = None
+    _early_done: threading.Event | None = None
+
+    def connect_holders_early(self) -> None:
+        """Connect to the holders and read their inventories now, in the
+        background, so that the plan is ready when the source attaches.
+
+        Why: otherwise the holder handshakes and inventories (a page
+        digest each) start only once the destination QEMU is up and the
+        source is streaming, and the source's link idles meanwhile.  A
+        holder still being written (its attempt is being stopped) refuses
+        the relay; the connection is retried until the source attaches.
+        """
+        if not self.holders or self._early_done is not None:
+            return
+        self._early_done = threading.Event()
+        threading.Thread(target=self._early_connect, daemon=True,
+                         name="dst-holders-%s" % self.migration_id[:8]
+                         ).start()
+
+    def _early_connect(self) -> None:
+        assert self._early_done is not None
+        deadline = time.monotonic() + self.conf.connect_timeout
+        delay = 0.05
+        try:
+            while self.state == SessionState.PREPARED:
+                pullers: list[merge.RelayPuller] = []
+                try:
+                    for i, holder in enumerate(self.holders, start=1):
+                        pullers.append(self._connect_holder(i, holder))
+                    self._early_pullers = pullers
+                    LOG.debug("migration %(mid)s attempt %(att)d: holders "
+                              "connected before the source",
+                              {"mid": self.migration_id,
+                               "att": self.attempt})
+                    return
+                except Exception as err:  # noqa: BLE001 - retried below
+                    for p in pullers:
+                        p.conn.close()
+                    if time.monotonic() + delay > deadline:
+                        LOG.debug("migration %(mid)s attempt %(att)d: "
+                                  "holders not connected early: %(err)s",
+                                  {"mid": self.migration_id,
+                                   "att": self.attempt, "err": err})
+                        return
+                time.sleep(delay)
+                delay = min(0.2, delay * 1.5)
+        finally:
+            self._early_done.set()
+
+    def _take_early_pullers(self) -> list[merge.RelayPuller] | None:
+        """The early pullers, once their thread is done (None: connect
+        now, as without them)."""
+        if self._early_done is None:
+            return None
+        self._early_done.wait(self.conf.connect_timeout)
+        pullers, self._early_pullers = self._early_pullers, None
+        return pullers
+
     def _store_has_pages(self) -> bool:
         c = self.store.counters()
         return self.store.configured and (c.pages + c.zero_pages) > 0
@@ -106,8 +173,9 @@ class RedirectMerge(FrontierControl):
     def _run_merge(self, conn: protocol.FramedConnection,
                    qsock: socket.socket) -> None:
         layout: Layout | None = None
+        early = self._take_early_pullers()
         for i, holder in enumerate(self.holders, start=1):
-            p = self._connect_holder(i, holder)
+            p = early[i - 1] if early else self._connect_holder(i, holder)
             assert p.layout is not None
             if layout is None:
                 layout = p.layout
