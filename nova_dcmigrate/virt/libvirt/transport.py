@@ -543,9 +543,10 @@ class AgentTransport(MigrationTransport):
             self._drop_ahead(mig)
             try:
                 mig.ahead = self._new_attempt(mig, dest, migrate_data)
-            except AgentTransportError:
-                raise
             except Exception as err:
+                self._forget_host(mig, dest)
+                if isinstance(err, AgentTransportError):
+                    raise
                 raise AgentTransportError(
                     reason="the agents of %s could not be prepared: %s"
                            % (dest, err)) from err
@@ -563,15 +564,21 @@ class AgentTransport(MigrationTransport):
         ahead.running = False
         self._abort_agents(mig, [mig.source, ahead.dest.host],
                            ahead.number)
-        if ahead.dest.host not in {a.dest.host for a in mig.attempts}:
-            # Nothing of this migration was stored there before.
-            mig.endpoints.pop(ahead.dest.host, None)
-            try:
-                self.agents.cleanup(ahead.dest.host, mig.migration_id)
-            except Exception as err:  # noqa: BLE001 - the agent may be gone
-                LOG.warning("migration %(mid)s: agent cleanup on %(h)s: "
-                            "%(err)s", {"mid": mig.migration_id,
-                                        "h": ahead.dest.host, "err": err})
+        self._forget_host(mig, ahead.dest.host)
+
+    def _forget_host(self, mig: AgentMigration, host: str) -> None:
+        """Drop the migration on ``host`` unless an attempt went there
+        (then it holds pages for later attempts)."""
+        if host in {a.dest.host for a in mig.attempts} or \
+                host == mig.source:
+            return
+        mig.endpoints.pop(host, None)
+        try:
+            self.agents.cleanup(host, mig.migration_id)
+        except Exception as err:  # noqa: BLE001 - the agent may be gone
+            LOG.warning("migration %(mid)s: agent cleanup on %(h)s: "
+                        "%(err)s", {"mid": mig.migration_id, "h": host,
+                                    "err": err})
 
     def _prepare(self, mig: AgentMigration, dest: str,
                  migrate_data: Any) -> AgentAttempt:
