@@ -365,7 +365,8 @@ class AgentManager:
                 self.sessions.pop((migration_id, int(attempt)), None)
             s.close()
             raise
-        s.connect_holders_early()
+        if self.conf.connect_holders_early:
+            s.connect_holders_early()
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
                  "(QEMU socket %(path)s)", {"mid": migration_id,
                                             "att": attempt,
