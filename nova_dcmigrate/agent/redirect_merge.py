@@ -9,9 +9,9 @@ holders is steered by :mod:`.frontier`).
 With ``[dcmigrate_agent] connect_holders_early`` (experimental, off by
 default) the holders are connected and their inventories read as soon as
 the attempt is prepared (:meth:`RedirectMerge.connect_holders_early`),
-while
-libvirt still stops the old attempt and starts the destination QEMU, so
-the plan is ready when the source's stream arrives (issue 13, part 4).
+while libvirt still stops the old attempt and starts the destination
+QEMU, so the plan is ready when the source's stream arrives (issue 13,
+part 4).
 """
 
 from __future__ import annotations
