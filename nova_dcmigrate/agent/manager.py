@@ -365,6 +365,8 @@ class AgentManager:
                 self.sessions.pop((migration_id, int(attempt)), None)
             s.close()
             raise
+        if self.conf.connect_holders_early:
+            s.connect_holders_early()
         LOG.info("migration %(mid)s attempt %(att)d: destination prepared "
                  "(QEMU socket %(path)s)", {"mid": migration_id,
                                             "att": attempt,
@@ -455,10 +457,20 @@ class AgentManager:
 
     @messaging.expose
     def abort(self, ctxt: Any, migration_id: str,
-              reason: str = "aborted by request") -> None:
+              reason: str = "aborted by request",
+              attempt: int | None = None) -> None:
+        """End the migration's sessions here; with ``attempt`` only that
+        attempt's (a controller may have prepared the next one already).
+        Page stores stay."""
         migration_id = _check_id(migration_id)
+        if attempt is not None and (not isinstance(attempt, int) or
+                                    isinstance(attempt, bool) or
+                                    attempt < 0):
+            raise exception.InvalidRequest(migration_id=migration_id,
+                                           reason="bad attempt %r" % attempt)
         for s in self._sessions_of(migration_id):
-            s.abort(reason)
+            if attempt is None or s.attempt == attempt:
+                s.abort(reason)
 
     @messaging.expose
     def cleanup(self, ctxt: Any, migration_id: str) -> None:

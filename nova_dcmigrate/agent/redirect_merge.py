@@ -5,11 +5,20 @@ which page (:mod:`.plan`), tells the source what to drop, and feeds QEMU
 one stream merged from the source's and the holders' pages (the building
 blocks are in :mod:`.merge`; the frontier between the source and the
 holders is steered by :mod:`.frontier`).
+
+With ``[dcmigrate_agent] connect_holders_early`` (experimental, off by
+default) the holders are connected and their inventories read as soon as
+the attempt is prepared (:meth:`RedirectMerge.connect_holders_early`),
+while libvirt still stops the old attempt and starts the destination
+QEMU, so the plan is ready when the source's stream arrives (issue 13,
+part 4).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import threading
 import time
 from typing import Any
 from typing import NoReturn
@@ -34,6 +43,17 @@ from nova_dcmigrate.stream import RamStart
 from nova_dcmigrate.stream import StreamReader
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EarlyPlan:
+    """Plan computed before the source attached (see
+    :meth:`RedirectMerge.connect_holders_early`)."""
+
+    layout: Layout
+    inventories: list[planmod.Inventory]
+    assignment: planmod.Assignment
+    expected: list[bytes]
 
 
 class RedirectMerge(FrontierControl):
@@ -67,6 +87,112 @@ class RedirectMerge(FrontierControl):
 
         def _return_loop(self, conn: protocol.FramedConnection,
                          qsock: socket.socket) -> None: ...
+
+    #: Pullers connected before the source attached (None: not tried or
+    #: failed; the merge then connects as it always did).
+    _early_pullers: list[merge.RelayPuller] | None = None
+    _early_plan: _EarlyPlan | None = None
+    _early_done: threading.Event | None = None
+
+    def connect_holders_early(self) -> None:
+        """Connect to the holders and read their inventories now, in the
+        background, so that the plan is ready when the source attaches.
+
+        Why: otherwise the holder handshakes and inventories (a page
+        digest each) start only once the destination QEMU is up and the
+        source is streaming, and the source's link idles meanwhile.  A
+        holder still being written (its attempt is being stopped) refuses
+        the relay; the connection is retried until the source attaches.
+        """
+        if not self.holders or self._early_done is not None:
+            return
+        self._early_done = threading.Event()
+        threading.Thread(target=self._early_connect, daemon=True,
+                         name="dst-holders-%s" % self.migration_id[:8]
+                         ).start()
+
+    def _early_connect(self) -> None:
+        assert self._early_done is not None
+        deadline = time.monotonic() + self.conf.connect_timeout
+        delay = 0.05
+        try:
+            while self.state == SessionState.PREPARED:
+                pullers: list[merge.RelayPuller] = []
+                try:
+                    for i, holder in enumerate(self.holders, start=1):
+                        pullers.append(self._connect_holder(i, holder))
+                    self._early_pullers = pullers
+                    self._early_plan = self._plan_without_local(pullers)
+                    LOG.debug("migration %(mid)s attempt %(att)d: holders "
+                              "connected before the source",
+                              {"mid": self.migration_id,
+                               "att": self.attempt})
+                    return
+                except Exception as err:  # noqa: BLE001 - retried below
+                    for p in pullers:
+                        p.conn.close()
+                    if time.monotonic() + delay > deadline:
+                        LOG.debug("migration %(mid)s attempt %(att)d: "
+                                  "holders not connected early: %(err)s",
+                                  {"mid": self.migration_id,
+                                   "att": self.attempt, "err": err})
+                        return
+                time.sleep(delay)
+                delay = min(0.2, delay * 1.5)
+        finally:
+            self._early_done.set()
+
+    def _plan_without_local(self, pullers: list[merge.RelayPuller]
+                            ) -> _EarlyPlan | None:
+        """The assignment and the ``EXPECTED`` frames, computed before
+        the source attaches -- only when this host holds no page of the
+        migration (its own inventory is then empty whatever the store
+        settles) and every holder has the same layout."""
+        if self._store_has_pages() or not pullers:
+            return None
+        layout = pullers[0].layout
+        assert layout is not None
+        for p in pullers[1:]:
+            assert p.layout is not None
+            if (p.layout.names, p.layout.lengths) != (layout.names,
+                                                      layout.lengths):
+                return None
+        inventories = [planmod.Inventory.empty(layout)]
+        for p in pullers:
+            assert p.inventory is not None
+            inventories.append(p.inventory)
+        assignment = planmod.assign(layout, inventories)
+        return _EarlyPlan(layout, inventories, assignment,
+                          self._expected_frames(layout, assignment))
+
+    def _expected_frames(self, layout: Layout,
+                         assignment: planmod.Assignment) -> list[bytes]:
+        """``EXPECTED`` payloads: what this host will hold, and who
+        holds it, for the source's filter."""
+        out = []
+        owner = assignment.owner
+        for idx, base in enumerate(layout.bases):
+            n = layout.npages[idx]
+            for first in range(0, n, wire.MAX_RANGE):
+                last = min(n, first + wire.MAX_RANGE)
+                flags = bytes(
+                    planmod.FLAG_NONE if owner[g] < 0 else
+                    planmod.FLAG_LOCAL if owner[g] == merge.LOCAL else
+                    planmod.FLAG_REMOTE
+                    for g in range(base + first, base + last))
+                digests = assignment.digests[(base + first) * DIGEST_LEN:
+                                             (base + last) * DIGEST_LEN]
+                out.append(wire.encode_expected(idx, first, flags, digests))
+        return out
+
+    def _take_early_pullers(self) -> list[merge.RelayPuller] | None:
+        """The early pullers, once their thread is done (None: connect
+        now, as without them)."""
+        if self._early_done is None:
+            return None
+        self._early_done.wait(self.conf.connect_timeout)
+        pullers, self._early_pullers = self._early_pullers, None
+        return pullers
 
     def _store_has_pages(self) -> bool:
         c = self.store.counters()
@@ -106,8 +232,12 @@ class RedirectMerge(FrontierControl):
     def _run_merge(self, conn: protocol.FramedConnection,
                    qsock: socket.socket) -> None:
         layout: Layout | None = None
+        early = self._take_early_pullers()
+        plan, self._early_plan = self._early_plan, None
+        if not early or self._store_has_pages():
+            plan = None
         for i, holder in enumerate(self.holders, start=1):
-            p = self._connect_holder(i, holder)
+            p = early[i - 1] if early else self._connect_holder(i, holder)
             assert p.layout is not None
             if layout is None:
                 layout = p.layout
@@ -123,12 +253,17 @@ class RedirectMerge(FrontierControl):
         if layout is None:
             assert self.store.ram_start is not None
             layout = Layout.from_start(self.store.ram_start)
-        inventories = [self._local_inventory(layout)]
-        for p in self.pullers:
-            assert p.inventory is not None
-            inventories.append(p.inventory)
+        if plan is not None:
+            inventories, assignment = plan.inventories, plan.assignment
+            expected = plan.expected
+        else:
+            inventories = [self._local_inventory(layout)]
+            for p in self.pullers:
+                assert p.inventory is not None
+                inventories.append(p.inventory)
+            assignment = planmod.assign(layout, inventories)
+            expected = None
         self._inventories = inventories
-        assignment = planmod.assign(layout, inventories)
         self.assignment = assignment
         remote = set(range(1, len(self.pullers) + 1))
         self.planner = planmod.FrontierPlanner(assignment, remote)
@@ -138,20 +273,10 @@ class RedirectMerge(FrontierControl):
         self.first_frontier = self.frontier
         # Tell the source what we will hold, and who holds it.
         conn.send(FrameType.LAYOUT, layout.to_json())
-        owner = assignment.owner
-        for idx, base in enumerate(layout.bases):
-            n = layout.npages[idx]
-            for first in range(0, n, wire.MAX_RANGE):
-                last = min(n, first + wire.MAX_RANGE)
-                flags = bytes(
-                    planmod.FLAG_NONE if owner[g] < 0 else
-                    planmod.FLAG_LOCAL if owner[g] == merge.LOCAL else
-                    planmod.FLAG_REMOTE
-                    for g in range(base + first, base + last))
-                digests = assignment.digests[(base + first) * DIGEST_LEN:
-                                             (base + last) * DIGEST_LEN]
-                conn.send(FrameType.EXPECTED, wire.encode_expected(
-                    idx, first, flags, digests))
+        if expected is None:
+            expected = self._expected_frames(layout, assignment)
+        for payload in expected:
+            conn.send(FrameType.EXPECTED, payload)
         conn.send(FrameType.FRONTIER, wire.U64.pack(self.frontier))
         for p in self.pullers:
             p.send_assignment(assignment)

@@ -16,6 +16,9 @@ API version history:
         reports ``tls``. prepare_destination: new ``guest_memory``
         argument (the domain's memory, bounding the RAM blocks a stream
         may announce).
+* 1.4 - abort: new ``attempt`` argument (end only that attempt's
+        sessions), so a controller can prepare the next attempt before it
+        stops the running one.
 """
 
 from __future__ import annotations
@@ -37,13 +40,13 @@ EXCHANGE = "nova"
 
 
 class AgentAPI:
-    RPC_API_VERSION = "1.3"
+    RPC_API_VERSION = "1.4"
 
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
         target = messaging.Target(exchange=EXCHANGE, topic=TOPIC,
-                                  version="1.3")
+                                  version="1.4")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
@@ -132,9 +135,21 @@ class AgentAPI:
     def list_migrations(self, host: str) -> list[str]:
         return cast(list[str], self._call(host, "list_migrations"))
 
+    def supports_attempt_abort(self) -> bool:
+        """Whether :meth:`abort` may name one attempt (RPC 1.4)."""
+        return bool(self.client.can_send_version("1.4"))
+
     def abort(self, host: str, migration_id: str,
-              reason: str = "aborted by request") -> None:
-        self._call(host, "abort", migration_id=migration_id, reason=reason)
+              reason: str = "aborted by request",
+              attempt: int | None = None) -> None:
+        """End the migration's sessions on ``host`` (only ``attempt``'s
+        when given; needs :meth:`supports_attempt_abort`)."""
+        if attempt is None:
+            self._call(host, "abort", migration_id=migration_id,
+                       reason=reason)
+            return
+        self._call(host, "abort", version="1.4", migration_id=migration_id,
+                   reason=reason, attempt=attempt)
 
     def cleanup(self, host: str, migration_id: str) -> None:
         self._call(host, "cleanup", migration_id=migration_id)

@@ -187,6 +187,19 @@ OPTS = [
         default=600.0, min=1.0,
         help="Seconds a prepared migration session may wait for its "
              "connections before it is dropped."),
+    cfg.BoolOpt(
+        "connect_holders_early",
+        default=False,
+        help="Experimental. A new destination of a redirect connects to "
+             "the holders, reads their inventories and (holding no page "
+             "itself) plans as soon as it is prepared, while libvirt "
+             "still stops the old attempt and starts the destination "
+             "QEMU, instead of once the source's stream arrives. The "
+             "work is the same, only earlier; on hosts without a spare "
+             "core it competes with the QEMU start. Off by default until "
+             "measured on a quiet machine (one unexplained failure of a "
+             "redirect back to an earlier destination was seen with it "
+             "on)."),
 ]
 
 

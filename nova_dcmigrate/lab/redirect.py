@@ -64,6 +64,17 @@ class Attempt:
     source_rate: float = 0.0      # bytes/s the source link really moves
 
 
+@dataclasses.dataclass
+class _Pending:
+    """A next attempt prepared before the running one is cancelled."""
+
+    number: int
+    dst_host: str
+    sockets: tuple[str, str]
+    dst_guest: QemuGuest
+    holders: list[str]
+
+
 class RedirectableMigration:
     """A live migration of one lab guest that can change destination."""
 
@@ -107,7 +118,13 @@ class RedirectableMigration:
                                     dst_host, self.dead_holders)
 
     # -- attempts ----------------------------------------------------------
-    def start(self, dst_host: str) -> Attempt:
+    def start(self, dst_host: str,
+              pending: _Pending | None = None) -> Attempt:
+        """Start an attempt to ``dst_host``.
+
+        :param pending: the destination, when :meth:`redirect` prepared
+            it before cancelling the previous attempt.
+        """
         if self.started_at is None:
             self.started_at = time.monotonic()
             # As libvirt 11 does: the new destination's agent holds the
@@ -116,15 +133,49 @@ class RedirectableMigration:
             self.src.set_migration_params(**{
                 "max-bandwidth": UNLIMITED_BANDWIDTH,
                 "downtime-limit": self.downtime_ms})
+        if pending is None or pending.number != len(self.attempts) or \
+                pending.dst_host != dst_host:
+            pending = self._prepare(dst_host)
+        number, holders = pending.number, pending.holders
+        dst = pending.dst_guest
+        try:
+            if self.attempts:
+                # The source drops held pages at local speed, which makes
+                # QEMU's own bandwidth estimate far too high: even the 1
+                # ms gate would let it switch over with relays still
+                # running.  Use the rate the source link really moved (0:
+                # QEMU's own).
+                self.src.set_migration_params(**{
+                    "avail-switchover-bandwidth":
+                        int(self.source_link_rate)})
+            if holders and self.gate_switchover:
+                self.src.set_migration_params(**{
+                    "downtime-limit": GATE_DOWNTIME_MS})
+            attempt = Attempt(number, dst_host, pending.sockets, dst,
+                              holders, time.monotonic())
+            self.attempts.append(attempt)
+            LOG.info("migration %s attempt %d -> %s (holders %s)",
+                     self.migration_id, number, dst_host, holders or "none")
+            self.src.migrate("unix:" + pending.sockets[0])
+        except BaseException:
+            dst.stop()
+            raise
+        if holders and self.gate_switchover:
+            self._gate_thread = threading.Thread(
+                target=self._ungate_when_relayed, args=(attempt,),
+                daemon=True)
+            self._gate_thread.start()
+        return attempt
+
+    def _prepare(self, dst_host: str) -> _Pending:
+        """Start the destination QEMU (``-incoming defer``) and prepare
+        both agents for the next attempt; the source QEMU is not touched,
+        so this may run while the previous attempt still migrates.
+
+        :raises: whatever failed; nothing is left running then.
+        """
         number = len(self.attempts)
         holders = self.holders_for(dst_host)
-        if self.attempts:
-            # The source drops held pages at local speed, which makes
-            # QEMU's own bandwidth estimate far too high: even the 1 ms
-            # gate would let it switch over with relays still running.
-            # Use the rate the source link really moved (0: QEMU's own).
-            self.src.set_migration_params(**{
-                "avail-switchover-bandwidth": int(self.source_link_rate)})
         dst = QemuGuest.start(
             self.lab, dst_host, self.src.image,
             memory_mib=self.src.memory_mib, dirty_mib=self.src.dirty_mib,
@@ -146,24 +197,23 @@ class RedirectableMigration:
                 self.src.host, self.migration_id, self.secret,
                 self.lab.hosts[dst_host].address, self.agents.peer_port,
                 number, tls=self.agents.tls)["socket"]
-            if holders and self.gate_switchover:
-                self.src.set_migration_params(**{
-                    "downtime-limit": GATE_DOWNTIME_MS})
-            attempt = Attempt(number, dst_host, (spath, dpath), dst,
-                              holders, time.monotonic())
-            self.attempts.append(attempt)
-            LOG.info("migration %s attempt %d -> %s (holders %s)",
-                     self.migration_id, number, dst_host, holders or "none")
-            self.src.migrate("unix:" + spath)
         except BaseException:
             dst.stop()
+            self._abort_attempt([dst_host, self.src.host], number)
             raise
-        if holders and self.gate_switchover:
-            self._gate_thread = threading.Thread(
-                target=self._ungate_when_relayed, args=(attempt,),
-                daemon=True)
-            self._gate_thread.start()
-        return attempt
+        return _Pending(number, dst_host, (spath, dpath), dst, holders)
+
+    def _abort_attempt(self, hosts: list[str], number: int) -> None:
+        attempts.abort_agents(self.api, self.migration_id, hosts,
+                              attempt=number)
+
+    def _drop(self, pending: _Pending | None) -> None:
+        """Undo :meth:`_prepare` (the redirect did not happen)."""
+        if pending is None:
+            return
+        pending.dst_guest.stop()
+        self._abort_attempt([pending.dst_host, self.src.host],
+                            pending.number)
 
     def _rate_hint(self, host: str) -> dict[str, float]:
         """The host's configured upload rate (bytes/s), if shaped: the
@@ -243,11 +293,30 @@ class RedirectableMigration:
         if rate:
             self.source_link_rate = rate
         self.redirected_at = time.monotonic()
+        pending = None
+        if new_host != old.dst_host and \
+                attempts.can_prepare_ahead(self.api):
+            # The new destination (its QEMU and both agents) while the
+            # guest still migrates to the old one: off the switch's
+            # critical path, and a destination that cannot start leaves
+            # the migration going on.
+            try:
+                pending = self._prepare(new_host)
+            except Exception as err:
+                raise RedirectRefused(
+                    migration_id=self.migration_id,
+                    reason="the new destination %s could not be prepared "
+                           "(%s); the migration goes on to %s"
+                           % (new_host, err, old.dst_host)) from err
         with self._lock:
             old.outcome = "redirected"
             old.ended = time.monotonic()
-        self.src.migrate_cancel()
-        self._wait_source_idle()
+        try:
+            self.src.migrate_cancel()
+            self._wait_source_idle()
+        except BaseException:
+            self._drop(pending)
+            raise
         old.dst_guest.stop()
         try:
             # Close the old attempt's sessions even if their peer is
@@ -260,7 +329,7 @@ class RedirectableMigration:
         self._wait_attempt_final(old)
         LOG.info("migration %s: redirect %s -> %s", self.migration_id,
                  old.dst_host, new_host)
-        return self.start(new_host)
+        return self.start(new_host, pending)
 
     def _wait_source_idle(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

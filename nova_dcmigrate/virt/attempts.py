@@ -160,7 +160,13 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
     The destination agent creates the directory its QEMU will bind the
     attempt's UNIX socket in, the source agent listens on the same path on
     its host; libvirt gets ``unix://<path>`` as the migration URI.  If one
-    side refuses, the other's session is aborted again.
+    side refuses, the other's session is aborted again (only attempt
+    ``number``'s where the agents can: another attempt may still run).
+
+    Also called *before* the running attempt is stopped (see
+    :func:`can_prepare_ahead`): the new destination's agent is then known
+    to be ready before anything of the running attempt is given up, and
+    its preparation overlaps the abort.
 
     :param tls: the agents' links must use TLS (they refuse the prepare
         when their ``peer_tls`` is off); passed only when set.
@@ -186,21 +192,38 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
                                      source=src["socket"],
                                      dest=dst["socket"])
     except Exception:
-        abort_agents(agents, migration_id, [source, dest])
+        abort_agents(agents, migration_id, [source, dest], attempt=number)
         raise
     return str(src["socket"])
 
 
+def can_prepare_ahead(agents: Any) -> bool:
+    """Whether the next attempt may be prepared before the running one is
+    stopped: only if the running attempt's sessions can then be aborted
+    alone (agent RPC 1.4), not the prepared ones with them."""
+    check = getattr(agents, "supports_attempt_abort", None)
+    try:
+        return bool(check()) if check is not None else False
+    except Exception:  # noqa: BLE001 - unknown: the safe order
+        return False
+
+
 def abort_agents(agents: Any, migration_id: str,
-                 hosts: Iterable[str]) -> None:
+                 hosts: Iterable[str], attempt: int | None = None) -> None:
     """End the migration's sessions on ``hosts``; page stores stay.
 
-    An agent that cannot be reached is logged and skipped: it may be the
-    reason the attempt ended.
+    With ``attempt``, only that attempt's sessions where the agents can
+    (:func:`can_prepare_ahead`), all of them otherwise -- the old agents'
+    behaviour, and then nothing was prepared ahead.  An agent that cannot
+    be reached is logged and skipped: it may be the reason the attempt
+    ended.
     """
+    extra: dict[str, Any] = {}
+    if attempt is not None and can_prepare_ahead(agents):
+        extra["attempt"] = attempt
     for host in hosts:
         try:
-            agents.abort(host, migration_id, "attempt ended")
+            agents.abort(host, migration_id, "attempt ended", **extra)
         except Exception as err:  # noqa: BLE001 - the agent may be gone
             LOG.warning("migration %(mid)s: abort on %(h)s: %(err)s",
                         {"mid": migration_id, "h": host, "err": err})

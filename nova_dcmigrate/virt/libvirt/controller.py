@@ -106,6 +106,17 @@ class Attempt:
     source_rate: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """The agents of the next attempt, prepared before the running
+    attempt is stopped (:meth:`RedirectableMigration.redirect`)."""
+
+    number: int
+    host: HostInfo
+    holders: list[str]
+    socket: str
+
+
 @dataclasses.dataclass
 class MigrationStatus:
     """One view of a migration: libvirt's job plus the agents' counters."""
@@ -190,8 +201,91 @@ class RedirectableMigration:
                                     host, self.dead_holders)
 
     # -- attempts ----------------------------------------------------------
-    def start(self, host: str) -> Attempt:
-        """Start migrating to ``host`` (returns once libvirt has the job)."""
+    def _prepare_agents(self, info: HostInfo) -> Prepared:
+        """Prepare the agents of the next attempt to ``info``.
+
+        :raises: whatever the agents raised (nothing is left prepared).
+        """
+        number = len(self.attempts)
+        holders = self.holders_for(info.name)
+        specs = []
+        for h in holders:
+            hi = self.resolve(h)
+            spec: dict[str, Any] = {"host": hi.name,
+                                    "address": hi.agent_address,
+                                    "port": hi.agent_port}
+            if hi.upload_rate:
+                spec["rate"] = float(hi.upload_rate)
+            specs.append(spec)
+        path = attempts.prepare_agents(
+            self.agents, self.migration_id, self.secret, number,
+            self.source.name, info.name, info.agent_address,
+            info.agent_port, specs, self.split,
+            self.source_link_rate or self.source.upload_rate,
+            tls=self.tls, guest_memory=self._guest_memory())
+        return Prepared(number, info, holders, path)
+
+    def _prepare_ahead(self, info: HostInfo) -> Prepared | None:
+        """Prepare the next attempt while the current one still runs.
+
+        Why: the new destination's agent is known to be ready before the
+        running attempt is given up (if it is not, the migration goes on
+        to the current destination), and its preparation is off the
+        critical path of the switch.  Only when the running attempt's
+        sessions can be aborted alone (agent RPC 1.4) and the new host is
+        not the current destination (its prepare would supersede the
+        running session there).
+
+        :raises RedirectRefused: the new destination's agents refused;
+            the current attempt goes on unchanged.
+        """
+        if (info.name == self.current.host.name or
+                not attempts.can_prepare_ahead(self.agents)):
+            return None
+        try:
+            return self._prepare_agents(info)
+        except Exception as err:
+            self._forget_host(info.name)
+            LOG.warning("migration %(mid)s: the new destination %(h)s is "
+                        "not ready; the migration goes on to %(cur)s: "
+                        "%(err)s", {"mid": self.migration_id,
+                                    "h": info.name,
+                                    "cur": self.current.host.name,
+                                    "err": err})
+            raise RedirectRefused(
+                migration_id=self.migration_id,
+                reason="the agents of %s could not be prepared (%s); the "
+                       "migration goes on to %s"
+                       % (info.name, err, self.current.host.name)
+            ) from err
+
+    def _drop_prepared(self, prepared: Prepared | None) -> None:
+        """Undo :meth:`_prepare_ahead` (the redirect did not happen)."""
+        if prepared is None:
+            return
+        attempts.abort_agents(self.agents, self.migration_id,
+                              [self.source.name, prepared.host.name],
+                              attempt=prepared.number)
+        self._forget_host(prepared.host.name)
+
+    def _forget_host(self, host: str) -> None:
+        """Drop the migration on ``host`` unless an attempt went there
+        (then it holds pages for later attempts)."""
+        if host in {a.host.name for a in self.attempts}:
+            return
+        try:
+            self.agents.cleanup(host, self.migration_id)
+        except Exception as err:  # noqa: BLE001 - agent may be gone
+            LOG.warning("migration %(mid)s: cleanup on %(h)s: %(err)s",
+                        {"mid": self.migration_id, "h": host, "err": err})
+
+    def start(self, host: str,
+              prepared: Prepared | None = None) -> Attempt:
+        """Start migrating to ``host`` (returns once libvirt has the job).
+
+        :param prepared: the agents, when :meth:`redirect` prepared them
+            before stopping the previous attempt.
+        """
         with self._lock:
             self._require(State.NEW, State.REDIRECTING,
                           operation="start an attempt")
@@ -200,22 +294,12 @@ class RedirectableMigration:
                 raise RedirectRefused(migration_id=self.migration_id,
                                       reason="the destination is the source")
             number = len(self.attempts)
-            holders = self.holders_for(info.name)
-            specs = []
-            for h in holders:
-                hi = self.resolve(h)
-                spec: dict[str, Any] = {"host": hi.name,
-                                        "address": hi.agent_address,
-                                        "port": hi.agent_port}
-                if hi.upload_rate:
-                    spec["rate"] = float(hi.upload_rate)
-                specs.append(spec)
-            path = attempts.prepare_agents(
-                self.agents, self.migration_id, self.secret, number,
-                self.source.name, info.name, info.agent_address,
-                info.agent_port, specs, self.split,
-                self.source_link_rate or self.source.upload_rate,
-                tls=self.tls, guest_memory=self._guest_memory())
+            if (prepared is not None and prepared.number == number and
+                    prepared.host.name == info.name):
+                holders, path = prepared.holders, prepared.socket
+            else:
+                ready = self._prepare_agents(info)
+                holders, path = ready.holders, ready.socket
             gate = bool(holders)
             self.dom.migrateSetMaxDowntime(GATE_DOWNTIME_MS if gate else
                                            self.max_downtime_ms)
@@ -316,7 +400,8 @@ class RedirectableMigration:
                 migration_id=self.migration_id,
                 reason="the migration completed before it could be "
                        "cancelled")
-        self._abort_agents([self.source.name, attempt.host.name])
+        self._abort_agents([self.source.name, attempt.host.name],
+                           attempt.number)
 
     def _note_link_rate(self, attempt: Attempt) -> None:
         """Remember the rate the source link really moved (bytes/s)."""
@@ -326,8 +411,10 @@ class RedirectableMigration:
         if rate:
             self.source_link_rate = rate
 
-    def _abort_agents(self, hosts: list[str]) -> None:
-        attempts.abort_agents(self.agents, self.migration_id, hosts)
+    def _abort_agents(self, hosts: list[str],
+                      attempt: int | None = None) -> None:
+        attempts.abort_agents(self.agents, self.migration_id, hosts,
+                              attempt=attempt)
 
     def _check_redirectable(self) -> None:
         self._require(State.RUNNING, operation="redirect")
@@ -360,6 +447,7 @@ class RedirectableMigration:
         :raises RedirectRefused: nothing changed (switchover already
             started, migration completed, bad target).
         """
+        prepared: Prepared | None = None
         with self._lock:
             info = self.resolve(host)
             if info.name == self.source.name:
@@ -380,17 +468,24 @@ class RedirectableMigration:
                                     self.current.host.name])
             else:
                 self._check_redirectable()
+                # The new destination first, while the guest still
+                # migrates to the old one (see _prepare_ahead).
+                prepared = self._prepare_ahead(info)
                 self.state = State.REDIRECTING
                 try:
                     self._cancel_current("redirected")
                 except RedirectRefused:
+                    self._drop_prepared(prepared)
                     raise
                 except Exception:
+                    self._drop_prepared(prepared)
                     self.state = State.FAILED
                     raise
-        LOG.info("migration %(mid)s: redirected to %(h)s",
-                 {"mid": self.migration_id, "h": info.name})
-        return self.start(info.name)
+        LOG.info("migration %(mid)s: redirected to %(h)s%(pre)s",
+                 {"mid": self.migration_id, "h": info.name,
+                  "pre": " (agents prepared before the abort)"
+                  if prepared else ""})
+        return self.start(info.name, prepared)
 
     def resume(self) -> Attempt:
         """Start the current attempt again to the same host; its agent

@@ -636,14 +636,42 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                            host: str | None, block_migration: Any) -> Any:
         # The run's worker thread: returns the Preparation or the error,
         # for the monitor's next poll (or whoever settles it).
+        redirector = self.dcmigrate_redirector()
         try:
-            return self.dcmigrate_redirector().prepare(
-                context, instance, run, host, block_migration)
+            prep = redirector.prepare(context, instance, run, host,
+                                      block_migration)
         except Exception as err:  # noqa: BLE001 - handed to the monitor
             if not isinstance(err, DcmigrateError):
                 LOG.exception("Preparing the redirect failed",
                               instance=instance)
             return err
+        # The new attempt's agents too, while the job still runs: off the
+        # switch's critical path, and a destination whose agents refuse
+        # leaves the migration going on to the old one.
+        try:
+            self.dcmigrate_transport.prepare_next(
+                instance, str(prep.host), prep.migrate_data)
+        except Exception as err:  # noqa: BLE001 - handed to the monitor
+            LOG.warning("Preparing the agents of %(host)s failed; the "
+                        "live migration continues to %(dest)s: %(err)s",
+                        {"host": prep.host, "dest": run.dest, "err": err},
+                        instance=instance)
+            redirector.undo(context, instance, prep)
+            return redirect_exception.RedirectPreparationFailed(
+                migration=run.migration.uuid, host=prep.host,
+                step="preparing the agents", reason=str(err),
+                destination=run.dest)
+        return prep
+
+    def _dcmigrate_undo(self, context: Any, instance: Any,
+                        prep: Any) -> None:
+        """Release the new host, its prepared agents included."""
+        try:
+            self.dcmigrate_transport.drop_prepared(instance.uuid)
+        except Exception as err:  # noqa: BLE001 - the host is still undone
+            LOG.warning("Releasing the prepared agents failed: %(err)s",
+                        {"err": err}, instance=instance)
+        self.dcmigrate_redirector().undo(context, instance, prep)
 
     def _dcmigrate_settle_prepare(self, context: Any, instance: Any,
                                   run: run_state.LiveMigrationRun) -> None:
@@ -662,7 +690,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                  "cancelling it", instance=instance)
         prep = future.result()
         if isinstance(prep, redirect.Preparation):
-            self.dcmigrate_redirector().undo(context, instance, prep)
+            self._dcmigrate_undo(context, instance, prep)
             run.record_error(redirect_exception.RedirectCancelled(
                 migration=run.migration.uuid, host=prep.host,
                 step="handing it over",
@@ -713,7 +741,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
         if not run.prepared():
             # The user's abort came in after the last step: release the
             # new host, stop the job and let Nova roll back to the source.
-            redirector.undo(context, instance, prep)
+            self._dcmigrate_undo(context, instance, prep)
             run.record_error(redirect_exception.RedirectCancelled(
                 migration=run.migration.uuid, host=prep.host,
                 step="handing it over",
@@ -726,7 +754,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
             # The guest reached the old destination first ("completed"),
             # or the job did not end in time ("timeout"): the monitor goes
             # on with the job as libvirt reports it.
-            redirector.undo(context, instance, prep)
+            self._dcmigrate_undo(context, instance, prep)
             run.failed(redirect_exception.RedirectError(
                 reason="the migration job to %s could not be stopped (%s)"
                        % (run.dest, stopped)))
@@ -738,7 +766,7 @@ class DCMigrateLibvirtDriver(libvirt_driver.LibvirtDriver):
                           "%(dest)s stopped; rolling back to the source",
                           {"host": prep.host, "dest": run.dest},
                           instance=instance)
-            redirector.undo(context, instance, prep)
+            self._dcmigrate_undo(context, instance, prep)
             run.failed(err)
             return libvirt_guest.JobInfo(type=lv.VIR_DOMAIN_JOB_FAILED)
         run.redirected(str(prep.host), prep.migrate_data)

@@ -174,6 +174,18 @@ class MigrationTransport(metaclass=abc.ABCMeta):
         :raises Exception: ``host`` cannot take it.
         """
 
+    def prepare_next(self, instance: Any, dest: str,
+                     migrate_data: Any) -> None:
+        """Prepare the next attempt to ``dest`` while the running one
+        still runs (nothing to prepare by default).
+
+        :raises Exception: ``dest`` cannot take it; the running attempt
+            is untouched.
+        """
+
+    def drop_prepared(self, instance_uuid: str) -> None:
+        """Undo :meth:`prepare_next` (the redirect did not happen)."""
+
 
 class DirectLibvirtTransport(MigrationTransport):
     """Nova's stock libvirt job, straight to the destination."""
@@ -277,6 +289,8 @@ class AgentMigration:
     guest_memory: int | None = None
     #: Agent links must use TLS (live_migration_with_native_tls).
     tls: bool = False
+    #: The next attempt, prepared before the running one is stopped.
+    ahead: AgentAttempt | None = None
     lock: threading.RLock = dataclasses.field(default_factory=threading.RLock)
 
     @property
@@ -415,7 +429,8 @@ class AgentTransport(MigrationTransport):
             # The job ended without completing (stopped for a redirect, or
             # failed): the sessions end, the destination keeps its pages.
             attempt.running = False
-            self._abort_agents(mig, [mig.source, attempt.dest.host])
+            self._abort_agents(mig, [mig.source, attempt.dest.host],
+                               attempt.number)
             raise
         finally:
             attempt.running = False
@@ -432,7 +447,8 @@ class AgentTransport(MigrationTransport):
             attempt = mig.attempts[-1]
             self._note_link_rate(mig, attempt, guest)
             if attempt.running:
-                self._abort_agents(mig, [mig.source, attempt.dest.host])
+                self._abort_agents(mig, [mig.source, attempt.dest.host],
+                                   attempt.number)
         guest.abort_job()
 
     def configure_downtime(self, guest: Any, downtime_ms: int) -> None:
@@ -503,9 +519,96 @@ class AgentTransport(MigrationTransport):
                        % (host, err)) from err
         return AgentEndpoint(host, address, port)
 
+    def prepare_next(self, instance: Any, dest: str,
+                     migrate_data: Any) -> None:
+        """Prepare the agents of the next attempt to ``dest`` while the
+        running attempt goes on (the redirect's worker thread).
+
+        Why: the new destination's agent is then known to be ready before
+        the running attempt is stopped (if not, the migration goes on to
+        its destination), and its preparation is off the switch's
+        critical path.  Only when the running attempt's sessions can be
+        aborted alone (agent RPC 1.4) and ``dest`` is not the running
+        attempt's destination.
+
+        :raises AgentTransportError: the agents refused; nothing is left
+            prepared.
+        """
+        mig = self.migrations.get(instance.uuid)
+        if mig is None or not attempts.can_prepare_ahead(self.agents):
+            return
+        with mig.lock:
+            if mig.attempts and mig.attempts[-1].dest.host == dest:
+                return
+            self._drop_ahead(mig)
+            try:
+                mig.ahead = self._new_attempt(mig, dest, migrate_data)
+            except Exception as err:
+                self._forget_host(mig, dest)
+                if isinstance(err, AgentTransportError):
+                    raise
+                raise AgentTransportError(
+                    reason="the agents of %s could not be prepared: %s"
+                           % (dest, err)) from err
+
+    def drop_prepared(self, instance_uuid: str) -> None:
+        mig = self.migrations.get(instance_uuid)
+        if mig is not None:
+            with mig.lock:
+                self._drop_ahead(mig)
+
+    def _drop_ahead(self, mig: AgentMigration) -> None:
+        ahead, mig.ahead = mig.ahead, None
+        if ahead is None:
+            return
+        ahead.running = False
+        self._abort_agents(mig, [mig.source, ahead.dest.host],
+                           ahead.number)
+        self._forget_host(mig, ahead.dest.host)
+
+    def _forget_host(self, mig: AgentMigration, host: str) -> None:
+        """Drop the migration on ``host`` unless an attempt went there
+        (then it holds pages for later attempts)."""
+        if host in {a.dest.host for a in mig.attempts} or \
+                host == mig.source:
+            return
+        mig.endpoints.pop(host, None)
+        try:
+            self.agents.cleanup(host, mig.migration_id)
+        except Exception as err:  # noqa: BLE001 - the agent may be gone
+            LOG.warning("migration %(mid)s: agent cleanup on %(h)s: "
+                        "%(err)s", {"mid": mig.migration_id, "h": host,
+                                    "err": err})
+
     def _prepare(self, mig: AgentMigration, dest: str,
                  migrate_data: Any) -> AgentAttempt:
-        """Prepare the source and destination agents for a new attempt."""
+        """Prepare the source and destination agents for a new attempt
+        (or take the ones :meth:`prepare_next` prepared)."""
+        with mig.lock:
+            ahead, mig.ahead = mig.ahead, None
+            if ahead is not None and ahead.dest.host == dest and \
+                    ahead.number == len(mig.attempts):
+                mig.attempts.append(ahead)
+                LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> "
+                         "%(dst)s through the agents prepared before the "
+                         "previous attempt stopped (socket %(path)s, "
+                         "holders %(holders)s)",
+                         {"mid": mig.migration_id, "n": ahead.number,
+                          "src": mig.source, "dst": dest,
+                          "path": ahead.socket,
+                          "holders": ahead.holders or "none"})
+                return ahead
+            if ahead is not None:
+                mig.ahead = ahead
+                self._drop_ahead(mig)
+            attempt = self._new_attempt(mig, dest, migrate_data)
+            mig.attempts.append(attempt)
+        return attempt
+
+    def _new_attempt(self, mig: AgentMigration, dest: str,
+                     migrate_data: Any) -> AgentAttempt:
+        """Prepare the agents of attempt ``len(mig.attempts)`` to
+        ``dest`` (``mig.lock`` held); not yet in ``mig.attempts``."""
         with mig.lock:
             if mig.source == dest:
                 raise AgentTransportError(
@@ -522,7 +625,6 @@ class AgentTransport(MigrationTransport):
                 True, mig.link_rate or None, tls=mig.tls,
                 guest_memory=mig.guest_memory)
             attempt = AgentAttempt(number, endpoint, path, holders)
-            mig.attempts.append(attempt)
         LOG.info("migration %(mid)s attempt %(n)d: %(src)s -> %(dst)s "
                  "through the agents (socket %(path)s, holders "
                  "%(holders)s, %(tls)s)",
@@ -593,8 +695,10 @@ class AgentTransport(MigrationTransport):
         if rate:
             mig.link_rate = rate
 
-    def _abort_agents(self, mig: AgentMigration, hosts: list[str]) -> None:
-        attempts.abort_agents(self.agents, mig.migration_id, hosts)
+    def _abort_agents(self, mig: AgentMigration, hosts: list[str],
+                      attempt: int | None = None) -> None:
+        attempts.abort_agents(self.agents, mig.migration_id, hosts,
+                              attempt=attempt)
 
 
 _UNENCRYPTED_WARNED = threading.Event()

@@ -212,3 +212,44 @@ def test_user_abort_during_redirect_leaves_guest_on_source(run, hosts,
         r.m2 = None
     finally:
         lab.set_rate("src", "300mbit")
+
+
+class _RefusingSource:
+    """The lab's real agent API, except that the source agent's prepare of
+    a redirected attempt fails (a fault injected in front of the real
+    agents, as a refusing or unreachable source agent would fail it)."""
+
+    def __init__(self, api) -> None:
+        self._api = api
+
+    def prepare_source(self, host, migration_id, secret, address, port,
+                       attempt=0, **kw):
+        if attempt >= 1:
+            from nova_dcmigrate.agent import exception as agent_exc
+            raise agent_exc.InvalidRequest(migration_id=migration_id,
+                                           reason="injected refusal")
+        return self._api.prepare_source(host, migration_id, secret,
+                                        address, port, attempt, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._api, name)
+
+
+@pytest.mark.timeout(300)
+def test_new_destination_not_ready_migration_goes_on(run, hosts, agents):
+    """Issue 13 part 4: the next attempt's agents are prepared before the
+    running attempt is stopped; when that fails, nothing of the running
+    attempt was touched and it completes to its destination."""
+    r = run()
+    r.m.agents = _RefusingSource(agents.api)
+    r.m.start("a")
+    r.wait_progress(30e6)
+    with pytest.raises(ctl.RedirectRefused, match="could not be prepared"):
+        r.m.redirect("b")
+    assert r.m.state is ctl.State.RUNNING
+    assert [a.host.name for a in r.m.attempts] == ["a"]
+    assert r.m.current.outcome == "running"
+    # b's half of attempt 1 was aborted and b forgot the migration.
+    with pytest.raises(Exception):
+        agents.api.get_status("b", r.m.migration_id)
+    assert r.finish_and_check() == "a"

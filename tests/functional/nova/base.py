@@ -120,9 +120,14 @@ class InProcessAgents:
     def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
         return self._call(host, "get_status", migration_id=migration_id)
 
+    def supports_attempt_abort(self) -> bool:
+        return True
+
     def abort(self, host: str, migration_id: str,
-              reason: str = "aborted by request") -> None:
-        self._call(host, "abort", migration_id=migration_id, reason=reason)
+              reason: str = "aborted by request",
+              attempt: int | None = None) -> None:
+        self._call(host, "abort", migration_id=migration_id, reason=reason,
+                   attempt=attempt)
 
     def cleanup(self, host: str, migration_id: str) -> None:
         self._call(host, "cleanup", migration_id=migration_id)

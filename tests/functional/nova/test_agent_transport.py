@@ -253,6 +253,50 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
         self._finish(attempt, "dest3")
         self._assert_finished_on("dest3", ("src", "dest1", "dest2"))
 
+    def test_redirect_refused_when_the_new_hosts_agent_cannot_prepare(
+            self) -> None:
+        """The new host's agent answers but refuses the attempt (its
+        socket_dir is not a directory: a real LocalSocketError). The
+        next attempt's agents are prepared before the running attempt is
+        stopped (issue 13, part 4), so nothing of it is touched."""
+        self._boot()
+        self._start_migration("dest1")
+        sdir = self.managers["dest2"].conf.socket_dir
+        shutil.rmtree(sdir, ignore_errors=True)
+        Path(sdir).write_text("not a directory")
+
+        def restore() -> None:
+            os.unlink(sdir)
+            os.makedirs(sdir)
+        self.addCleanup(restore)
+
+        self._redirect("dest2")
+        status = self._wait_state("running")
+        error = status["last_error"]
+        self.assertEqual("RedirectPreparationFailed", error["type"])
+        self.assertEqual(("dest2", "preparing the agents", "dest1"),
+                         (error["data"]["host"], error["data"]["step"],
+                          error["data"]["destination"]))
+        self.assertIn("The migration continues to dest1", error["message"])
+        self.assertEqual((1, False), (len(self.attempts),
+                                      self.attempts[0].aborted))
+        for host in ("src", "dest1"):
+            self.assertNotEqual(sess.SessionState.ABORTED,
+                                self._session(host, 0).state, host)
+        self._assert_running_to("dest1", ("dest2",), redirected=False)
+        mid = self.migration["uuid"]
+        self.assertNotIn(mid, self.managers["dest2"].list_migrations({}))
+
+        # Another host still can take it; its agents were prepared ahead.
+        self._redirect("dest3")
+        attempt = self._wait_attempt(2)
+        self._wait_state("running")
+        self._check_attempt(1, "dest3", ["dest1"])
+        self.assertEqual(sess.SessionState.ABORTED,
+                         self._session("src", 0).state)
+        self._finish(attempt, "dest3")
+        self._assert_finished_on("dest3", ("src", "dest1", "dest2"))
+
     def test_repick_leaves_out_hosts_whose_agent_does_not_answer(
             self) -> None:
         self.flags(agent_check_interval=0, group="dcmigrate_compute")

@@ -66,11 +66,12 @@ class Guest:
 
 
 class Cluster:
-    def __init__(self, names=("src", "a", "b", "c")) -> None:
+    def __init__(self, names=("src", "a", "b", "c"), **conf) -> None:
         self.agents = {}
         for n in names:
             m = AgentManager(make_conf(chunk_size=16384,
-                                       socket_buffer=65536).dcmigrate_agent,
+                                       socket_buffer=65536,
+                                       **conf).dcmigrate_agent,
                              n)
             m.start()
             self.agents[n] = m
@@ -120,6 +121,14 @@ class Cluster:
 @pytest.fixture
 def cluster():
     c = Cluster()
+    yield c
+    c.stop()
+
+
+@pytest.fixture
+def early_cluster():
+    """Agents that connect to the holders (and plan) when prepared."""
+    c = Cluster(connect_holders_early=True)
     yield c
     c.stop()
 
@@ -297,3 +306,26 @@ def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
     assert dst.first_frontier == dst.planner.total
     assert dst.status()["redirect"]["relay_pages_injected"] == 0
     assert src.counters["held_pages_forwarded"] > 0
+
+
+def test_early_holder_connection_same_result(early_cluster):
+    """connect_holders_early: holders connected and the plan computed at
+    prepare time (B holds nothing), or only the holders connected (back
+    to A, which holds pages): the same final memory."""
+    cluster = early_cluster
+    g = Guest(seed=7)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=len(s0.data) // 2)
+    g.dirty(0.05)
+    s1 = g.stream(extra_passes=0)
+    src, dst, dq = cluster.migrate("b", s1.data, holders=["a"],
+                                   stop_after=len(s1.data) // 2)
+    assert dst._early_done is not None and dst._early_done.is_set()
+    assert dst.status()["redirect"]["relay_pages_injected"] > 0
+    g.dirty(0.05)
+    s2 = g.stream()
+    src, dst, dq = cluster.migrate("a", s2.data, holders=["b"])
+    assert dst.state == SessionState.COMPLETED, dst.error
+    assert _decode(dq) == g.expect()
+    assert dst.status()["redirect"]["local_pages_injected"] > 0
+    assert src.counters["pages_dropped"] > 0

@@ -315,3 +315,151 @@ def test_unencrypted_warning_logged_once(monkeypatch):
     transport._warn_unencrypted_once()
     transport._warn_unencrypted_once()
     assert len(warned) == 1 and "unencrypted" in warned[0]
+
+
+class AttemptAgents(Agents):
+    """Agents of RPC 1.4: ``abort`` may name one attempt."""
+
+    def supports_attempt_abort(self):
+        return True
+
+
+def _states(manager, mid):
+    return {a: s.state.value for (m, a), s in manager.sessions.items()
+            if m == mid}
+
+
+def test_next_attempt_prepared_before_the_stop(cluster):
+    """Part 4 of issue 13: the new attempt's agents are prepared while
+    the running attempt goes on; stopping it aborts only its sessions."""
+    agents = AttemptAgents(cluster)
+    t = transport.AgentTransport(agents)
+    inst = types.SimpleNamespace(uuid="inst-ahead")
+    mid = str(uuid.uuid4())
+    mig = t._migration(inst, _md(mid), "src")
+    try:
+        t._prepare(mig, "a", _md(mid))
+        t.prepare_next(inst, "a", _md(mid))     # the running destination
+        assert mig.ahead is None
+        t.prepare_next(inst, "b", _md(mid))
+        ahead = mig.ahead
+        assert ahead is not None and ahead.number == 1
+        assert ahead.holders == ["a"]
+        assert _states(cluster["src"], mid) == {0: "prepared",
+                                                1: "prepared"}
+        assert _states(cluster["b"], mid) == {1: "prepared"}
+        # The stop of attempt 0 (stop_attempt's abort) spares attempt 1.
+        t._abort_agents(mig, ["src", "a"], 0)
+        assert _states(cluster["src"], mid) == {0: "aborted",
+                                                1: "prepared"}
+        calls = len(agents.calls)
+        second = t._prepare(mig, "b", _md(mid))
+        assert second is ahead and mig.ahead is None
+        assert len(agents.calls) == calls       # nothing prepared again
+        assert mig.attempts == [mig.attempts[0], ahead]
+    finally:
+        t.end_migration("inst-ahead")
+
+
+def test_next_attempt_refused_leaves_the_running_one(cluster):
+    agents = AttemptAgents(dict(cluster))
+    t = transport.AgentTransport(agents)
+    inst = types.SimpleNamespace(uuid="inst-refused")
+    mid = str(uuid.uuid4())
+    mig = t._migration(inst, _md(mid), "src")
+    try:
+        t._prepare(mig, "a", _md(mid))
+        del agents.managers["b"]                # b's agent is gone
+        with pytest.raises(transport.AgentTransportError, match="b"):
+            t.prepare_next(inst, "b", _md(mid))
+        assert mig.ahead is None
+        assert _states(cluster["src"], mid) == {0: "prepared"}
+        assert _states(cluster["a"], mid) == {0: "prepared"}
+    finally:
+        t.end_migration("inst-refused")
+
+
+def test_dropped_next_attempt_is_undone(cluster):
+    agents = AttemptAgents(cluster)
+    t = transport.AgentTransport(agents)
+    inst = types.SimpleNamespace(uuid="inst-drop")
+    mid = str(uuid.uuid4())
+    mig = t._migration(inst, _md(mid), "src")
+    try:
+        t._prepare(mig, "a", _md(mid))
+        t.prepare_next(inst, "b", _md(mid))
+        ahead = mig.ahead
+        t.drop_prepared("inst-drop")
+        assert mig.ahead is None and not ahead.running
+        assert _states(cluster["src"], mid) == {0: "prepared",
+                                                1: "aborted"}
+        assert mid not in cluster["b"].stores   # nothing kept on b
+        assert "b" not in mig.hosts
+        # The next attempt to b is prepared afresh.
+        assert t._prepare(mig, "b", _md(mid)).number == 1
+    finally:
+        t.end_migration("inst-drop")
+
+
+def test_old_agents_keep_the_safe_order(cluster):
+    """Agents before RPC 1.4 abort every session of a migration: nothing
+    may be prepared ahead of the stop then."""
+    t = transport.AgentTransport(Agents(cluster))
+    inst = types.SimpleNamespace(uuid="inst-old")
+    mid = str(uuid.uuid4())
+    mig = t._migration(inst, _md(mid), "src")
+    try:
+        t._prepare(mig, "a", _md(mid))
+        t.prepare_next(inst, "b", _md(mid))
+        assert mig.ahead is None
+        assert (mid, 1) not in cluster["b"].sessions
+    finally:
+        t.end_migration("inst-old")
+
+
+def test_agent_api_abort_of_one_attempt_needs_1_4():
+    from nova_dcmigrate.agent import rpcapi
+
+    sent = []
+
+    class Client:
+        def __init__(self, cap):
+            self.cap = cap
+
+        def can_send_version(self, v):
+            return tuple(map(int, v.split("."))) <= self.cap
+
+        def prepare(self, **kwargs):
+            return types.SimpleNamespace(
+                call=lambda ctxt, method, **kw: sent.append(
+                    (kwargs["version"], method, kw)))
+
+    api = rpcapi.AgentAPI.__new__(rpcapi.AgentAPI)
+    api.client = Client((1, 3))
+    assert not api.supports_attempt_abort()
+    assert not attempts.can_prepare_ahead(api)
+    api.client = Client((1, 4))
+    assert attempts.can_prepare_ahead(api)
+    api.abort("h", "m", "r")
+    api.abort("h", "m", "r", attempt=2)
+    assert sent == [("1.0", "abort", {"migration_id": "m", "reason": "r"}),
+                    ("1.4", "abort", {"migration_id": "m", "reason": "r",
+                                      "attempt": 2})]
+
+
+def test_manager_abort_of_one_attempt(cluster):
+    m = cluster["src"]
+    mid = str(uuid.uuid4())
+    secret = "s" * 64
+    for n in (0, 1):
+        m.prepare_source({}, mid, secret, "127.0.0.1", 1, attempt=n)
+    try:
+        from nova_dcmigrate.agent import exception as agent_exc
+        with pytest.raises(agent_exc.InvalidRequest, match="bad attempt"):
+            m.abort({}, mid, "x", attempt=-1)
+        m.abort({}, mid, "x", attempt=0)
+        assert _states(m, mid) == {0: "aborted", 1: "prepared"}
+        m.abort({}, mid, "x")
+        assert _states(m, mid) == {0: "aborted", 1: "aborted"}
+    finally:
+        m.cleanup({}, mid)
