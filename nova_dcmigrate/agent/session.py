@@ -1247,8 +1247,8 @@ class DestinationSession(MigrationSession):
         owner = assignment.owner
         for idx, base in enumerate(layout.bases):
             n = layout.npages[idx]
-            for first in range(0, n, wire.MAX_RANGE):
-                last = min(n, first + wire.MAX_RANGE)
+            for first in range(0, n, wire.SEND_RANGE):
+                last = min(n, first + wire.SEND_RANGE)
                 flags = bytes(
                     planmod.FLAG_NONE if owner[g] < 0 else
                     planmod.FLAG_LOCAL if owner[g] == merge.LOCAL else
