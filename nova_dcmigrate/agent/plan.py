@@ -68,19 +68,95 @@ FLAG_LOCAL = 1       # the new destination holds it itself
 FLAG_REMOTE = 2      # a remote holder will relay it
 
 
+#: Pages per allocation unit of an inventory's attempts and digests.
+INV_CHUNK = 1024
+
+
+class SparseAttempts:
+    """A block's attempt per page (uint16), allocated by chunks of
+    :data:`INV_CHUNK` pages on first write; unwritten pages read 0."""
+
+    def __init__(self, npages: int) -> None:
+        self.npages = npages
+        self.chunks: list[array.array[int] | None] = \
+            [None] * ((npages + INV_CHUNK - 1) // INV_CHUNK)
+
+    def __len__(self) -> int:
+        return self.npages
+
+    def __getitem__(self, page: int) -> int:
+        ch = self.chunks[page // INV_CHUNK]
+        return ch[page % INV_CHUNK] if ch is not None else 0
+
+    def write(self, first: int, values: array.array[int]) -> None:
+        for k in range(first // INV_CHUNK,
+                       (first + len(values) - 1) // INV_CHUNK + 1):
+            lo = max(first, k * INV_CHUNK)
+            hi = min(first + len(values), (k + 1) * INV_CHUNK)
+            ch = self.chunks[k]
+            if ch is None:
+                ch = array.array("H", bytes(2 * INV_CHUNK))
+                self.chunks[k] = ch
+            ch[lo - k * INV_CHUNK:hi - k * INV_CHUNK] = \
+                values[lo - first:hi - first]
+
+
+class SparseDigests:
+    """A block's digests (``DIGEST_LEN`` bytes per page) allocated by
+    chunks of :data:`INV_CHUNK` pages on first write; sliced by byte
+    offset one page at a time, like the flat bytearray it replaces
+    (unwritten pages read as zeros)."""
+
+    def __init__(self, npages: int) -> None:
+        self.npages = npages
+        self.chunks: list[bytearray | None] = \
+            [None] * ((npages + INV_CHUNK - 1) // INV_CHUNK)
+
+    def __len__(self) -> int:
+        return self.npages * DIGEST_LEN
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, _step = key.indices(len(self))
+        page = start // DIGEST_LEN
+        k, off = divmod(start, INV_CHUNK * DIGEST_LEN)
+        if stop > (k + 1) * INV_CHUNK * DIGEST_LEN or page * DIGEST_LEN \
+                != start:
+            raise IndexError("one page at a time")
+        ch = self.chunks[k]
+        if ch is None:
+            return bytes(max(0, stop - start))
+        return bytes(ch[off:off + stop - start])
+
+    def write(self, first: int, digests: bytes) -> None:
+        count = len(digests) // DIGEST_LEN
+        for k in range(first // INV_CHUNK,
+                       (first + count - 1) // INV_CHUNK + 1):
+            lo = max(first, k * INV_CHUNK)
+            hi = min(first + count, (k + 1) * INV_CHUNK)
+            ch = self.chunks[k]
+            if ch is None:
+                ch = bytearray(INV_CHUNK * DIGEST_LEN)
+                self.chunks[k] = ch
+            ch[(lo - k * INV_CHUNK) * DIGEST_LEN:
+               (hi - k * INV_CHUNK) * DIGEST_LEN] = \
+                digests[(lo - first) * DIGEST_LEN:(hi - first) * DIGEST_LEN]
+
+
 class Inventory:
     """One holder's pages: per block, state bytes, attempts, digests.
 
-    Compact: a block's attempts and digests (18 of its 19 bytes per
-    page) are allocated only once a range with a held page arrives, so
-    a store with nothing (the new destination's own, unless it resumes)
-    costs one state byte per page.  Attempts and digests of a page are
-    read only when its state is not 0.
+    Compact: attempts and digests (18 of a page's 19 bytes) are
+    allocated by chunks of :data:`INV_CHUNK` pages, only where a range
+    with a held page arrives: a store with nothing (the new
+    destination's own, unless it resumes) costs one state byte per page,
+    an old destination that got through a third of the RAM about a third
+    of the rest.  Attempts and digests of a page are read only when its
+    state is not 0.
     """
 
     def __init__(self, states: list[bytearray],
-                 attempts: list[array.array[int]],
-                 digests: list[bytearray]) -> None:
+                 attempts: list[SparseAttempts],
+                 digests: list[SparseDigests]) -> None:
         self.states = states
         self.attempts = attempts
         self.digests = digests
@@ -88,29 +164,30 @@ class Inventory:
     @classmethod
     def empty(cls, layout: Layout) -> Inventory:
         return cls([bytearray(n) for n in layout.npages],
-                   [array.array("H") for _ in layout.npages],
-                   [bytearray() for _ in layout.npages])
-
-    def _allocate(self, idx: int) -> None:
-        n = len(self.states[idx])
-        if len(self.attempts[idx]) != n:
-            self.attempts[idx] = array.array("H", bytes(2 * n))
-            self.digests[idx] = bytearray(n * DIGEST_LEN)
+                   [SparseAttempts(n) for n in layout.npages],
+                   [SparseDigests(n) for n in layout.npages])
 
     def add_range(self, idx: int, first: int, states: bytes,
                   attempts_be: bytes, digests: bytes) -> None:
         n = len(states)
         self.states[idx][first:first + n] = states
-        if states.count(0) == n:
-            return                  # nothing held: nothing else is read
-        self._allocate(idx)
-        att = array.array("H")
-        att.frombytes(attempts_be)
-        if sys.byteorder == "little":
-            att.byteswap()
-        self.attempts[idx][first:first + n] = att
-        self.digests[idx][first * DIGEST_LEN:(first + n) * DIGEST_LEN] = \
-            digests
+        # Only the chunks holding a page: nothing else is ever read.
+        step = INV_CHUNK - first % INV_CHUNK
+        lo = 0
+        while lo < n:
+            hi = min(n, lo + step)
+            step = INV_CHUNK
+            if states.count(0, lo, hi) == hi - lo:
+                lo = hi
+                continue
+            att = array.array("H")
+            att.frombytes(attempts_be[2 * lo:2 * hi])
+            if sys.byteorder == "little":
+                att.byteswap()
+            self.attempts[idx].write(first + lo, att)
+            self.digests[idx].write(first + lo,
+                                    digests[lo * DIGEST_LEN:hi * DIGEST_LEN])
+            lo = hi
 
     def held_pages(self) -> int:
         return sum(len(s) - s.count(0) for s in self.states)
