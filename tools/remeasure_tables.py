@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
     bad = [n for n in names if n not in ROWS]
     if bad:
-        p.error("unknown rows: %s (known: %s)" % (", ".join(bad),
-                                                 ", ".join(ROWS)))
+        p.error("unknown rows: %s (known: %s)"
+                % (", ".join(bad), ", ".join(ROWS)))
     if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be >= 1")
     args.out = args.out.resolve()      # the commands run in the checkout
@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.compare_only:
             started = time.monotonic()
             rc = subprocess.call(cmd, cwd=str(ROOT), env=env)
-            print("(%s: exit %d, %.0f s)" % (name, rc,
-                                              time.monotonic() - started))
+            print("(%s: exit %d, %.0f s)"
+                  % (name, rc, time.monotonic() - started))
             failed |= rc != 0
         try:
             doc = json.loads(path.read_text())

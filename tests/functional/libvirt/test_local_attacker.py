@@ -20,7 +20,6 @@ complete with the guest RAM byte-for-byte identical.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -36,7 +35,6 @@ libvirt = pytest.importorskip("libvirt",
                               reason="libvirt-python is not installed")
 
 from nova_dcmigrate.lab import libvirt_host  # noqa: E402
-from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
 LAB_HOSTS = ("src", "a", "b")
 LAB_LINK = "300mbit"

@@ -33,7 +33,6 @@ libvirt = pytest.importorskip("libvirt",
 from nova_dcmigrate.agent import exception as agent_exc  # noqa: E402
 from nova_dcmigrate.lab.libvirt_guest import MEMFD_NAME  # noqa: E402
 from nova_dcmigrate.lab import proc_memory  # noqa: E402
-from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
 LAB_HOSTS = ("src", "a", "b")
 LAB_LINK = "500mbit"
