@@ -70,7 +70,7 @@ def agents(request: pytest.FixtureRequest, lab: Any, hosts: dict[str, Any],
     ``AGENT_CONF`` of the module configure them."""
     from nova_dcmigrate.lab.agents import LabAgents
 
-    with LabAgents(lab, getattr(request.module, "AGENT_CONF", ""),
+    with LabAgents(lab, extra_conf=getattr(request.module, "AGENT_CONF", ""),
                    tls=getattr(request.module, "AGENT_TLS", False),
                    mount_ns=agent_mount_ns(hosts)) as agents:
         yield agents
