@@ -74,8 +74,10 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
+from nova_dcmigrate.agent import destination  # noqa: E402
 from nova_dcmigrate.agent import protocol  # noqa: E402
 from nova_dcmigrate.agent import session as sess  # noqa: E402
+from nova_dcmigrate.agent import source  # noqa: E402
 from nova_dcmigrate.agent.page_store import PageStore  # noqa: E402
 from nova_dcmigrate.stream import StreamReader  # noqa: E402
 from nova_dcmigrate.stream import StreamVisitor  # noqa: E402
@@ -315,18 +317,18 @@ def micro_benchmarks(stream: Stream, chunk: int, repeat: int
         ("parse-only", "StreamReader, no-op visitor",
          lambda: _feed(data, StreamVisitor(), chunk)),
         ("parse+digest", "source visitor: xxh3_128 per page",
-         lambda: _feed(data, sess._SourceTracker(cast(Any, None), _Seed.seed),
+         lambda: _feed(data, source.SourceTracker(cast(Any, None), _Seed.seed),
                        chunk)),
         ("parse+store", "destination visitor: new PageStore.put_page",
          lambda: _store_run(data, chunk)),
         ("parse+store warm", "same, store memory already touched",
-         lambda: _feed(data, sess._StoreVisitor(warm), chunk)),
+         lambda: _feed(data, destination.StoreVisitor(warm), chunk)),
         ("frame MAC", "HMAC-SHA256 of %d KiB frames" % (chunk >> 10),
          lambda: _mac_only(data, chunk)),
     ]
     # A second attempt of a migration reuses its store: no page faults.
     warm = PageStore(_Seed.seed)
-    _feed(data, sess._StoreVisitor(warm), chunk)
+    _feed(data, destination.StoreVisitor(warm), chunk)
     try:
         return _run_cases(data, cases, repeat)
     finally:
@@ -358,7 +360,7 @@ def _run_cases(data: bytes, cases: list[tuple[str, str, Callable[[], Any]]],
 def _store_run(data: bytes, chunk: int) -> StreamReader:
     store = PageStore(_Seed.seed)
     try:
-        return _feed(data, sess._StoreVisitor(store), chunk)
+        return _feed(data, destination.StoreVisitor(store), chunk)
     finally:
         store.close()
 

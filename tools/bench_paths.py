@@ -8,7 +8,7 @@ fallback (``nova_dcmigrate.stream.fastpath``), and for the source agent
 not exercise.
 
 The redirect filter case replays the recorded stream through the source
-agent's real :class:`_SourceFilter` with a plan in which the new
+agent's real :class:`SourceFilter` with a plan in which the new
 destination gets the lower ``held`` fraction of the pages from a holder
 (expected digests equal to what QEMU sends, so they are dropped) and the
 frontier sits at ``frontier`` (held pages below it the source sends
@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator
 
 from nova_dcmigrate.agent import plan as planmod
 from nova_dcmigrate.agent import protocol
-from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.agent import source as src
+from nova_dcmigrate.agent.source_filter import SourceFilter
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.stream import fastpath
@@ -73,7 +74,7 @@ class RedirectPlan:
     def __init__(self, data: bytes, chunk: int, held: float = 0.5,
                  frontier: float = 0.25) -> None:
         with fastpath.forced(fastpath.available()):
-            tracker = sess._SourceTracker(None, SEED)  # type: ignore
+            tracker = src.SourceTracker(None, SEED)  # type: ignore
             reader = StreamReader(tracker)
             _feed(reader, data, chunk)
         assert reader.ram_start is not None
@@ -102,14 +103,14 @@ def filter_once(data: bytes, chunk: int, plan: RedirectPlan
     """One timed pass of the source filter over ``data``."""
     flags, expected = plan.tables()
     conf = types.SimpleNamespace(assist_buffer_mib=256)
-    s = sess.SourceSession(conf, "00000000-0000-0000-0000-0000000000be",
-                           "bench", 1, 0, "127.0.0.1", 0)
+    s = src.SourceSession(conf, "00000000-0000-0000-0000-0000000000be",
+                          "bench", 1, 0, "127.0.0.1", 0)
     key = os.urandom(32)
     header = bytes(protocol.FRAME_HEADER_LEN)
     sent = [0, 0]
     try:
         s.frontier = plan.frontier
-        f = sess._SourceFilter(s, plan.layout, flags, expected, SEED)
+        f = SourceFilter(s, plan.layout, flags, expected, SEED)
         reader = StreamReader(f)
 
         def frame() -> None:

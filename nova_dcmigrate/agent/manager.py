@@ -17,6 +17,7 @@ from oslo_log import log as logging
 from oslo_utils import netutils
 import oslo_messaging as messaging
 
+from nova_dcmigrate.agent.destination import DestinationSession
 from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.holder import HolderRelay
 from nova_dcmigrate.agent import local_socket
@@ -26,6 +27,7 @@ from nova_dcmigrate.agent.peer_listener import PeerListener
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.rpcapi import AgentAPI
 from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.agent.source import SourceSession
 from nova_dcmigrate.agent.tls import PeerTLS
 from nova_dcmigrate.stream import fastpath
 
@@ -168,7 +170,7 @@ class AgentManager:
             return self._resolve_relay(hello)
         with self._lock:
             s = self.sessions.get((hello.migration_id, hello.attempt))
-        if not isinstance(s, sess.DestinationSession):
+        if not isinstance(s, DestinationSession):
             raise exception.UnknownMigration(migration_id=hello.migration_id)
         if s.state != sess.SessionState.PREPARED:
             raise exception.InvalidRequest(
@@ -184,7 +186,7 @@ class AgentManager:
             store = self.stores.get(mid)
             secret = self.secrets.get(mid)
             writers = [s for (m, _a), s in self.sessions.items()
-                       if m == mid and isinstance(s, sess.DestinationSession)
+                       if m == mid and isinstance(s, DestinationSession)
                        and s.state not in sess.FINAL_STATES]
         if store is None or secret is None or not store.configured:
             raise exception.UnknownMigration(migration_id=mid)
@@ -346,15 +348,15 @@ class AgentManager:
         # A new attempt supersedes older ones here: nothing but it may
         # write into the migration's page store from now on.
         for old in self._sessions_of(migration_id):
-            if isinstance(old, sess.DestinationSession) and \
+            if isinstance(old, DestinationSession) and \
                     old.attempt != int(attempt) and \
                     old.state not in sess.FINAL_STATES:
                 old.abort("superseded by attempt %d" % int(attempt))
-        s = sess.DestinationSession(self.conf, migration_id, secret,
-                                    int(attempt), store,
-                                    holders, bool(split),
-                                    None if source_rate is None
-                                    else float(source_rate), self.tls)
+        s = DestinationSession(self.conf, migration_id, secret,
+                               int(attempt), store,
+                               holders, bool(split),
+                               None if source_rate is None
+                               else float(source_rate), self.tls)
         self._add((migration_id, int(attempt)), s)
         try:
             s.prepare_socket()
@@ -398,8 +400,8 @@ class AgentManager:
         with self._lock:
             self._bind_secret(migration_id, secret)
             self.last_used[migration_id] = time.monotonic()
-        s = sess.SourceSession(self.conf, migration_id, secret, int(attempt),
-                               dest_address, int(dest_port), self.tls)
+        s = SourceSession(self.conf, migration_id, secret, int(attempt),
+                          dest_address, int(dest_port), self.tls)
         self._add((migration_id, int(attempt)), s)
         try:
             s.start()

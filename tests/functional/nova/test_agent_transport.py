@@ -36,7 +36,9 @@ from nova import exception as nova_exception
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.api import client
 
+from nova_dcmigrate.agent.destination import DestinationSession
 from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.agent.source import SourceSession
 from nova_dcmigrate.virt.libvirt import transport
 from tests.functional.nova import base
 from tests.functional.nova import test_redirect
@@ -94,8 +96,8 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
         mid = self.migration["uuid"]
         src = self._session("src", number)
         dst = self._session(host, number)
-        self.assertIsInstance(src, sess.SourceSession)
-        self.assertIsInstance(dst, sess.DestinationSession)
+        self.assertIsInstance(src, SourceSession)
+        self.assertIsInstance(dst, DestinationSession)
         self.assertEqual(("127.0.0.1", self.managers[host].listener.port),
                          (src.dest_address, src.dest_port))
         # The destination QEMU's socket (see InProcessAgents for why the

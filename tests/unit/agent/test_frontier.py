@@ -16,8 +16,8 @@ from nova_dcmigrate.agent import exception
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.protocol import FrameType
 from nova_dcmigrate.agent import relay_wire as wire
-from nova_dcmigrate.agent.session import DestinationSession
-from nova_dcmigrate.agent.session import SourceSession
+from nova_dcmigrate.agent.destination import DestinationSession
+from nova_dcmigrate.agent.source import SourceSession
 from tests.unit.agent.harness import make_conf
 
 MID = "6a0c7f0e-4a43-4d8e-9d0b-7c1f4f7a3b11"

@@ -281,13 +281,13 @@ def test_agent_whose_controller_vanished_releases_its_store():
 def _feed_store(store: PageStore, writes) -> None:
     """A stream through the destination's store visitor, as an agent
     forwards it (runs the native per-page code when it is on)."""
-    from nova_dcmigrate.agent.session import _StoreVisitor
+    from nova_dcmigrate.agent.destination import StoreVisitor
     from nova_dcmigrate.stream import StreamReader
 
     s = streamgen.build_stream({"pc.ram": RAM.used_length,
                                 "pc.bios": BIOS.used_length}, writes,
                                records_per_section=64)
-    reader = StreamReader(_StoreVisitor(store))
+    reader = StreamReader(StoreVisitor(store))
     streamgen.feed_chunks(reader, s.data, [len(s.data)])
 
 

@@ -22,10 +22,14 @@ import pytest
 import xxhash
 
 from nova_dcmigrate.agent import plan as planmod
+from nova_dcmigrate.agent.destination import StoreVisitor
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
-from nova_dcmigrate.agent import session as sess
+from nova_dcmigrate.agent.page_store import zero_digest
+from nova_dcmigrate.agent.source import SourceSession
+from nova_dcmigrate.agent.source import SourceTracker
+from nova_dcmigrate.agent.source_filter import SourceFilter
 from nova_dcmigrate.stream import constants as c
 from nova_dcmigrate.stream import fastpath
 from nova_dcmigrate.stream import StreamReader
@@ -68,10 +72,10 @@ def _both(run: Any) -> tuple[Any, Any]:
 
 def test_native_is_used_when_forced() -> None:
     with fastpath.forced(True):
-        assert sess._SourceTracker(None, 1).fast_records is not None
+        assert SourceTracker(None, 1).fast_records is not None
         assert fastpath.enabled()
     with fastpath.forced(False):
-        assert sess._SourceTracker(None, 1).fast_records is None
+        assert SourceTracker(None, 1).fast_records is None
         assert not fastpath.enabled()
 
 
@@ -122,7 +126,7 @@ class TestTrackerAndStore:
         data = streamgen.build_stream(**spec).data  # type: ignore[arg-type]
 
         def run() -> Any:
-            tracker = sess._SourceTracker(None, SEED)  # type: ignore
+            tracker = SourceTracker(None, SEED)  # type: ignore
             err = _feed(StreamReader(tracker), data, chunks)
             return [bytes(d) for d in tracker.digests], _err(err)
         native, python = _both(run)
@@ -139,7 +143,7 @@ class TestTrackerAndStore:
             try:
                 # A second attempt into the same store (state changes).
                 for _ in range(1 + rounds % 2):
-                    err = _feed(StreamReader(sess._StoreVisitor(store)),
+                    err = _feed(StreamReader(StoreVisitor(store)),
                                 stream.data, chunks)
                 blocks = store._blocks
                 # The pages held (the copy area's other bytes are not
@@ -208,8 +212,8 @@ def _filter_run(case: dict[str, Any]) -> Any:
     layout = Layout.from_start(stream.ram_start)
     conf = types.SimpleNamespace(assist_buffer_mib=0,
                                  socket_dir="/run/dcmigrate-unused")
-    s = sess.SourceSession(conf, "00000000-0000-0000-0000-000000000001",
-                           "secret", 1, 0, "127.0.0.1", 0)
+    s = SourceSession(conf, "00000000-0000-0000-0000-000000000001",
+                      "secret", 1, 0, "127.0.0.1", 0)
     try:
         s.assist_budget = case["budget"]
         s.frontier = case["frontier"]
@@ -223,11 +227,11 @@ def _filter_run(case: dict[str, Any]) -> Any:
                 e = case["expected"][g]
                 ex[p * DIGEST_LEN:(p + 1) * DIGEST_LEN] = \
                     xxhash.xxh3_128_digest(POOL[e], SEED) if e >= 0 \
-                    else sess.zero_digest(SEED)
+                    else zero_digest(SEED)
                 g += 1
             flags.append(fl)
             expected.append(ex)
-        f = sess._SourceFilter(s, layout, flags, expected, SEED)
+        f = SourceFilter(s, layout, flags, expected, SEED)
         reader = StreamReader(f)
         out = bytearray()
         data = stream.data
