@@ -590,7 +590,7 @@ class PageStore:
     def state_at(self, index: int, page: int) -> int:
         return self._blocks[index].state[page]
 
-    def inventory_ranges(self, max_count: int = 65536
+    def inventory_ranges(self, max_count: int = 4096  # wire.SEND_RANGE
                          ) -> Iterator[tuple[int, int, bytes, bytes, bytes]]:
         """(block index, first page, states, be16 attempts, digests) in
         ranges of at most ``max_count`` pages, for the wire."""

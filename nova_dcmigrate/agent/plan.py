@@ -46,10 +46,12 @@ out slower or CPU frees up.
 from __future__ import annotations
 
 import array
+import bisect
 from collections.abc import Callable
 from collections.abc import Sequence
-import time
 from dataclasses import dataclass
+import sys
+import time
 
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.stream import PAGE_SIZE
@@ -66,35 +68,161 @@ FLAG_LOCAL = 1       # the new destination holds it itself
 FLAG_REMOTE = 2      # a remote holder will relay it
 
 
-@dataclass
-class Inventory:
-    """One holder's pages: per block, state bytes, attempts, digests."""
+#: Pages per allocation unit of an inventory's attempts and digests.
+INV_CHUNK = 1024
 
-    states: list[bytearray]
-    attempts: list[array.array[int]]
-    digests: list[bytearray]
+
+class SparseAttempts:
+    """A block's attempt per page (uint16), allocated by chunks of
+    :data:`INV_CHUNK` pages on first write; unwritten pages read 0."""
+
+    def __init__(self, npages: int) -> None:
+        self.npages = npages
+        self.chunks: list[array.array[int] | None] = \
+            [None] * ((npages + INV_CHUNK - 1) // INV_CHUNK)
+
+    def __len__(self) -> int:
+        return self.npages
+
+    def __getitem__(self, page: int) -> int:
+        ch = self.chunks[page // INV_CHUNK]
+        return ch[page % INV_CHUNK] if ch is not None else 0
+
+    def write(self, first: int, values: array.array[int]) -> None:
+        for k in range(first // INV_CHUNK,
+                       (first + len(values) - 1) // INV_CHUNK + 1):
+            lo = max(first, k * INV_CHUNK)
+            hi = min(first + len(values), (k + 1) * INV_CHUNK)
+            ch = self.chunks[k]
+            if ch is None:
+                ch = array.array("H", bytes(2 * INV_CHUNK))
+                self.chunks[k] = ch
+            ch[lo - k * INV_CHUNK:hi - k * INV_CHUNK] = \
+                values[lo - first:hi - first]
+
+
+class SparseDigests:
+    """A block's digests (``DIGEST_LEN`` bytes per page) allocated by
+    chunks of :data:`INV_CHUNK` pages on first write; sliced by byte
+    offset one page at a time, like the flat bytearray it replaces
+    (unwritten pages read as zeros)."""
+
+    def __init__(self, npages: int) -> None:
+        self.npages = npages
+        self.chunks: list[bytearray | None] = \
+            [None] * ((npages + INV_CHUNK - 1) // INV_CHUNK)
+
+    def __len__(self) -> int:
+        return self.npages * DIGEST_LEN
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, _step = key.indices(len(self))
+        page = start // DIGEST_LEN
+        k, off = divmod(start, INV_CHUNK * DIGEST_LEN)
+        if stop > (k + 1) * INV_CHUNK * DIGEST_LEN or page * DIGEST_LEN \
+                != start:
+            raise IndexError("one page at a time")
+        ch = self.chunks[k]
+        if ch is None:
+            return bytes(max(0, stop - start))
+        return bytes(ch[off:off + stop - start])
+
+    def write(self, first: int, digests: bytes) -> None:
+        count = len(digests) // DIGEST_LEN
+        for k in range(first // INV_CHUNK,
+                       (first + count - 1) // INV_CHUNK + 1):
+            lo = max(first, k * INV_CHUNK)
+            hi = min(first + count, (k + 1) * INV_CHUNK)
+            ch = self.chunks[k]
+            if ch is None:
+                ch = bytearray(INV_CHUNK * DIGEST_LEN)
+                self.chunks[k] = ch
+            ch[(lo - k * INV_CHUNK) * DIGEST_LEN:
+               (hi - k * INV_CHUNK) * DIGEST_LEN] = \
+                digests[(lo - first) * DIGEST_LEN:(hi - first) * DIGEST_LEN]
+
+
+class Inventory:
+    """One holder's pages: per block, state bytes, attempts, digests.
+
+    Compact: attempts and digests (18 of a page's 19 bytes) are
+    allocated by chunks of :data:`INV_CHUNK` pages, only where a range
+    with a held page arrives: a store with nothing (the new
+    destination's own, unless it resumes) costs one state byte per page,
+    an old destination that got through a third of the RAM about a third
+    of the rest.  Attempts and digests of a page are read only when its
+    state is not 0.
+    """
+
+    def __init__(self, states: list[bytearray],
+                 attempts: list[SparseAttempts],
+                 digests: list[SparseDigests]) -> None:
+        self.states = states
+        self.attempts = attempts
+        self.digests = digests
 
     @classmethod
     def empty(cls, layout: Layout) -> Inventory:
         return cls([bytearray(n) for n in layout.npages],
-                   [array.array("H", bytes(2 * n)) for n in layout.npages],
-                   [bytearray(n * DIGEST_LEN) for n in layout.npages])
+                   [SparseAttempts(n) for n in layout.npages],
+                   [SparseDigests(n) for n in layout.npages])
 
     def add_range(self, idx: int, first: int, states: bytes,
                   attempts_be: bytes, digests: bytes) -> None:
         n = len(states)
         self.states[idx][first:first + n] = states
-        att = array.array("H")
-        att.frombytes(attempts_be)
-        import sys
-        if sys.byteorder == "little":
-            att.byteswap()
-        self.attempts[idx][first:first + n] = att
-        self.digests[idx][first * DIGEST_LEN:(first + n) * DIGEST_LEN] = \
-            digests
+        # Only the chunks holding a page: nothing else is ever read.
+        step = INV_CHUNK - first % INV_CHUNK
+        lo = 0
+        while lo < n:
+            hi = min(n, lo + step)
+            step = INV_CHUNK
+            if states.count(0, lo, hi) == hi - lo:
+                lo = hi
+                continue
+            att = array.array("H")
+            att.frombytes(attempts_be[2 * lo:2 * hi])
+            if sys.byteorder == "little":
+                att.byteswap()
+            self.attempts[idx].write(first + lo, att)
+            self.digests[idx].write(first + lo,
+                                    digests[lo * DIGEST_LEN:hi * DIGEST_LEN])
+            lo = hi
 
     def held_pages(self) -> int:
         return sum(len(s) - s.count(0) for s in self.states)
+
+
+class AssignedDigests:
+    """The assigned copy's digest per global page, read from the
+    inventories instead of copied (16 bytes per page saved): sliced as
+    ``[g0 * DIGEST_LEN:g1 * DIGEST_LEN]`` like a flat bytearray."""
+
+    def __init__(self, layout: Layout, owner: array.array[int],
+                 inventories: Sequence[Inventory]) -> None:
+        self.layout = layout
+        self.owner = owner
+        self.inventories = inventories
+
+    def __len__(self) -> int:
+        return self.layout.total_pages * DIGEST_LEN
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, step = key.indices(len(self))
+        if step != 1 or start % DIGEST_LEN or stop % DIGEST_LEN:
+            raise IndexError("page-aligned slices only")
+        out = bytearray(max(0, stop - start))
+        bases, owner, invs = self.layout.bases, self.owner, self.inventories
+        for g in range(start // DIGEST_LEN, stop // DIGEST_LEN):
+            o = owner[g]
+            if o == NONE:
+                continue
+            idx = bisect.bisect_right(bases, g) - 1
+            di = (g - bases[idx]) * DIGEST_LEN
+            oi = g * DIGEST_LEN - start
+            out[oi:oi + DIGEST_LEN] = \
+                invs[o].digests[idx][di:di + DIGEST_LEN]
+        return bytes(out)
 
 
 @dataclass
@@ -102,34 +230,39 @@ class Assignment:
     layout: Layout
     owner: array.array[int]          # per global page: holder index or -1
     state: bytearray                 # per global page: state of the copy
-    digests: bytearray               # per global page: digest of the copy
+    # Per global page: digest of the copy (a flat bytearray in tests).
+    digests: AssignedDigests | bytearray
 
     def pages_of(self, holder: int) -> int:
         return self.owner.count(holder)
 
 
 def assign(layout: Layout, inventories: Sequence[Inventory]) -> Assignment:
+    """Three bytes per page (owner, state): the winner's attempt and
+    digest stay in its inventory."""
     total = layout.total_pages
     owner = array.array("h", [NONE]) * total
-    best = array.array("i", [-1]) * total
     state = bytearray(total)
-    digests = bytearray(total * DIGEST_LEN)
     for hi, inv in enumerate(inventories):
         for idx, base in enumerate(layout.bases):
-            st, att, dg = inv.states[idx], inv.attempts[idx], inv.digests[idx]
-            for page in range(len(st)):
+            st = inv.states[idx]
+            n = len(st)
+            if st.count(0) == n:
+                continue
+            att = inv.attempts[idx]
+            for page in range(n):
                 s = st[page]
                 if not s:
                     continue
                 g = base + page
-                a = att[page]
-                if a > best[g]:
-                    best[g] = a
+                o = owner[g]
+                # Ties: the earlier holder keeps the page.
+                if o == NONE or \
+                        att[page] > inventories[o].attempts[idx][page]:
                     owner[g] = hi
                     state[g] = s
-                    digests[g * DIGEST_LEN:(g + 1) * DIGEST_LEN] = \
-                        dg[page * DIGEST_LEN:(page + 1) * DIGEST_LEN]
-    return Assignment(layout, owner, state, digests)
+    return Assignment(layout, owner, state,
+                      AssignedDigests(layout, owner, inventories))
 
 
 class CpuMeter:
@@ -161,26 +294,30 @@ class CpuMeter:
         return (cpu - c0) / (now - t0)
 
 
+#: Pages per chunk of the planner's prefix sums: one int64 per chunk
+#: instead of per page (8 bytes per page per sum), the rest of a query is
+#: summed page by page inside one chunk.
+CHUNK = 32
+
+
 class _CostTree:
-    """Fenwick tree of page costs: add at a page, sum over a range."""
+    """Fenwick tree of per-chunk costs: add at a chunk, sum over chunks."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        # int64 array, not a list: a list costs ~40 bytes per page (one
-        # int object each), against the agents' memory budget.
         self.t = array.array("q", bytes(8 * (n + 1)))
 
-    def add(self, g: int, v: int) -> None:
-        i = g + 1
+    def add(self, k: int, v: int) -> None:
+        i = k + 1
         t, n = self.t, self.n
         while i <= n:
             t[i] += v
             i += i & -i
 
-    def prefix(self, g: int) -> int:
-        """Sum over pages [0, g)."""
+    def prefix(self, k: int) -> int:
+        """Sum over chunks [0, k)."""
         s, t = 0, self.t
-        i = g
+        i = k
         while i > 0:
             s += t[i]
             i -= i & -i
@@ -226,14 +363,17 @@ class FrontierPlanner:
         self.owner = assignment.owner
         self.state = assignment.state
         self.remote = set(remote)
-        # int64 arrays (8 bytes per page; a list would cost ~40).
-        held = array.array("q", bytes(8 * (total + 1)))  # remote cost < g
-        unheld = array.array("q", bytes(8 * (total + 1)))  # unheld < g
+        nchunks = total // CHUNK + 1
+        # Per chunk k: remote-held cost / unheld count of pages < k*CHUNK
+        # (int64 per chunk; per page this would cost 16 bytes).
+        held = array.array("q", bytes(8 * (nchunks + 1)))
+        unheld = array.array("q", bytes(8 * (nchunks + 1)))
         h = u = data = zero = 0
         owner, state = assignment.owner, assignment.state
         for g in range(total):
-            held[g] = h
-            unheld[g] = u
+            if not g % CHUNK:
+                held[g // CHUNK] = h
+                unheld[g // CHUNK] = u
             o = owner[g]
             if o in remote:
                 h += page_cost(state[g])
@@ -244,21 +384,48 @@ class FrontierPlanner:
                     data += 1
                 else:
                     zero += 1
-        held[total] = h
-        unheld[total] = u
-        self.held = held
-        self.unheld = unheld
+        for k in range((total + CHUNK - 1) // CHUNK, nchunks + 1):
+            held[k] = h
+            unheld[k] = u
+        self._held_c = held
+        self._unheld_c = unheld
         #: Expected wire bytes of a page nobody holds: priced like the
         #: held pages (their zero share), see the module docstring.
         self.unheld_page_cost = (
             (data * DATA_COST + zero * ZERO_COST) / (data + zero)
             if data + zero else float(DATA_COST))
-        self._superseded = _CostTree(total)
+        self._superseded = _CostTree(nchunks)
         self._is_superseded = bytearray(total)
         self.superseded_pages = 0
 
+    def _held(self, g: int) -> int:
+        """Remote-held cost of pages [0, g)."""
+        k = g // CHUNK
+        s = self._held_c[k]
+        owner, state, remote = self.owner, self.state, self.remote
+        for i in range(k * CHUNK, g):
+            if owner[i] in remote:
+                s += page_cost(state[i])
+        return s
+
+    def _unheld(self, g: int) -> int:
+        """Pages nobody holds in [0, g)."""
+        k = g // CHUNK
+        return self._unheld_c[k] + \
+            self.owner[k * CHUNK:g].count(NONE)
+
+    def _superseded_cost(self, g: int) -> int:
+        """Cost of the superseded pages in [0, g)."""
+        k = g // CHUNK
+        s = self._superseded.prefix(k)
+        sup, state = self._is_superseded, self.state
+        for i in range(k * CHUNK, g):
+            if sup[i]:
+                s += page_cost(state[i])
+        return s
+
     def remote_cost(self, lo: int, hi: int) -> int:
-        return self.held[hi] - self.held[lo]
+        return self._held(hi) - self._held(lo)
 
     def supersede(self, g: int) -> bool:
         """The source sent page ``g`` itself: a holder need not relay it.
@@ -268,15 +435,14 @@ class FrontierPlanner:
         if self.owner[g] not in self.remote or self._is_superseded[g]:
             return False
         self._is_superseded[g] = 1
-        self._superseded.add(g, page_cost(self.state[g]))
+        self._superseded.add(g // CHUNK, page_cost(self.state[g]))
         self.superseded_pages += 1
         return True
 
     def holder_cost(self, lo: int, hi: int) -> int:
         """What the holders still relay in [lo, hi): held minus superseded."""
-        sup = self._superseded
-        return self.held[hi] - self.held[lo] - (sup.prefix(hi) -
-                                                sup.prefix(lo))
+        return self._held(hi) - self._held(lo) - (
+            self._superseded_cost(hi) - self._superseded_cost(lo))
 
     def plan(self, s_pos: int, a_pos: int, rate_source: float,
              rate_holders: float, source_page_cost: float | None = None,
@@ -311,7 +477,7 @@ class FrontierPlanner:
         rh = max(rate_holders, 1.0)
         if source_page_cost is None:
             source_page_cost = self.unheld_page_cost
-        u_rem = (self.unheld[self.total] - self.unheld[s_pos]) * \
+        u_rem = (self._unheld(self.total) - self._unheld(s_pos)) * \
             source_page_cost
         start = lo
 

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from typing import Any
+from typing import Iterator
 from typing import NoReturn
 from typing import TYPE_CHECKING
 
@@ -163,18 +164,19 @@ class RedirectMerge(FrontierControl):
             inventories.append(p.inventory)
         assignment = planmod.assign(layout, inventories)
         return _EarlyPlan(layout, inventories, assignment,
-                          self._expected_frames(layout, assignment))
+                          list(self._expected_frames(layout, assignment)))
 
     def _expected_frames(self, layout: Layout,
-                         assignment: planmod.Assignment) -> list[bytes]:
+                         assignment: planmod.Assignment
+                         ) -> Iterator[bytes]:
         """``EXPECTED`` payloads: what this host will hold, and who
-        holds it, for the source's filter."""
-        out = []
+        holds it, for the source's filter (generated one range at a time:
+        kept whole only when prepared ahead)."""
         owner = assignment.owner
         for idx, base in enumerate(layout.bases):
             n = layout.npages[idx]
-            for first in range(0, n, wire.MAX_RANGE):
-                last = min(n, first + wire.MAX_RANGE)
+            for first in range(0, n, wire.SEND_RANGE):
+                last = min(n, first + wire.SEND_RANGE)
                 flags = bytes(
                     planmod.FLAG_NONE if owner[g] < 0 else
                     planmod.FLAG_LOCAL if owner[g] == merge.LOCAL else
@@ -182,8 +184,7 @@ class RedirectMerge(FrontierControl):
                     for g in range(base + first, base + last))
                 digests = assignment.digests[(base + first) * DIGEST_LEN:
                                              (base + last) * DIGEST_LEN]
-                out.append(wire.encode_expected(idx, first, flags, digests))
-        return out
+                yield wire.encode_expected(idx, first, flags, digests)
 
     def _take_early_pullers(self) -> list[merge.RelayPuller] | None:
         """The early pullers, once their thread is done (None: connect

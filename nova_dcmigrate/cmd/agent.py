@@ -9,6 +9,7 @@ from types import FrameType
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from nova_dcmigrate.agent import malloc_tuning
 from nova_dcmigrate.agent.service import AgentService
 import nova_dcmigrate.conf
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     CONF(sys.argv[1:] if argv is None else argv, project="nova-dcmigrate",
          prog="dcmigrate-agent")
     logging.setup(CONF, "nova-dcmigrate")
+    # Before any thread starts: arenas are handed out per thread.
+    malloc_tuning.limit_arenas(CONF.dcmigrate_agent.malloc_arena_max)
     service = AgentService(CONF)
 
     def _stop(signum: int, frame: FrameType | None) -> None:

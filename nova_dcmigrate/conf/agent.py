@@ -159,6 +159,15 @@ OPTS = [
              "pause between a redirect's abort and the new attempt's "
              "relays."),
     cfg.IntOpt(
+        "malloc_arena_max",
+        default=2, min=0,
+        help="Most glibc malloc arenas the agent process uses (mallopt "
+             "M_ARENA_MAX, set at start). glibc's default (8 per core) "
+             "keeps freed frame buffers resident in one arena per thread; "
+             "two keep a redirect's destination agents within 2% of guest "
+             "RAM (see the agent documentation's memory table). 0 leaves "
+             "glibc's default (or MALLOC_ARENA_MAX from the environment)."),
+    cfg.IntOpt(
         "ram_overhead_mib",
         default=512, min=0,
         help="Allowance (MiB) on top of the domain's memory for the RAM "

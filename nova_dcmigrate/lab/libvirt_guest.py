@@ -63,8 +63,19 @@ class LibvirtGuestError(exception.GuestError):
 def domain_xml(name: str, domain_uuid: str, image: GuestImage,
                serial_log: Path, *, memory_mib: int = 256,
                dirty_mib: int = 0, dirty_rate: int = 0,
-               emulator: str = EMULATOR) -> str:
-    """Domain XML of the lab guest (see the module docstring)."""
+               emulator: str = EMULATOR, disk: str | None = None) -> str:
+    """Domain XML of the lab guest (see the module docstring).
+
+    :param disk: a qcow2 image attached as ``vda`` (virtio), e.g. for a
+        block migration; its path is the same on every host, so it must
+        lie in a host-private directory (the hosts' ``/run``).
+    """
+    disk_xml = "" if disk is None else f"""
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file={quoteattr(disk)}/>
+      <target dev='vda' bus='virtio'/>
+    </disk>"""
     cmdline = (f"console=ttyS0 quiet panic=-1 dirty_mib={dirty_mib} "
                f"dirty_rate={dirty_rate}")
     return f"""<domain type='qemu'>
@@ -92,7 +103,7 @@ def domain_xml(name: str, domain_uuid: str, image: GuestImage,
   <on_crash>destroy</on_crash>
   <devices>
     <emulator>{escape(emulator)}</emulator>
-    <controller type='usb' model='none'/>
+    <controller type='usb' model='none'/>{disk_xml}
     <serial type='file'>
       <source path={quoteattr(str(serial_log))} append='on'/>
       <target port='0'/>
@@ -141,8 +152,8 @@ class LibvirtGuest:
     @classmethod
     def start(cls, host: LibvirtHost, image: GuestImage, *,
               memory_mib: int = 256, dirty_mib: int = 0, dirty_rate: int = 0,
-              name: str | None = None, persistent: bool = True
-              ) -> LibvirtGuest:
+              name: str | None = None, persistent: bool = True,
+              disk: str | None = None) -> LibvirtGuest:
         """Define (if ``persistent``) and start the guest on ``host``.
 
         Returns at once; call :meth:`wait_booted`.
@@ -164,7 +175,7 @@ class LibvirtGuest:
         domain_uuid = str(uuid.uuid4())
         xml = domain_xml(name, domain_uuid, image, serial_log,
                          memory_mib=memory_mib, dirty_mib=dirty_mib,
-                         dirty_rate=dirty_rate)
+                         dirty_rate=dirty_rate, disk=disk)
         guest = cls(host, image, name, domain_uuid, memory_mib, dirty_mib,
                     dirty_rate, serial_log, xml)
         lab.add_cleanup(guest.destroy)

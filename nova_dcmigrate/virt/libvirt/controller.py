@@ -61,6 +61,11 @@ class UnsupportedMigrationFlags(ControllerError):
     msg_fmt = "Migration flags not supported by dcmigrate: %(flags)s"
 
 
+class UnsupportedDisksUri(ControllerError):
+    msg_fmt = ("Migration %(migration_id)s: disks URI %(uri)s is not "
+               "supported: %(reason)s")
+
+
 class RedirectRefused(ControllerError):
     msg_fmt = "Cannot redirect migration %(migration_id)s: %(reason)s"
 
@@ -173,6 +178,7 @@ class RedirectableMigration:
         self.max_retries = max_retries
         self.tls = tls
         self.migration_id = migration_id or str(uuid.uuid4())
+        self._check_disks()
         self.secret = secrets.token_hex(32)
         self.state = State.NEW
         self.attempts: list[Attempt] = []
@@ -310,6 +316,7 @@ class RedirectableMigration:
             # No listen address: libvirt forbids it with a unix URI.
             params.pop(libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS, None)
             params[libvirt.VIR_MIGRATE_PARAM_URI] = "unix://" + path
+            self._disk_params(params, info)
             if gate and self.source_link_rate > 0:
                 # The source drops held pages at local speed: QEMU's own
                 # estimate would see a far faster link than the real one.
@@ -331,6 +338,36 @@ class RedirectableMigration:
             threading.Thread(target=self._ungate_when_relayed,
                              args=(attempt,), daemon=True).start()
         return attempt
+
+    def _check_disks(self) -> None:
+        """A block migration's disks go in libvirt's NBD stream straight
+        to the destination (``disks_uri = tcp://<destination>``): the
+        agents relay only the memory stream.
+
+        :raises UnsupportedDisksUri: a ``unix://`` (or other non-tcp)
+            disks URI, which nothing would relay between the hosts, or a
+            block migration with ``tls`` (the disks would cross in clear).
+        """
+        uri = self.params.get(libvirt.VIR_MIGRATE_PARAM_DISKS_URI)
+        if uri is not None and not str(uri).startswith("tcp://"):
+            raise UnsupportedDisksUri(
+                migration_id=self.migration_id, uri=uri,
+                reason="the dcmigrate agents do not relay libvirt's NBD "
+                       "disk stream; leave it unset (tcp://<destination>)")
+        if self.tls and migration_flags.is_block_migration(self.flags,
+                                                           libvirt):
+            raise UnsupportedDisksUri(
+                migration_id=self.migration_id,
+                uri=uri or "tcp://<destination>",
+                reason="the disks bypass the agents' TLS and would cross "
+                       "the network in clear")
+
+    def _disk_params(self, params: dict[str, Any], info: HostInfo) -> None:
+        """libvirt wants an explicit NBD URI with a unix migrate URI."""
+        if migration_flags.is_block_migration(self.flags, libvirt) and \
+                libvirt.VIR_MIGRATE_PARAM_DISKS_URI not in params:
+            params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = \
+                "tcp://%s" % info.agent_address
 
     def _guest_memory(self) -> int | None:
         """The domain's memory (bytes): the destination agent refuses a

@@ -86,7 +86,10 @@ by ``[dcmigrate_compute] transport``:
   anything is claimed): the agents parse the single precopy stream, and
   falling back to the direct job would silently lose the memory reuse.
   ``TLS`` (``[libvirt] live_migration_with_native_tls``) is carried by
-  the agents' own mutual TLS instead (``[dcmigrate_agent] peer_tls``).
+  the agents' own mutual TLS instead (``[dcmigrate_agent] peer_tls``),
+  except with a block migration, which is refused with TLS: its disks go
+  in libvirt's NBD stream straight to the destination and would cross in
+  clear.
   How agents are addressed and which message bus is used: see
   :mod:`.transport`. The per-attempt logic mirrors the Nova-free
   controller (``nova_dcmigrate.virt.libvirt.controller``) and shares its

@@ -22,6 +22,36 @@ UNSUPPORTED_FLAGS = {
 }
 
 
+#: Flags the agents carry, but not together with VIR_MIGRATE_TLS: a block
+#: migration's disks go in libvirt's NBD stream straight to the
+#: destination (``disks_uri = tcp://<destination>``), not through the
+#: agents, so the agents' TLS would not cover them and dropping QEMU's
+#: TLS (the agents must parse the memory stream) would send the disks in
+#: clear.
+UNSUPPORTED_WITH_TLS = {
+    "VIR_MIGRATE_NON_SHARED_DISK": "a block migration's disks bypass the "
+                                   "agents and would cross in clear",
+    "VIR_MIGRATE_NON_SHARED_INC": "a block migration's disks bypass the "
+                                  "agents and would cross in clear",
+}
+
+
+def unsupported_with_tls(flags: int, lv: Any) -> list[str]:
+    """Names of the flags in ``flags`` refused because TLS is asked for
+    too (``flags`` still holding VIR_MIGRATE_TLS)."""
+    tls = getattr(lv, "VIR_MIGRATE_TLS", 0)
+    if not tls or not flags & tls:
+        return []
+    return [name for name in UNSUPPORTED_WITH_TLS
+            if getattr(lv, name, 0) and flags & getattr(lv, name)]
+
+
+def is_block_migration(flags: int, lv: Any) -> bool:
+    """Whether ``flags`` copy non-shared disks (libvirt's NBD stream)."""
+    return any(getattr(lv, n, 0) and flags & getattr(lv, n)
+               for n in UNSUPPORTED_WITH_TLS)
+
+
 def unsupported(flags: int, lv: Any) -> list[str]:
     """Names of the flags in ``flags`` the agents cannot carry.
 
@@ -34,4 +64,7 @@ def unsupported(flags: int, lv: Any) -> list[str]:
 
 def describe(names: list[str]) -> str:
     """``"NAME (why), ..."`` for an error message."""
-    return ", ".join("%s (%s)" % (n, UNSUPPORTED_FLAGS[n]) for n in names)
+    why = {**UNSUPPORTED_FLAGS,
+           **{n: "with VIR_MIGRATE_TLS: " + r
+              for n, r in UNSUPPORTED_WITH_TLS.items()}}
+    return ", ".join("%s (%s)" % (n, why[n]) for n in names)

@@ -319,8 +319,9 @@ class _AgentDomain:
 
     def migrateToURI3(self, dconnuri: str, params: dict[str, Any],
                       flags: int) -> Any:
+        bad = migration_flags.unsupported_with_tls(flags, self._dcm_lv)
         flags = without_tls(flags, self._dcm_lv)
-        bad = migration_flags.unsupported(flags, self._dcm_lv)
+        bad += migration_flags.unsupported(flags, self._dcm_lv)
         if bad:
             raise UnsupportedByAgents(flags=migration_flags.describe(bad))
         params = dict(params)
@@ -372,8 +373,10 @@ class AgentTransport(MigrationTransport):
             self._agents = agents
 
     def unsupported_flags(self, flags: int, lv: Any) -> list[str]:
-        # VIR_MIGRATE_TLS is carried: the agents' links use TLS instead.
-        return migration_flags.unsupported(without_tls(flags, lv), lv)
+        # VIR_MIGRATE_TLS is carried: the agents' links use TLS instead;
+        # not for a block migration's disks (they bypass the agents).
+        return (migration_flags.unsupported(without_tls(flags, lv), lv) +
+                migration_flags.unsupported_with_tls(flags, lv))
 
     def ping(self, host: str, timeout: float | None = None
              ) -> dict[str, Any]:

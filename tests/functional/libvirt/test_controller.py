@@ -22,78 +22,12 @@ pytestmark = LIBVIRT_LAB
 libvirt = pytest.importorskip("libvirt",
                               reason="libvirt-python is not installed")
 
-from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
-from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
 from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
-#: The module's lab (fixtures ``lab``, ``hosts``, ``agents`` in conftest).
+#: The module's lab (fixtures ``lab``, ``hosts``, ``agents``, ``run`` in
+#: conftest).
 LAB_HOSTS = ("src", "a", "b")
 LAB_LINK = "300mbit"
-
-
-class Run:
-    """A guest on 'src' and a controller migrating it."""
-
-    def __init__(self, lab, hosts, agents, image, **kw) -> None:
-        self.lab, self.hosts, self.agents = lab, hosts, agents
-        self.guest = LibvirtGuest.start(hosts["src"], image, memory_mib=256,
-                                        dirty_mib=32, dirty_rate=8)
-        self.guest.wait_booted()
-        time.sleep(1)
-        self.src_ram = self.guest.open_ram(hosts["src"])
-        self.conn = hosts["src"].open()
-        dom = self.conn.lookupByUUIDString(self.guest.uuid)
-        self.m = ctl.RedirectableMigration(
-            dom, self.info("src"), agents.api, self.info,
-            extra_flags=libvirt.VIR_MIGRATE_PAUSED, **kw)
-
-    def info(self, name: str) -> ctl.HostInfo:
-        return ctl.HostInfo(name, self.hosts[name].uri,
-                            self.lab.hosts[name].address,
-                            self.agents.peer_port)
-
-    def wait_progress(self, nbytes: float) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            st = self.m.status()
-            if (st.job.get("memory_processed") or 0) >= nbytes:
-                return
-            time.sleep(0.05)
-        raise AssertionError("no progress")
-
-    def finish_and_check(self) -> str:
-        attempt = self.m.wait(300)
-        dst = self.hosts[attempt.host.name]
-        # The source QEMU is gone (libvirt killed it after the switchover);
-        # its RAM block is still readable through our descriptor.
-        cmp = lm.compare_moved_ram(self.guest, self.hosts["src"],
-                                   self.src_ram, dst)
-        assert cmp.identical, "RAM differs in %d pages" % \
-            cmp.differing_pages
-        self.guest.moved_to(dst)
-        lines = self.guest.alive_count()
-        self.guest.domain(dst).resume()
-        self.guest.wait_alive(lines, timeout=30)
-        return attempt.host.name
-
-    def close(self) -> None:
-        os.close(self.src_ram)
-        self.m.cleanup()
-        self.guest.destroy()
-        self.conn.close()
-
-
-@pytest.fixture
-def run(lab, hosts, agents, guest_image):
-    runs = []
-
-    def make(**kw):
-        r = Run(lab, hosts, agents, guest_image, **kw)
-        runs.append(r)
-        return r
-    yield make
-    for r in runs:
-        r.close()
 
 
 def _listening(lab, host: str) -> str:
@@ -253,3 +187,88 @@ def test_new_destination_not_ready_migration_goes_on(run, hosts, agents):
     with pytest.raises(Exception):
         agents.api.get_status("b", r.m.migration_id)
     assert r.finish_and_check() == "a"
+
+
+#: A directory private to each lab host (its own tmpfs /run): a disk path
+#: the same on both hosts must not be one file.
+DISK_DIR = "/run/dcm-lab-disk"
+DISK_MIB = 16
+
+
+def _in_host(host, path: str) -> str:
+    """``path`` of the host's mount namespace, seen from ours."""
+    from nova_dcmigrate.lab import libvirt_host
+
+    pid = libvirt_host._read_pid(host.libvirtd_pidfile)
+    return "/proc/%d/root%s" % (pid, path)
+
+
+def _qemu_img(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["qemu-img", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.timeout(400)
+def test_block_migration_through_agents(run, hosts, tmp_path):
+    """Non-shared disk (qcow2) migrated with the RAM: the memory stream
+    through the agents (unix://), the disk in libvirt's NBD stream to the
+    destination (disks_uri tcp://<destination>, set by the controller).
+    Disk contents and RAM identical afterwards."""
+    name = "blk-%d.qcow2" % os.getpid()
+    path = "%s/%s" % (DISK_DIR, name)
+    src_file, dst_file = (_in_host(hosts[h], path) for h in ("src", "a"))
+    for f in (src_file, dst_file):
+        os.makedirs(os.path.dirname(f), exist_ok=True)
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        # Data with holes: the copy must keep both.
+        for i in range(DISK_MIB):
+            f.write(os.urandom(1 << 19) + bytes(1 << 19) if i % 3 else
+                    bytes(1 << 20))
+    try:
+        assert _qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw),
+                         src_file).returncode == 0
+        # Nova pre-creates the destination disk too.
+        assert _qemu_img("create", "-f", "qcow2", dst_file,
+                         "%dM" % DISK_MIB).returncode == 0
+        assert _qemu_img("compare", "-U", src_file, dst_file).returncode \
+            == 1                                    # differ before
+        r = run(disk=path,
+                extra_flags=(libvirt.VIR_MIGRATE_PAUSED |
+                             libvirt.VIR_MIGRATE_NON_SHARED_DISK),
+                params={libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vda"]})
+        r.m.start("a")
+        assert r.finish_and_check() == "a"          # RAM identical
+        cmp = _qemu_img("compare", "-U", src_file, dst_file)
+        assert cmp.returncode == 0, cmp.stdout + cmp.stderr
+        # The memory went through the agents.
+        st = r.agents.api.get_status("a", r.m.migration_id)
+        assert st["attempts"][0]["counters"]["stream_bytes"] >= 32 << 20
+    finally:
+        for f in (src_file, dst_file):
+            if os.path.exists(f):
+                os.unlink(f)
+
+
+def test_unix_disks_uri_and_block_migration_with_tls_refused():
+    """The agents relay only the memory stream: a unix:// disks URI would
+    reach nothing on the other host, and with TLS the disks would cross
+    in clear.  Refused when the controller is made, before any libvirt
+    call (no domain is needed)."""
+    src = ctl.HostInfo("src", "qemu+tcp://x/system", "10.0.0.1", 1)
+    with pytest.raises(ctl.UnsupportedDisksUri, match="NBD disk stream"):
+        ctl.RedirectableMigration(
+            None, src, None, lambda h: src,
+            extra_flags=libvirt.VIR_MIGRATE_NON_SHARED_DISK,
+            params={libvirt.VIR_MIGRATE_PARAM_DISKS_URI:
+                    "unix:///run/dcmigrate/nbd.sock"})
+    with pytest.raises(ctl.UnsupportedDisksUri, match="in clear"):
+        ctl.RedirectableMigration(
+            None, src, None, lambda h: src, tls=True,
+            extra_flags=libvirt.VIR_MIGRATE_NON_SHARED_DISK)
+    # Without disks, TLS is fine; a tcp disks URI is passed through.
+    ctl.RedirectableMigration(None, src, None, lambda h: src, tls=True)
+    ctl.RedirectableMigration(
+        None, src, None, lambda h: src,
+        extra_flags=libvirt.VIR_MIGRATE_NON_SHARED_DISK,
+        params={libvirt.VIR_MIGRATE_PARAM_DISKS_URI: "tcp://10.0.0.2"})

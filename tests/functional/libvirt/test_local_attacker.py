@@ -20,15 +20,14 @@ complete with the guest RAM byte-for-byte identical.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
 
 import pytest
 
+from tests.functional.libvirt.conftest import LabRun
 from tests.functional.libvirt.conftest import LIBVIRT_LAB
-from tests.functional.libvirt.conftest import agent_mount_ns
 
 pytestmark = LIBVIRT_LAB
 
@@ -37,12 +36,11 @@ libvirt = pytest.importorskip("libvirt",
 
 from nova_dcmigrate.agent import protocol  # noqa: E402
 from nova_dcmigrate.lab import libvirt_host  # noqa: E402
-from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
-from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
-from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
 LAB_HOSTS = ("src", "a", "b")
 LAB_LINK = "300mbit"
+#: The agents' peer links use mutual TLS (conftest's ``agents``).
+AGENT_TLS = True
 NOBODY = "65534"
 LIBVIRTD_PORT = 16509
 
@@ -122,15 +120,6 @@ print(json.dumps(res))
 """
 
 
-@pytest.fixture(scope="module")
-def agents(lab, hosts, rabbit_broker):
-    """Agents in their libvirtd's mount namespace, with peer TLS."""
-    from nova_dcmigrate.lab.agents import LabAgents
-
-    with LabAgents(lab, mount_ns=agent_mount_ns(hosts), tls=True) as agents:
-        yield agents
-
-
 class Attacker:
     """``nobody`` in one host's network and mount namespace."""
 
@@ -158,49 +147,16 @@ class Attacker:
             self.proc.wait(10)
 
 
-class Run:
+class Run(LabRun):
+    """A TLS migration with a ``nobody`` attacker on every host."""
+
     def __init__(self, lab, hosts, agents, image) -> None:
-        self.lab, self.hosts, self.agents = lab, hosts, agents
-        self.guest = LibvirtGuest.start(hosts["src"], image, memory_mib=256,
-                                        dirty_mib=32, dirty_rate=8)
-        self.guest.wait_booted()
-        time.sleep(1)
-        self.src_ram = self.guest.open_ram(hosts["src"])
-        self.conn = hosts["src"].open()
-        dom = self.conn.lookupByUUIDString(self.guest.uuid)
-        self.m = ctl.RedirectableMigration(
-            dom, self.info("src"), agents.api, self.info,
-            extra_flags=libvirt.VIR_MIGRATE_PAUSED, tls=True)
+        super().__init__(lab, hosts, agents, image, tls=True)
         self.attackers = {n: Attacker(lab, h) for n, h in hosts.items()}
         self.results: dict[str, dict] = {}
 
-    def info(self, name: str) -> ctl.HostInfo:
-        return ctl.HostInfo(name, self.hosts[name].uri,
-                            self.lab.hosts[name].address,
-                            self.agents.peer_port)
-
-    def wait_progress(self, nbytes: float) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            st = self.m.status()
-            if (st.job.get("memory_processed") or 0) >= nbytes:
-                return
-            time.sleep(0.05)
-        raise AssertionError("no progress")
-
-    def finish_and_check(self) -> str:
-        attempt = self.m.wait(300)
+    def finished(self) -> None:
         self.results = {n: a.stop() for n, a in self.attackers.items()}
-        dst = self.hosts[attempt.host.name]
-        cmp = lm.compare_moved_ram(self.guest, self.hosts["src"],
-                                   self.src_ram, dst)
-        assert cmp.identical, "RAM differs in %d pages" % \
-            cmp.differing_pages
-        self.guest.moved_to(dst)
-        lines = self.guest.alive_count()
-        self.guest.domain(dst).resume()
-        self.guest.wait_alive(lines, timeout=30)
-        return attempt.host.name
 
     def link_of(self, host: str, attempt: int) -> dict:
         st = self.agents.api.get_status(host, self.m.migration_id)
@@ -238,23 +194,10 @@ class Run:
     def close(self) -> None:
         for a in self.attackers.values():
             a.kill()
-        os.close(self.src_ram)
-        self.m.cleanup()
-        self.guest.destroy()
-        self.conn.close()
+        super().close()
 
 
-@pytest.fixture
-def run(lab, hosts, agents, guest_image):
-    runs = []
-
-    def make():
-        r = Run(lab, hosts, agents, guest_image)
-        runs.append(r)
-        return r
-    yield make
-    for r in runs:
-        r.close()
+LAB_RUN = Run
 
 
 @pytest.mark.timeout(300)

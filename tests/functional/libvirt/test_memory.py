@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from tests.functional.libvirt.conftest import agent_mount_ns
+from tests.functional.libvirt.conftest import LabRun
 from tests.functional.libvirt.conftest import LIBVIRT_LAB
 
 pytestmark = LIBVIRT_LAB
@@ -31,11 +31,8 @@ libvirt = pytest.importorskip("libvirt",
                               reason="libvirt-python is not installed")
 
 from nova_dcmigrate.agent import exception as agent_exc  # noqa: E402
-from nova_dcmigrate.lab.libvirt_guest import LibvirtGuest  # noqa: E402
 from nova_dcmigrate.lab.libvirt_guest import MEMFD_NAME  # noqa: E402
-from nova_dcmigrate.lab import libvirt_migration as lm  # noqa: E402
 from nova_dcmigrate.lab import proc_memory  # noqa: E402
-from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
 LAB_HOSTS = ("src", "a", "b")
 LAB_LINK = "500mbit"
@@ -46,19 +43,11 @@ GUEST_BYTES = MEMORY_MIB << 20
 EXPIRY_S = 20
 #: The goal: a migration costs a destination agent at most this.
 BUDGET = 0.02 * GUEST_BYTES
-#: What the old and new destinations of a redirect may grow by.
-REDIRECT_BUDGET = 0.05 * GUEST_BYTES
-
-
-@pytest.fixture(scope="module")
-def agents(lab, hosts, rabbit_broker):
-    from nova_dcmigrate.lab.agents import LabAgents
-
-    # Each agent in its libvirtd's mount namespace, as the package's
-    # agents fixture does (the hosts' socket_dir).
-    with LabAgents(lab, extra_conf="store_expiry = %d\n" % EXPIRY_S,
-                   mount_ns=agent_mount_ns(hosts)) as a:
-        yield a
+#: A redirect's new destination: the goal is BUDGET too; measured
+#: 1.8-2.1% (doc/source/agent.rst), so this leaves room for the spread.
+NEW_DEST_BUDGET = 0.025 * GUEST_BYTES
+#: The agents' extra [dcmigrate_agent] lines (conftest's ``agents``).
+AGENT_CONF = "store_expiry = %d\n" % EXPIRY_S
 
 
 def _memfds_held(pid: int) -> int:
@@ -73,20 +62,16 @@ def _memfds_held(pid: int) -> int:
     return n
 
 
-class Run:
+class Run(LabRun):
+    """The module's guest (mostly non-zero RAM), agents' peak RSS reset."""
+
+    WAIT_S = 400
+    ALIVE_S = 60
+
     def __init__(self, lab, hosts, agents, image) -> None:
-        self.lab, self.hosts, self.agents = lab, hosts, agents
-        self.guest = LibvirtGuest.start(hosts["src"], image,
-                                        memory_mib=MEMORY_MIB,
-                                        dirty_mib=DIRTY_MIB, dirty_rate=4)
-        self.guest.wait_booted(timeout=180)
-        time.sleep(1)
-        self.src_ram = self.guest.open_ram(hosts["src"])
-        self.conn = hosts["src"].open()
-        dom = self.conn.lookupByUUIDString(self.guest.uuid)
-        self.m = ctl.RedirectableMigration(
-            dom, self.info("src"), agents.api, self.info,
-            extra_flags=libvirt.VIR_MIGRATE_PAUSED)
+        super().__init__(lab, hosts, agents, image, memory_mib=MEMORY_MIB,
+                         dirty_mib=DIRTY_MIB, dirty_rate=4,
+                         boot_timeout=180)
         self.before = {}
         for name in LAB_HOSTS:
             pid = self.pid(name)
@@ -96,34 +81,8 @@ class Run:
     def pid(self, name: str) -> int:
         return self.agents.procs[name].pid
 
-    def info(self, name: str) -> ctl.HostInfo:
-        return ctl.HostInfo(name, self.hosts[name].uri,
-                            self.lab.hosts[name].address,
-                            self.agents.peer_port)
-
-    def wait_progress(self, nbytes: float) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if (self.m.status().job.get("memory_processed") or 0) >= nbytes:
-                return
-            time.sleep(0.05)
-        raise AssertionError("no progress")
-
     def store(self, name: str) -> dict:
         return self.agents.api.get_status(name, self.m.migration_id)["store"]
-
-    def finish_and_check(self) -> str:
-        attempt = self.m.wait(400)
-        dst = self.hosts[attempt.host.name]
-        cmp = lm.compare_moved_ram(self.guest, self.hosts["src"],
-                                   self.src_ram, dst)
-        assert cmp.identical, "RAM differs in %d pages" % \
-            cmp.differing_pages
-        self.guest.moved_to(dst)
-        lines = self.guest.alive_count()
-        self.guest.domain(dst).resume()
-        self.guest.wait_alive(lines, timeout=60)
-        return attempt.host.name
 
     def growth(self, name: str) -> tuple[int, proc_memory.ProcMemory]:
         after = proc_memory.read(self.pid(name))
@@ -132,24 +91,8 @@ class Run:
               % (name, growth / 2**20, after))
         return growth, after
 
-    def close(self) -> None:
-        os.close(self.src_ram)
-        self.m.cleanup()
-        self.guest.destroy()
-        self.conn.close()
 
-
-@pytest.fixture
-def run(lab, hosts, agents, guest_image):
-    runs = []
-
-    def make():
-        r = Run(lab, hosts, agents, guest_image)
-        runs.append(r)
-        return r
-    yield make
-    for r in runs:
-        r.close()
+LAB_RUN = Run
 
 
 @pytest.mark.timeout(400)
@@ -191,11 +134,14 @@ def test_redirect_old_destination_holds_qemu_ram_until_cleanup(run, hosts):
     assert r.finish_and_check() == "b"
     st = r.m.status()
     assert st.bytes_relayed.get("a", 0) > 30e6, st.bytes_relayed
-    # Redirect state (inventories, the plan) is per page too: far below
-    # the copy of guest RAM the agents used to keep (~80% here).
+    # Redirect state (inventories, the plan) is compact: the old
+    # destination within the 2% a plain migration may cost, the new one
+    # at about 2% (measured 7.0-8.2 MiB of a 384 MiB guest: 1.8-2.1%;
+    # they used to keep a copy of guest RAM, ~80% here, then 4.8%).
     growths = {name: r.growth(name) for name in ("a", "b")}
     for name, (growth, after) in growths.items():
-        assert growth < REDIRECT_BUDGET, (name, growth / 2**20, after)
+        assert growth < (BUDGET if name == "a" else NEW_DEST_BUDGET), \
+            (name, growth / 2**20, after)
     r.m.cleanup()
     assert _memfds_held(r.pid("a")) == 0
     with pytest.raises(agent_exc.UnknownMigration):

@@ -211,6 +211,55 @@ class AgentTransportTest(test_redirect.RedirectTestBase):
             self.assertIn("VIR_MIGRATE_PARALLEL", str(err))
             self.assertIn("not supported by the dcmigrate agents", str(err))
 
+    def test_block_migration_with_native_tls_refused_before_starting(
+            self) -> None:
+        """The disks of a block migration bypass the agents (libvirt's NBD
+        stream, disks_uri tcp://): with native TLS asked for they would
+        cross in clear, so the source pre-check refuses the request."""
+        self._boot(volume=False)
+        # The harness's computes share one instances_path, which Nova's
+        # stock check takes for shared storage (block migration refused
+        # before our check): here the storage is declared local, the one
+        # thing this in-process harness cannot have for real.
+        for name in ("_check_shared_storage_test_file",
+                     "_is_shared_block_storage"):
+            self.useFixture(fixtures.MockPatch(
+                "nova.virt.libvirt.driver.LibvirtDriver." + name,
+                return_value=False))
+        src = self.computes["src"].driver
+        # What [libvirt] live_migration_with_native_tls adds at init_host.
+        src._block_migration_flags |= fakelibvirt.VIR_MIGRATE_TLS
+        self.assertTrue(src._block_migration_flags &
+                        fakelibvirt.VIR_MIGRATE_NON_SHARED_INC)
+        errors: list[Exception] = []
+        check = type(src).check_can_live_migrate_source
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return check(src, *args, **kwargs)
+            except Exception as err:
+                errors.append(err)
+                raise
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova_dcmigrate.virt.libvirt.driver.DCMigrateLibvirtDriver."
+            "check_can_live_migrate_source",
+            lambda drv, *a, **kw: spy(*a, **kw)))
+        self.assertRaises(
+            client.OpenStackApiException, self.api.post_server_action,
+            self.server["id"],
+            {"os-migrateLive": {"host": "dest1", "block_migration": True}})
+        self._wait_migration("error")
+        server = self._wait_server("ACTIVE")
+        self.assertEqual("src", server["OS-EXT-SRV-ATTR:host"])
+        self.assertEqual([], self.attempts)
+        self.assertEqual([], self._agent_calls())
+        self.assertTrue(errors)
+        for err in errors:
+            self.assertIsInstance(err, nova_exception.MigrationPreCheckError)
+            self.assertIn("VIR_MIGRATE_NON_SHARED_INC", str(err))
+            self.assertIn("would cross in clear", str(err))
+
     def test_redirect_refused_when_the_new_hosts_agent_does_not_answer(
             self) -> None:
         self._boot()

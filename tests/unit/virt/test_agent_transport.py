@@ -463,3 +463,43 @@ def test_manager_abort_of_one_attempt(cluster):
         assert _states(m, mid) == {0: "aborted", 1: "aborted"}
     finally:
         m.cleanup({}, mid)
+
+
+def test_block_migration_with_tls_is_refused():
+    """A block migration's disks go in libvirt's NBD stream straight to
+    the destination, outside the agents' TLS: with TLS asked for, they
+    would cross in clear, so the agent transport refuses it (the driver
+    at check_can_live_migrate_source, the domain wrapper as a backstop);
+    without TLS it is carried (disks_uri tcp://, see above)."""
+    lv = types.SimpleNamespace(VIR_MIGRATE_TLS=8,
+                               VIR_MIGRATE_NON_SHARED_DISK=64,
+                               VIR_MIGRATE_NON_SHARED_INC=128)
+    t = transport.AgentTransport(object())
+    assert t.unsupported_flags(1 | 64 | 8, lv) == [
+        "VIR_MIGRATE_NON_SHARED_DISK"]
+    assert t.unsupported_flags(1 | 128 | 8, lv) == [
+        "VIR_MIGRATE_NON_SHARED_INC"]
+    assert t.unsupported_flags(1 | 64, lv) == []
+    assert t.unsupported_flags(1 | 8, lv) == []
+    msg = str(transport.UnsupportedByAgents(flags=flags.describe(
+        ["VIR_MIGRATE_NON_SHARED_DISK"])))
+    assert "with VIR_MIGRATE_TLS" in msg and "in clear" in msg
+    assert flags.is_block_migration(64, lv)
+    assert not flags.is_block_migration(1 | 8, lv)
+
+    seen = []
+    dom = types.SimpleNamespace(
+        migrateToURI3=lambda uri, params, flags: seen.append(flags))
+    att = transport.AgentAttempt(
+        0, transport.AgentEndpoint("b", "10.0.0.2", 16590),
+        "/run/dcmigrate/x.0/migration.sock", [])
+    d = transport._AgentDomain(dom, t, transport.AgentMigration(
+        "m", "s" * 64, "src"), att, lv)
+    with pytest.raises(transport.UnsupportedByAgents,
+                       match="VIR_MIGRATE_NON_SHARED_DISK"):
+        d.migrateToURI3("qemu+tcp://b/system", {"migrate_disks": ["vda"]},
+                        1 | 64 | 8)
+    assert seen == []
+    d.migrateToURI3("qemu+tcp://b/system", {"migrate_disks": ["vda"]},
+                    1 | 64)
+    assert seen == [1 | 64]
