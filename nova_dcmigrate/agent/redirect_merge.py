@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from typing import Any
+from typing import Iterable
 from typing import Iterator
 from typing import NoReturn
 from typing import TYPE_CHECKING
@@ -274,9 +275,10 @@ class RedirectMerge(FrontierControl):
         self.first_frontier = self.frontier
         # Tell the source what we will hold, and who holds it.
         conn.send(FrameType.LAYOUT, layout.to_json())
-        if expected is None:
-            expected = self._expected_frames(layout, assignment)
-        for payload in expected:
+        frames: Iterable[bytes] = (
+            expected if expected is not None
+            else self._expected_frames(layout, assignment))
+        for payload in frames:
             conn.send(FrameType.EXPECTED, payload)
         conn.send(FrameType.FRONTIER, wire.U64.pack(self.frontier))
         for p in self.pullers:
