@@ -390,8 +390,13 @@ class RedirectTest(RedirectTestBase):
         log = self.stdlog.logger.output
         self.assertIn("INFO [nova.virt.libvirt.driver] Live Migration "
                       "failure", log)
+        # stevedore's line about a dogpile.cache plugin whose optional
+        # library is not installed (oslo_cache.memcache_pool needs
+        # python-memcached) comes from whichever test of the worker sets
+        # up Nova's cache first, not from the redirect.
         self.assertEqual([], [line for line in log.splitlines()
-                              if " ERROR " in line])
+                              if " ERROR " in line and
+                              "[stevedore.extension]" not in line])
 
     def test_redirect_with_repick(self) -> None:
         self._boot()

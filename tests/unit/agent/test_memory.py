@@ -219,7 +219,10 @@ def _migrate_and_leave(pair: AgentPair) -> None:
     s = streamgen.build_stream(writes=[("pc.ram", p, _page(p))
                                        for p in range(50)])
     path = pair.prepare(FakeDestQemu())
-    FakeSourceQemu(path, s.data, stop_after=len(s.data) - 200).start()
+    # The pause before the cut lets the destination store what it got:
+    # the cut resets the agents' connection, which may drop unread data.
+    FakeSourceQemu(path, s.data, stop_after=len(s.data) - 200,
+                   pause=(len(s.data) - 300, 2.0)).start()
     dst = pair.session("dst")
     # The controller vanishes: it never aborts nor cleans up.  The source
     # QEMU's side ends (as libvirt's job would), the sessions fail.
