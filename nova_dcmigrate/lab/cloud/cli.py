@@ -131,7 +131,8 @@ def _tempest(args: argparse.Namespace) -> int:
         tdir = tempest.configure(cloud.plane, info, cloud.repo,
                                  api_enabled=cloud.api)
         try:
-            rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
+            rc = (tempest.run(tdir, args.regex) if args.regex
+                  else tempest.run_default(tdir))
         finally:
             tempest.forget(tdir)
         peak = max(peak, _peak_rss_mib())
