@@ -131,8 +131,15 @@ def _tempest(args: argparse.Namespace) -> int:
         tdir = tempest.configure(cloud.plane, info, cloud.repo,
                                  api_enabled=cloud.api)
         try:
-            rc = (tempest.run(tdir, args.regex) if args.regex
-                  else tempest.run_default(tdir))
+            if args.regex:
+                rc = tempest.run(tdir, args.regex)
+                if args.shared_storage_regex:
+                    rc = tempest.run(
+                        tdir, args.shared_storage_regex,
+                        conf=tdir / "etc" /
+                        tempest.SHARED_STORAGE_CONF) or rc
+            else:
+                rc = tempest.run_default(tdir)
         finally:
             tempest.forget(tdir)
         peak = max(peak, _peak_rss_mib())
@@ -159,6 +166,9 @@ def add_parser(sub: Any) -> None:
                         help="each host's link rate")
     parser.add_argument("--regex", default=None,
                         help="tempest test regex (tempest action)")
+    parser.add_argument("--shared-storage-regex", default=None,
+                        help="with --regex: then run these tests with "
+                             "block_migration_for_live_migration off")
     parser.add_argument("--log", default="/tmp/dcmigrate-cloud.log",
                         help="log of the background cloud (up action)")
     parser.add_argument("--keep-workdir", action="store_true")
