@@ -45,7 +45,8 @@ def _peak_rss_mib() -> float:
 def _cloud(args: argparse.Namespace) -> lab_cloud.Cloud:
     return lab_cloud.Cloud(Path(args.repo), rate=args.rate,
                            keep_workdir=args.keep_workdir,
-                           api=not args.no_api)
+                           api=not args.no_api,
+                           neutron_stub=args.neutron_stub)
 
 
 def _forked_child_exits(owner: int) -> None:
@@ -94,7 +95,8 @@ def _up(args: argparse.Namespace) -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nova_dcmigrate.cmd.lab", "cloud", "run",
              "--repo", args.repo, "--rate", args.rate] +
-            (["--no-api"] if args.no_api else []),
+            (["--no-api"] if args.no_api else []) +
+            (["--neutron-stub"] if args.neutron_stub else []),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
     while proc.poll() is None:
@@ -175,6 +177,9 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--no-api", action="store_true",
                         help="do not run dcmigrate-api (the redirect API "
                              "tests then skip)")
+    parser.add_argument("--neutron-stub", action="store_true",
+                        help="a read-only Neutron stand-in instead of "
+                             "neutron-server")
     parser.add_argument("--no-ramcheck", action="store_true",
                         help="tempest action: skip the lab's RAM check "
                              "after a redirect through the cloud")
