@@ -45,7 +45,8 @@ def _peak_rss_mib() -> float:
 def _cloud(args: argparse.Namespace) -> lab_cloud.Cloud:
     return lab_cloud.Cloud(Path(args.repo), rate=args.rate,
                            keep_workdir=args.keep_workdir,
-                           api=not args.no_api)
+                           api=not args.no_api,
+                           neutron_stub=args.neutron_stub)
 
 
 def _forked_child_exits(owner: int) -> None:
@@ -94,7 +95,8 @@ def _up(args: argparse.Namespace) -> int:
         proc = subprocess.Popen(
             [sys.executable, "-m", "nova_dcmigrate.cmd.lab", "cloud", "run",
              "--repo", args.repo, "--rate", args.rate] +
-            (["--no-api"] if args.no_api else []),
+            (["--no-api"] if args.no_api else []) +
+            (["--neutron-stub"] if args.neutron_stub else []),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
     while proc.poll() is None:
@@ -131,7 +133,15 @@ def _tempest(args: argparse.Namespace) -> int:
         tdir = tempest.configure(cloud.plane, info, cloud.repo,
                                  api_enabled=cloud.api)
         try:
-            rc = tempest.run(tdir, args.regex or tempest.DEFAULT_REGEX)
+            if args.regex:
+                rc = tempest.run(tdir, args.regex)
+                if args.shared_storage_regex:
+                    rc = tempest.run(
+                        tdir, args.shared_storage_regex,
+                        conf=tdir / "etc" /
+                        tempest.SHARED_STORAGE_CONF) or rc
+            else:
+                rc = tempest.run_default(tdir)
         finally:
             tempest.forget(tdir)
         peak = max(peak, _peak_rss_mib())
@@ -158,12 +168,18 @@ def add_parser(sub: Any) -> None:
                         help="each host's link rate")
     parser.add_argument("--regex", default=None,
                         help="tempest test regex (tempest action)")
+    parser.add_argument("--shared-storage-regex", default=None,
+                        help="with --regex: then run these tests with "
+                             "block_migration_for_live_migration off")
     parser.add_argument("--log", default="/tmp/dcmigrate-cloud.log",
                         help="log of the background cloud (up action)")
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--no-api", action="store_true",
                         help="do not run dcmigrate-api (the redirect API "
                              "tests then skip)")
+    parser.add_argument("--neutron-stub", action="store_true",
+                        help="a read-only Neutron stand-in instead of "
+                             "neutron-server")
     parser.add_argument("--no-ramcheck", action="store_true",
                         help="tempest action: skip the lab's RAM check "
                              "after a redirect through the cloud")

@@ -50,8 +50,11 @@ FLAVORS = {"42": ("lab.tiny", 256), "43": ("lab.small", 512)}
 
 class Cloud:
     def __init__(self, repo: Path, rate: str = DEFAULT_RATE,
-                 keep_workdir: bool = False, api: bool = True) -> None:
+                 keep_workdir: bool = False, api: bool = True,
+                 neutron_stub: bool = False) -> None:
         self.repo = repo.resolve()
+        #: The read-only Neutron stand-in instead of neutron-server.
+        self.neutron_stub = neutron_stub
         #: Run dcmigrate-api (the redirect REST API) on the controller.
         self.api = api
         self.rate = rate
@@ -88,7 +91,8 @@ class Cloud:
         self.compute_procs = procs.Processes(work / "log",
                                              self._save_state)
         self.plane = control.ControlPlane(work, self.lab.gateway_address,
-                                          self.lab.run_id, self.procs)
+                                          self.lab.run_id, self.procs,
+                                          neutron_stub=self.neutron_stub)
         self._save_state()
         plane = self.plane
         plane.start_databases()

@@ -17,6 +17,7 @@ from oslo_log import log as logging
 
 from nova_dcmigrate.lab.cloud import control
 from nova_dcmigrate.lab.cloud import devstack
+from nova_dcmigrate.lab.cloud import gate
 from nova_dcmigrate.lab.cloud import procs
 from nova_dcmigrate.lab.libvirt_host import LibvirtHost
 
@@ -55,7 +56,8 @@ class Compute:
             "compute_driver": "libvirt.LibvirtDriver"})
         sections["oslo_concurrency"] = {"lock_path": self.dir / "lock"}
         sections["libvirt"] = {
-            "virt_type": "qemu", "connection_uri": "qemu:///system",
+            "virt_type": gate.DEVSTACK_LOCALRC["LIBVIRT_TYPE"],
+            "connection_uri": "qemu:///system",
             "cpu_mode": "custom", "cpu_models": "qemu64",
             "live_migration_inbound_addr": self.libvirt.address,
             "live_migration_scheme": "tcp"}
@@ -64,9 +66,12 @@ class Compute:
             f"{self.nova_conf}")}
         sections["dcmigrate_compute"] = {"agent_check_interval": 10}
         control.write_ini(self.nova_conf, sections)
-        # Our parts: the devstack plugin's own functions.
+        # Our parts: the devstack plugin's own functions, with the gate
+        # job's variables.
+        localrc = {k: gate.DEVSTACK_LOCALRC[k] for k in gate.COMPUTE_LOCALRC}
         devstack.run_functions(self.repo, [
             "configure_dcmigrate", "start_dcmigrate"], {
+            **localrc,
             "CLOUD_ENABLED_SERVICES": "dcmigrate-agent",
             "CLOUD_TRANSPORT_URL": self.plane.transport_url,
             "CLOUD_RUN_DIR": str(self.run_dir),

@@ -27,7 +27,7 @@ LOG = logging.getLogger(__name__)
 PORTS = {"keystone": 5000, "placement": 8778, "glance": 9292,
          "neutron": 9696, "nova": 8774, "mysql": 3306}
 DATABASES = ("keystone", "placement", "glance", "nova_api", "nova",
-             "nova_cell0")
+             "nova_cell0", "neutron")
 SERVICE_USERS = ("nova", "placement", "glance", "neutron", "dcmigrate")
 UWSGI_FLAGS = ["--master", "--processes", "1", "--threads", "4",
                "--enable-threads", "--die-on-term", "--lazy-apps",
@@ -61,8 +61,12 @@ class ControlPlane:
     """Starts the control plane into ``workdir`` (see :meth:`start`)."""
 
     def __init__(self, workdir: Path, address: str, run_id: str,
-                 processes: procs.Processes) -> None:
+                 processes: procs.Processes,
+                 neutron_stub: bool = False) -> None:
         self.dir = workdir
+        #: The read-only stand-in (neutron_stub.py) instead of
+        #: neutron-server.
+        self.neutron_stub = neutron_stub
         self.address = address
         self.run_id = run_id
         self.procs = processes
@@ -226,9 +230,55 @@ class ControlPlane:
         self._uwsgi("glance", "glance.wsgi.api:application",
                     PORTS["glance"], {"OS_GLANCE_CONFIG_DIR": str(gdir)},
                     ["--http-chunked-input", "--http-raw-body"])
-        self.procs.start("neutron-stub", [
-            sys.executable, "-m", "nova_dcmigrate.lab.cloud.neutron_stub",
-            self.address, str(PORTS["neutron"])])
+        if self.neutron_stub:
+            self.procs.start("neutron-stub", [
+                sys.executable, "-m",
+                "nova_dcmigrate.lab.cloud.neutron_stub",
+                self.address, str(PORTS["neutron"])])
+        else:
+            self.start_neutron()
+
+    @property
+    def neutron_name(self) -> str:
+        return "neutron-stub" if self.neutron_stub else "neutron-api"
+
+    def start_neutron(self) -> None:
+        """neutron-server's API: ML2 without mechanism drivers or L2
+        agents (servers boot with ``--nic none``; what Nova asks Neutron
+        for them is in doc/source/lab-cloud.rst).  No RPC server: nothing
+        (no agent) would call it."""
+        ndir = self.etc / "neutron"
+        conf, ml2 = ndir / "neutron.conf", ndir / "ml2_conf.ini"
+        paste = ndir / "api-paste.ini"
+        ndir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.venv / "etc" / "neutron" / "api-paste.ini", paste)
+        write_ini(conf, {
+            # "router": its module defines Port.port_forwardings, which
+            # every port listing reads (neutron 29 fails without it).
+            "DEFAULT": {"log_file": self.log_dir / "neutron-api-app.log",
+                        "core_plugin": "ml2", "service_plugins": "router",
+                        "api_paste_config": paste,
+                        "auth_strategy": "keystone",
+                        "transport_url": self.transport_url,
+                        "notify_nova_on_port_status_changes": "False",
+                        "notify_nova_on_port_data_changes": "False",
+                        "rpc_workers": 0, "debug": "False"},
+            "database": {"connection": self.db("neutron")},
+            "keystone_authtoken": self.authtoken("neutron"),
+            "oslo_concurrency": {"lock_path": self.dir / "neutron-lock"},
+        })
+        write_ini(ml2, {
+            "ml2": {"type_drivers": "flat", "tenant_network_types": "",
+                    "mechanism_drivers": "", "extension_drivers": ""},
+            "ml2_type_flat": {"flat_networks": "*"}})
+        self._run([str(self.bin / "neutron-db-manage"), "--config-file",
+                   str(conf), "--config-file", str(ml2), "upgrade",
+                   "heads"], timeout=600)
+        self._uwsgi("neutron-api", "neutron.wsgi.api:application",
+                    PORTS["neutron"], {
+                        "OS_NEUTRON_CONFIG_DIR": str(ndir),
+                        "OS_NEUTRON_CONFIG_FILES":
+                            "neutron.conf;ml2_conf.ini"})
 
     def nova_sections(self) -> dict[str, dict[str, object]]:
         """nova.conf of the control services (computes: minus the DBs)."""
@@ -289,9 +339,17 @@ class ControlPlane:
                 "--log-file", str(self.log_dir / f"{service}-app.log")])
         for service, url in (("placement", self.url("placement")),
                              ("glance", self.url("glance")),
-                             ("neutron-stub", self.url("neutron")),
+                             (self.neutron_name, self.url("neutron")),
                              ("nova-api", self.url("nova", "/v2.1"))):
             self._wait_http(service, url)
+        if not self.neutron_stub:
+            # neutron 29 answers the first port listing of a fresh process
+            # with a 500 (SQLAlchemy's mappers, with the port_forwardings
+            # backref, are configured by the first query; get_ports reads
+            # that attribute before querying).  Any other query first
+            # avoids it; Nova's first call is a port listing.
+            self._run([str(self.bin / "openstack"), "network", "list",
+                       "-f", "value"], env=self.admin_env())
 
     def _wait_http(self, service: str, url: str) -> None:
         procs.wait_for(service, lambda: http_ok(url), 120,

@@ -1,4 +1,4 @@
-"""A read-only stand-in for neutron-server (it cannot run in budget here).
+"""A read-only stand-in for neutron-server (``cloud --neutron-stub``).
 
 Why: Nova calls Neutron on every server show, boot and live migration even
 for servers without ports (``--nic none``), and only ever with GETs for

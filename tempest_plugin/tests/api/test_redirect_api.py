@@ -80,3 +80,40 @@ class RedirectApiMigratingTest(base.DcmigrateBaseTest):
         # Nothing changed: the migration carries on to its destination.
         self.wait_active(server["id"])
         self.assertEqual(dst, self.get_host_for_server(server["id"]))
+
+    @decorators.idempotent_id("0b0f5b9e-8a51-4d8f-9b53-2f1f4b7c1a07")
+    def test_conflict_while_another_redirect_prepares(self):
+        """409 while a redirect is being prepared.
+
+        The API answers a redirect once the source queued it; preparing
+        the new host (Nova's pre-live-migration there, its QEMU and agent)
+        takes seconds under TCG, so a second request sent right away
+        always finds the first one in progress.  The other 409 of the
+        table, during the switchover, cannot be provoked from outside
+        (doc/source/lab-cloud.rst, "Conflicts the tests provoke").
+        """
+        server, _, dst, other = self._migrating()
+        first = self.redirects.create_redirect(
+            server["id"], host=other, reason="tempest")["redirect"]
+        err = self.assert_http(lib_exc.Conflict,
+                               self.redirects.create_redirect, server["id"])
+        body = err.resp_body
+        self.assertEqual(409, body["code"], body)
+        self.assertIn("already being redirected to %s" % other,
+                      body["message"])
+        # The refused request changed nothing: the first one either
+        # completes or, when the migration reached its destination while
+        # the new host was being prepared, is cancelled (the guest stays
+        # where the migration went).
+        final = self.wait_redirect(server["id"], first["id"],
+                                   states=("completed", "failed"))
+        self.assertEqual(dst, final["old_destination"], final)
+        self.wait_active(server["id"])
+        if final["state"] == "failed":
+            self.assertEqual("RedirectCancelled", final["error"]["code"],
+                             final)
+            self.assertEqual(dst, self.get_host_for_server(server["id"]))
+        else:
+            self.assertEqual(other, self.get_host_for_server(server["id"]))
+        listed = self.redirects.list_redirects(server["id"])["redirects"]
+        self.assertEqual([first["id"]], [r["id"] for r in listed])

@@ -148,7 +148,27 @@ class RedirectScenarioTest(base.DcmigrateBaseTest):
                                 disabled_reason="tempest dcmigrate")
         self.addCleanup(services.update_service, svc["id"],
                         status="enabled")
-        self.wait_active(server["id"])
-        self.assertEqual(hosts[2], self.get_host_for_server(server["id"]))
-        redirects = self.redirects.list_redirects(server["id"])["redirects"]
-        self.assertTrue(redirects[0]["requested_by"].startswith("trigger:"))
+        # The redirect API learns of a trigger's redirect from the source
+        # compute while the migration runs (it lists what the source
+        # knows); after that only what it has seen is listed.
+        record = self._wait_trigger_record(server["id"])
+        self.assertEqual("trigger:destination_disabled",
+                         record["requested_by"], record)
+        self.assertEqual(hosts[1], record["old_destination"], record)
+        final = self.wait_redirect(server["id"], record["id"])
+        self.assertEqual(hosts[2], final["new_destination"], final)
+        self._check_moved(server, migration, hosts[2], hosts[1], before,
+                          record["id"])
+
+    def _wait_trigger_record(self, server_id):
+        deadline = time.monotonic() + CONF.dcmigrate.build_timeout
+        while time.monotonic() < deadline:
+            for record in self.redirects.list_redirects(
+                    server_id)["redirects"]:
+                if record["requested_by"].startswith("trigger:"):
+                    return record
+            if not self.in_progress_migrations(server_id):
+                self.fail("the migration of %s ended without an automatic "
+                          "redirect" % server_id)
+            time.sleep(CONF.dcmigrate.build_interval)
+        self.fail("no automatic redirect of %s" % server_id)
