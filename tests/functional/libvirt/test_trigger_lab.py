@@ -28,11 +28,9 @@ from nova_dcmigrate.triggers import base  # noqa: E402
 from nova_dcmigrate.triggers import progress  # noqa: E402
 from nova_dcmigrate.triggers import too_slow  # noqa: E402
 from nova_dcmigrate.virt.libvirt import trigger_watch  # noqa: E402
-from tests.functional.libvirt import test_controller  # noqa: E402
 
 LAB_HOSTS = ("src", "a", "b")
 LAB_LINK = "300mbit"
-run = test_controller.run
 
 
 def _conf() -> cfg.ConfigOpts:
