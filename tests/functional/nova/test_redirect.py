@@ -340,6 +340,26 @@ class RedirectTestBase(base.DCMigrateDriverMixin,
                              {self._bdm_attachment()})
         self._assert_idle(*dest_hosts)
 
+    def _refuse_release_once(self, host: str, error: str) -> None:
+        """Placement refuses, once, to release ``host``'s share of the
+        instance's allocation (as when it is down)."""
+        stock = (report_client.SchedulerReportClient.
+                 remove_provider_tree_from_instance_allocation)
+        refused: list[str] = []
+        test = self
+
+        def remove(client: Any, context: Any, consumer: str,
+                   root_rp: str) -> Any:
+            if root_rp == test.rp[host] and not refused:
+                refused.append(root_rp)
+                raise nova_exception.AllocationUpdateFailed(
+                    consumer_uuid=consumer, error=error)
+            return stock(client, context, consumer, root_rp)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            "nova.scheduler.client.report.SchedulerReportClient."
+            "remove_provider_tree_from_instance_allocation", remove))
+
 
 class RedirectTest(RedirectTestBase):
 
@@ -523,22 +543,7 @@ class RedirectTest(RedirectTestBase):
         # Placement refuses to release the old destination once: the
         # redirect goes on, the step is reported in the status (and at
         # ERROR), and the periodic housekeeping finishes it.
-        stock = (report_client.SchedulerReportClient.
-                 remove_provider_tree_from_instance_allocation)
-        refused: list[str] = []
-        test = self
-
-        def remove(client: Any, context: Any, consumer: str,
-                   root_rp: str) -> Any:
-            if root_rp == test.rp["dest1"] and not refused:
-                refused.append(root_rp)
-                raise nova_exception.AllocationUpdateFailed(
-                    consumer_uuid=consumer, error="placement down (test)")
-            return stock(client, context, consumer, root_rp)
-
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.scheduler.client.report.SchedulerReportClient."
-            "remove_provider_tree_from_instance_allocation", remove))
+        self._refuse_release_once("dest1", "placement down (test)")
         # Retry at the next housekeeping round instead of in 60 s.
         self.computes["src"].driver.dcmigrate_cleanups.interval = 0
         self._boot(volume=False)

@@ -175,22 +175,7 @@ class RestartTest(RestartTestBase):
         # (placement refuses its step), and restarts while the attempt to
         # dest2 runs: the source's housekeeping finishes its clean-up and
         # drops the persisted record once nothing is pending.
-        stock = (report_client.SchedulerReportClient.
-                 remove_provider_tree_from_instance_allocation)
-        refused: list[str] = []
-        test = self
-
-        def remove(client: Any, context: Any, consumer: str,
-                   root_rp: str) -> Any:
-            if root_rp == test.rp["dest1"] and not refused:
-                refused.append(root_rp)
-                raise nova_exception.AllocationUpdateFailed(
-                    consumer_uuid=consumer, error="dest1 down (test)")
-            return stock(client, context, consumer, root_rp)
-
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.scheduler.client.report.SchedulerReportClient."
-            "remove_provider_tree_from_instance_allocation", remove))
+        self._refuse_release_once("dest1", "dest1 down (test)")
         self.computes["src"].driver.dcmigrate_cleanups.interval = 0
         self._boot()
         self._start_migration("dest1")
