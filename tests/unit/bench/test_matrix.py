@@ -91,10 +91,38 @@ class RowsTest(unittest.TestCase):
         self.assertEqual(3, rows["dcmigrate"]["runs"])
         cells = matrix.csv_cells("a'", rows["dcmigrate"], True)
         self.assertEqual(['"a\'"', "dcmigrate", "6.0", "300", "200", "100",
-                          "5.0", "1.20", "0.55x", "2/3"], cells)
+                          "5.0", "1.20", "0.55x", "2/3", "3/3"], cells)
         cells = matrix.csv_cells("a'", rows["restart"], False)
         self.assertEqual("", cells[0])
         self.assertEqual("-", cells[5])         # nothing relayed
+
+    def test_runs_that_skipped_a_redirect_are_counted(self):
+        skipped = _record("restart", 2.5)
+        skipped["skipped_redirects"] = [0.7]
+        res = _result([_record("dcmigrate", 5.5), skipped,
+                       _record("dcmigrate", 5.6), _record("restart", 4.8)])
+        rows = {r["method"]: r for r in matrix.rows_for(res)}
+        self.assertEqual("2/2", matrix.csv_cells("u2", rows["dcmigrate"],
+                                                 True)[-1])
+        self.assertEqual("1/2", matrix.csv_cells("u2", rows["restart"],
+                                                 False)[-1])
+
+    def test_overall_median_over_bound_and_worst_vs_restart(self):
+        def outcome(name, dc, rs):
+            o = matrix.Outcome(matrix.Scenario(name, ()), 0, 1.0, "", "")
+            o.result = _result([_record("dcmigrate", dc),
+                                _record("restart", rs)])
+            return o
+        outs = [outcome("a", 6.0, 12.0), outcome("b", 7.0, 7.0),
+                outcome("c", 10.0, 8.0)]
+        missing = matrix.Outcome(matrix.Scenario("d", ()), -1, 0.0, "", "",
+                                 error="not run")
+        summary = matrix.overall(outs + [missing])
+        self.assertEqual(3, summary["scenarios"])
+        self.assertAlmostEqual(7.0 / 5.0, summary["median_x_bound"])
+        self.assertEqual((10.0 / 8.0, "c"), summary["worst_vs_restart"])
+        self.assertIn("worst ratio to restart 1.25x (c)",
+                      matrix.overall_text(summary))
 
     def test_failed_runs_are_not_in_the_medians(self):
         res = _result([_record("dcmigrate", 6.0),
@@ -131,7 +159,7 @@ class RunTest(unittest.TestCase):
         os.environ["FAIL"] = "64"
         self.assertEqual(1, self._main())
         with open(os.path.join(self.out, "summary.json")) as f:
-            summary = json.load(f)
+            summary = json.load(f)["scenarios"]
         self.assertEqual(3, summary[0]["returncode"])
         self.assertIn("no JSON", summary[0]["error"])
         self.assertIsNone(summary[1]["error"])
