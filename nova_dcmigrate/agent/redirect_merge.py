@@ -6,8 +6,8 @@ one stream merged from the source's and the holders' pages (the building
 blocks are in :mod:`.merge`; the frontier between the source and the
 holders is steered by :mod:`.frontier`).
 
-With ``[dcmigrate_agent] connect_holders_early`` (experimental, off by
-default) the holders are connected and their inventories read as soon as
+With ``[dcmigrate_agent] connect_holders_early`` (on by default) the
+holders are connected and their inventories read as soon as
 the attempt is prepared (:meth:`RedirectMerge.connect_holders_early`),
 while libvirt still stops the old attempt and starts the destination
 QEMU, so the plan is ready when the source's stream arrives (issue 13,

@@ -198,17 +198,17 @@ OPTS = [
              "connections before it is dropped."),
     cfg.BoolOpt(
         "connect_holders_early",
-        default=False,
-        help="Experimental. A new destination of a redirect connects to "
-             "the holders, reads their inventories and (holding no page "
-             "itself) plans as soon as it is prepared, while libvirt "
-             "still stops the old attempt and starts the destination "
-             "QEMU, instead of once the source's stream arrives. The "
-             "work is the same, only earlier; on hosts without a spare "
-             "core it competes with the QEMU start. Off by default until "
-             "measured on a quiet machine (one unexplained failure of a "
-             "redirect back to an earlier destination was seen with it "
-             "on)."),
+        default=True,
+        help="A new destination of a redirect connects to the holders, "
+             "reads their inventories and (holding no page itself) plans "
+             "as soon as it is prepared, while libvirt still stops the "
+             "old attempt and starts the destination QEMU, instead of "
+             "once the source's stream arrives: the source's first byte "
+             "then no longer waits for the inventories (over a slow "
+             "holder's link this was 0.3-0.4 s). The work is the same, "
+             "only earlier; on hosts without a spare core it competes "
+             "with the QEMU start. Set to false to plan only when the "
+             "source's stream arrives."),
 ]
 
 
