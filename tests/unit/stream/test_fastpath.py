@@ -23,6 +23,7 @@ import xxhash
 
 from nova_dcmigrate.agent import plan as planmod
 from nova_dcmigrate.agent.destination import StoreVisitor
+from nova_dcmigrate.agent import merge
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent.page_store import DIGEST_LEN
 from nova_dcmigrate.agent.page_store import PageStore
@@ -209,6 +210,111 @@ class TestTrackerAndStore:
                     r.close()
         native, python = _both(run)
         assert native == python
+
+    @SETTINGS
+    @hypothesis.given(stream_specs(), chunk_sizes, st.integers(0, 3),
+                      st.randoms(use_true_random=False))
+    def test_merged_stream_identical(self, spec: dict[str, object],
+                                     chunks: list[int], mode: int,
+                                     rnd: random.Random) -> None:
+        """A redirect's new destination (``merge.MergeVisitor``): the
+        bytes written to QEMU, the page store, the "sent by the source"
+        marks and the superseded holder pages are the same either way.
+        mode bit 0: the store holds a QEMU RAM (memfd) instead of copying;
+        bit 1: some pages are assigned to remote holders, some of them
+        already relayed."""
+        stream = streamgen.build_stream(**spec)  # type: ignore[arg-type]
+        sizes = sorted({b.used_length for b in stream.ram_start.blocks})
+        total = sum(b.used_length // 4096 for b in stream.ram_start.blocks)
+        owner = [rnd.choice((-1, 0, 1, 2)) if mode & 2 else -1
+                 for _ in range(total)]
+        relayed = [rnd.random() < 0.3 for _ in range(total)]
+
+        def run() -> Any:
+            store = PageStore(SEED)
+            qemu = _Sink()
+            ram = None
+            try:
+                feed = merge.QemuFeed(qemu, store, 3)  # type: ignore
+                if mode & 1:
+                    ram = _memfd_ram(sizes)
+                    store.configure(stream.ram_start)
+                    assert store.attach(ram)
+
+                def on_start(start: Any) -> None:
+                    feed.owner = owner if mode & 2 else ()
+                    for g, r in enumerate(relayed):
+                        feed.relayed[g] = r
+
+                visitor = merge.MergeVisitor(feed, on_start, lambda: None)
+                err = _feed_merge(StreamReader(visitor), visitor,
+                                  stream.data, chunks)
+                blocks = store._blocks
+                return (bytes(qemu.data), bytes(feed.sent_by_src),
+                        list(feed.superseded),
+                        [(_held_pages(b), bytes(b.digests), bytes(b.state),
+                          b.attempt.tobytes(), b.held, bytes(b.where))
+                         for b in blocks], store.counters(), _err(err))
+            finally:
+                store.close()
+                if ram is not None:
+                    ram.close()
+        native, python = _both(run)
+        assert native == python
+        if native[-1] is None:
+            # And QEMU gets the stream's memory.
+            out = _StoreAll()
+            streamgen.feed_chunks(StreamReader(out), native[0])
+            for blk in stream.ram_start.blocks:
+                for page, content in stream.final.get(blk.name, {}).items():
+                    assert out.pages.get((blk.name, page)) == \
+                        (content or bytes(4096))
+
+
+class _Sink:
+    """Stands in for the destination QEMU's socket (QemuFeed only calls
+    sendall): collects what the feed writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+class _StoreAll(StreamVisitor):
+    def __init__(self) -> None:
+        self.pages: dict[tuple[str, int], bytes] = {}
+
+    def on_page(self, block: Any, page: int, data: memoryview) -> None:
+        self.pages[(block.name, page)] = bytes(data)
+
+    def on_zero(self, block: Any, page: int) -> None:
+        self.pages[(block.name, page)] = bytes(4096)
+
+
+def _feed_merge(reader: StreamReader, visitor: Any, data: bytes,
+                chunks: list[int]) -> BaseException | None:
+    """As the new destination's session feeds the source's stream: each
+    chunk under the feed lock (``chunk_begin``/``chunk_end``)."""
+    sizes = [max(1, s) for s in chunks] or [1]
+    pos = i = 0
+    try:
+        while pos < len(data):
+            n = min(sizes[i % len(sizes)], len(data) - pos)
+            i += 1
+            view = reader.get_buffer(n)
+            view[:n] = data[pos:pos + n]
+            visitor.chunk_begin()
+            try:
+                reader.buffer_updated(n)
+            finally:
+                visitor.chunk_end()
+            pos += n
+        reader.close()
+    except Exception as err:  # compared across both paths
+        return err
+    return None
 
 
 def _memfd_ram(sizes: list[int]) -> Any:
