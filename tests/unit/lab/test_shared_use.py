@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import select
 import subprocess
 import sys
 import time
@@ -100,7 +101,6 @@ class Run:
 
     def answered_within(self, seconds: float) -> bool:
         """Whether the child's next line comes in ``seconds``."""
-        import select
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], seconds)
         return bool(ready)
