@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from typing import Any
 
 import pytest
 
@@ -41,8 +42,8 @@ def _all_error_classes() -> list[type[exception.DcmigrateError]]:
     return seen
 
 
-def _sample(fmt: str) -> dict[str, object]:
-    values: dict[str, object] = {}
+def _sample(fmt: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     for name, conv in _PLACEHOLDER.findall(fmt):
         values[name] = 7 if conv in "dioxXc" else (
             1.5 if conv in "eEfFgG" else "<%s>" % name)
@@ -93,7 +94,9 @@ def test_data_that_does_not_fit_still_gives_a_message() -> None:
     (stream_exception.UnsupportedStreamError, {"reason": "r"},
      stream_exception.UnsupportedStreamError.msg_fmt_no_offset),
 ])
-def test_stream_errors_with_and_without_an_offset(cls, kwargs, text) -> None:
+def test_stream_errors_with_and_without_an_offset(
+        cls: type[stream_exception.StreamError], kwargs: dict[str, Any],
+        text: str) -> None:
     err = cls(**kwargs)
     assert str(err) == text
     assert err.offset == kwargs.get("offset")
@@ -109,7 +112,7 @@ def test_every_error_class_formats_its_own_data() -> None:
             "nova_dcmigrate.scheduler.exception",
             "nova_dcmigrate.compute.exception"} <= names
     for cls in classes:
-        cases = [(cls.msg_fmt, {})]
+        cases: list[tuple[str, dict[str, Any]]] = [(cls.msg_fmt, {})]
         if issubclass(cls, stream_exception.StreamError):
             cases = [(cls.msg_fmt, {"offset": 7}),
                      (cls.msg_fmt_no_offset, {"offset": None})]

@@ -10,6 +10,7 @@ signatures, instead of an oslo.messaging client.
 from __future__ import annotations
 
 from typing import Any
+from typing import cast
 
 from oslo_config import cfg
 
@@ -61,6 +62,7 @@ class InProcessAgents:
         self._dest_socket: dict[tuple[str, int], str] = {}
 
     def _call(self, host: str, method: str, **kwargs: Any) -> Any:
+        """Call ``method`` of ``host``'s manager, as its RPC endpoint."""
         self.calls.append((host, method, kwargs))
         if host not in self.managers:
             raise RuntimeError("no agent on host %s" % host)
@@ -69,7 +71,7 @@ class InProcessAgents:
     def ping(self, host: str,
              timeout: float | None = None) -> dict[str, Any]:
         self.ping_timeouts.append(timeout)
-        return self._call(host, "ping")
+        return cast(dict[str, Any], self._call(host, "ping"))
 
     def prepare_destination(self, host: str, migration_id: str, secret: str,
                             attempt: int = 0,
@@ -85,7 +87,7 @@ class InProcessAgents:
                             source_rate=source_rate, tls=tls,
                             guest_memory=guest_memory)
         self._dest_socket[(migration_id, attempt)] = result["socket"]
-        return result
+        return cast(dict[str, Any], result)
 
     def prepare_source(self, host: str, migration_id: str, secret: str,
                        dest_address: str, dest_port: int,
@@ -96,12 +98,13 @@ class InProcessAgents:
                             dest_address=dest_address, dest_port=dest_port,
                             attempt=attempt, tls=tls)
         if not self.same_path:
-            return result
+            return cast(dict[str, Any], result)
         return dict(result, socket=self._dest_socket.get(
             (migration_id, attempt), result["socket"]))
 
     def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
-        return self._call(host, "get_status", migration_id=migration_id)
+        return cast(dict[str, Any],
+                    self._call(host, "get_status", migration_id=migration_id))
 
     def supports_attempt_abort(self) -> bool:
         return self.attempt_abort

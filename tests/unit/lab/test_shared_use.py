@@ -12,6 +12,8 @@ covered by the functional tests' broker fixture).  The locks are real.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 import select
 import subprocess
@@ -114,8 +116,11 @@ class Run:
                 f.close()
 
 
+Runs = Callable[[], Run]
+
+
 @pytest.fixture
-def runs(tmp_path):
+def runs(tmp_path: Path) -> Iterator[Runs]:
     made: list[Run] = []
 
     def start() -> Run:
@@ -128,11 +133,12 @@ def runs(tmp_path):
 
 
 @pytest.fixture
-def flag(tmp_path) -> Path:
+def flag(tmp_path: Path) -> Path:
     return tmp_path / "broker-running"
 
 
-def test_starter_leaves_the_broker_to_a_run_still_using_it(runs, flag):
+def test_starter_leaves_the_broker_to_a_run_still_using_it(
+        runs: Runs, flag: Path) -> None:
     a, b = runs(), runs()
     assert a.do("ensure") == "started_here=True" and flag.exists()
     assert b.do("ensure") == "started_here=False"
@@ -142,7 +148,8 @@ def test_starter_leaves_the_broker_to_a_run_still_using_it(runs, flag):
     assert flag.exists()                # b did not start it
 
 
-def test_starter_stops_the_broker_when_nobody_else_uses_it(runs, flag):
+def test_starter_stops_the_broker_when_nobody_else_uses_it(
+        runs: Runs, flag: Path) -> None:
     a, b = runs(), runs()
     assert a.do("ensure") == "started_here=True"
     assert b.do("ensure") == "started_here=False"
@@ -151,7 +158,7 @@ def test_starter_stops_the_broker_when_nobody_else_uses_it(runs, flag):
     assert not flag.exists()
 
 
-def test_a_run_that_died_no_longer_counts(runs, flag):
+def test_a_run_that_died_no_longer_counts(runs: Runs, flag: Path) -> None:
     a, b = runs(), runs()
     assert a.do("ensure") == "started_here=True"
     assert b.do("ensure") == "started_here=False"
@@ -161,7 +168,8 @@ def test_a_run_that_died_no_longer_counts(runs, flag):
     assert not flag.exists()
 
 
-def test_a_broker_the_lab_did_not_start_is_never_stopped(runs, flag):
+def test_a_broker_the_lab_did_not_start_is_never_stopped(
+        runs: Runs, flag: Path) -> None:
     flag.write_text("system service")
     a = runs()
     assert a.do("ensure") == "started_here=False"
@@ -169,7 +177,8 @@ def test_a_broker_the_lab_did_not_start_is_never_stopped(runs, flag):
     assert flag.read_text() == "system service"
 
 
-def test_an_external_user_keeps_the_broker_running(runs, flag):
+def test_an_external_user_keeps_the_broker_running(
+        runs: Runs, flag: Path) -> None:
     """DCMIGRATE_RABBIT_EXTERNAL=1: the caller's broker is only used
     (shared lock), which still keeps a starter from stopping it."""
     a, ext = runs(), runs()
@@ -181,7 +190,8 @@ def test_an_external_user_keeps_the_broker_running(runs, flag):
     assert flag.exists()
 
 
-def test_two_runs_finding_it_down_start_it_once(runs, flag):
+def test_two_runs_finding_it_down_start_it_once(
+        runs: Runs, flag: Path) -> None:
     a, b = runs(), runs()
     a.send("ensure")
     b.send("ensure")
@@ -190,7 +200,7 @@ def test_two_runs_finding_it_down_start_it_once(runs, flag):
     assert flag.exists()
 
 
-def test_a_new_user_waits_while_the_last_one_stops_it(runs):
+def test_a_new_user_waits_while_the_last_one_stops_it(runs: Runs) -> None:
     a, b = runs(), runs()
     assert a.do("use") == "using"
     assert a.do("sole") == "sole=True"      # a now holds it exclusively
@@ -201,7 +211,7 @@ def test_a_new_user_waits_while_the_last_one_stops_it(runs):
     assert b.do("sole") == "sole=True"
 
 
-def test_sole_user_is_false_while_another_uses_it(runs):
+def test_sole_user_is_false_while_another_uses_it(runs: Runs) -> None:
     a, b = runs(), runs()
     assert a.do("use") == "using"
     assert b.do("use") == "using"
@@ -214,7 +224,8 @@ def test_sole_user_is_false_while_another_uses_it(runs):
     assert a.do("sole") == "sole=True"
 
 
-def test_acquire_gives_up_with_a_clear_error(tmp_path, runs):
+def test_acquire_gives_up_with_a_clear_error(
+        tmp_path: Path, runs: Runs) -> None:
     a = runs()
     assert a.do("use") == "using"
     assert a.do("sole") == "sole=True"
