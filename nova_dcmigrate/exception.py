@@ -32,13 +32,19 @@ class DcmigrateError(Exception):
     def __init__(self, message: str | None = None, **kwargs: Any) -> None:
         self.kwargs = kwargs
         if message is None:
+            template = self._template()
             try:
-                message = self.msg_fmt % kwargs
+                message = template % kwargs
             except (KeyError, TypeError, ValueError):
                 # A formatting bug must not hide the original failure.
-                message = self.msg_fmt
+                message = template
         self.message = message
         super().__init__(message)
+
+    def _template(self) -> str:
+        """The format of the message for ``self.kwargs``; a subclass whose
+        text depends on the data picks among its formats here."""
+        return self.msg_fmt
 
     def __getattr__(self, name: str) -> Any:
         # Expose kwargs as attributes (err.offset, err.block, ...).

@@ -140,8 +140,7 @@ def main() -> int:
                 for host in hosts.values():
                     host.stop()
     finally:
-        if broker.started_here:
-            broker.stop()
+        broker.stop()
     json.dump({"guest_mib": MEMORY_MIB, "dirty_mib": DIRTY_MIB,
                "runs": results}, sys.stdout, indent=1)
     print()

@@ -21,6 +21,7 @@ run that dies with a bare ``CalledProcessError`` costs minutes to debug.
      |    +-- MigrationFailed
      |    +-- MigrationTimeout
      +-- RamCheckError
+ +-- SharedServiceBusy
 """
 
 from __future__ import annotations
@@ -92,3 +93,11 @@ class MigrationTimeout(MigrationError):
 
 class RamCheckError(LabError):
     msg_fmt = "Cannot compare RAM of %(src)s and %(dst)s: %(reason)s"
+
+
+class SharedServiceBusy(LabError):
+    """A lock of a service shared by lab runs (the RabbitMQ broker) stayed
+    taken: another run is stopping it, or hangs while doing so."""
+
+    msg_fmt = ("%(action)s: %(path)s is still locked after %(timeout).0f s "
+               "(held by pids: %(holders)s)")

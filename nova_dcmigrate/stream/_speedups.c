@@ -142,6 +142,57 @@ check_tables(uint64_t used, Py_ssize_t npages_have, const char *what)
     return 0;
 }
 
+/* A destination page store's per-page tables (agent/page_store.py) and
+ * what the current attempt writes into them. */
+typedef struct {
+    unsigned char *dg;          /* digest of each page (DIGEST_LEN) */
+    unsigned char *st;          /* ST_* state of each page */
+    uint16_t *att;              /* attempt that last sent each page */
+    uint16_t attempt;
+    uint64_t seed;
+    const char *zero;           /* digest of a zero page */
+} page_tables;
+
+/* Change of the store's data/zero/held page counts. */
+typedef struct {
+    Py_ssize_t data, zero, held;
+} store_delta;
+
+/* Record one PAGE (bytes at src) or ZERO record in the store's tables:
+ * attempt, digest, state, and the state change counted into *d.  Why
+ * shared: store_records and track_records must keep the store's
+ * bookkeeping identical and differ only in where the bytes live (copied,
+ * or in QEMU's held RAM), which they handle from the returned previous
+ * state. */
+static inline unsigned char
+record_page(const page_tables *t, enum rec_kind k, uint64_t page,
+            const unsigned char *src, store_delta *d)
+{
+    unsigned char old = t->st[page];
+
+    t->att[page] = t->attempt;
+    if (k == REC_PAGE) {
+        digest_into(t->dg + page * DIGEST_LEN, src, t->seed);
+        if (old != ST_DATA) {
+            if (old == ST_ZERO)
+                d->zero--;
+            else
+                d->held++;
+            d->data++;
+            t->st[page] = ST_DATA;
+        }
+    } else if (old != ST_ZERO) {
+        if (old == ST_DATA)
+            d->data--;
+        else
+            d->held++;
+        d->zero++;
+        t->st[page] = ST_ZERO;
+        memcpy(t->dg + page * DIGEST_LEN, t->zero, DIGEST_LEN);
+    }
+    return old;
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan_records(buf, pos, end, used) -> (pos, pages, zeros)\n\n"
 "Skip a run of valid CONTINUE records (parse-only visitor).");
@@ -250,7 +301,8 @@ store_records(PyObject *self, PyObject *args)
     const char *zero;
     Py_ssize_t zero_len;
     bufset s = {.n = 0};
-    Py_ssize_t pages = 0, zeros = 0, d_data = 0, d_zero = 0, d_held = 0;
+    Py_ssize_t pages = 0, zeros = 0;
+    store_delta d = {0, 0, 0};
     uint64_t page;
     enum rec_kind k;
 
@@ -275,48 +327,28 @@ store_records(PyObject *self, PyObject *args)
     {
         const unsigned char *buf = s.b[0].buf;
         unsigned char *data = s.b[1].buf;
-        unsigned char *dg = s.b[2].buf;
-        unsigned char *st = s.b[3].buf;
-        uint16_t *att = s.b[4].buf;
+        const page_tables t = {s.b[2].buf, s.b[3].buf, s.b[4].buf,
+                               (uint16_t)attempt, seed, zero};
         /* The GIL stays held: a concurrent PageStore.close() must not
          * find its mmap exported. */
         while ((k = next_record(buf, pos, end, used, &page)) != REC_STOP) {
-            unsigned char old = st[page];
-            att[page] = (uint16_t)attempt;
+            const unsigned char *src = buf + pos + 8;
+            unsigned char old = record_page(&t, k, page, src, &d);
             if (k == REC_PAGE) {
-                const unsigned char *src = buf + pos + 8;
                 memcpy(data + page * PAGE_SIZE, src, PAGE_SIZE);
-                digest_into(dg + page * DIGEST_LEN, src, seed);
-                if (old != ST_DATA) {
-                    if (old == ST_ZERO)
-                        d_zero--;
-                    else
-                        d_held++;
-                    d_data++;
-                    st[page] = ST_DATA;
-                }
                 pos += PAGE_REC;
                 pages++;
             } else {
-                if (old != ST_ZERO) {
-                    if (old == ST_DATA) {
-                        d_data--;
-                        memset(data + page * PAGE_SIZE, 0, PAGE_SIZE);
-                    } else {
-                        d_held++;
-                    }
-                    d_zero++;
-                    st[page] = ST_ZERO;
-                    memcpy(dg + page * DIGEST_LEN, zero, DIGEST_LEN);
-                }
+                if (old == ST_DATA)
+                    memset(data + page * PAGE_SIZE, 0, PAGE_SIZE);
                 pos += ZERO_REC;
                 zeros++;
             }
         }
     }
     release_all(&s);
-    return Py_BuildValue("nnnnnn", pos, pages, zeros, d_data, d_zero,
-                         d_held);
+    return Py_BuildValue("nnnnnn", pos, pages, zeros, d.data, d.zero,
+                         d.held);
 fail:
     release_all(&s);
     return NULL;
@@ -346,8 +378,8 @@ track_records(PyObject *self, PyObject *args)
     const char *zero;
     Py_ssize_t zero_len;
     bufset s = {.n = 0};
-    Py_ssize_t pages = 0, zeros = 0, d_data = 0, d_zero = 0, d_held = 0,
-        d_remote = 0;
+    Py_ssize_t pages = 0, zeros = 0, d_remote = 0;
+    store_delta d = {0, 0, 0};
     uint64_t page;
     enum rec_kind k;
 
@@ -375,29 +407,21 @@ track_records(PyObject *self, PyObject *args)
         goto fail;
     {
         const unsigned char *buf = s.b[0].buf;
-        unsigned char *dg = s.b[1].buf;
-        unsigned char *st = s.b[2].buf;
-        uint16_t *att = s.b[3].buf;
+        const page_tables t = {s.b[1].buf, s.b[2].buf, s.b[3].buf,
+                               (uint16_t)attempt, seed, zero};
         unsigned char *wh = s.b[4].buf;
         uint64_t *ring = s.b[5].buf;
         uint64_t nring = (uint64_t)(s.b[5].len / 8);
         uint64_t tag = (uint64_t)block_index << 32;
 
         while ((k = next_record(buf, pos, end, used, &page)) != REC_STOP) {
-            unsigned char old = st[page];
-            if (old == ST_DATA && wh[page] != loc)
+            unsigned char old;
+            if (t.st[page] == ST_DATA && wh[page] != loc)
                 break;
-            att[page] = (uint16_t)attempt;
+            old = record_page(&t, k, page, buf + pos + 8, &d);
             if (k == REC_PAGE) {
-                digest_into(dg + page * DIGEST_LEN, buf + pos + 8, seed);
                 if (old != ST_DATA) {
-                    if (old == ST_ZERO)
-                        d_zero--;
-                    else
-                        d_held++;
-                    d_data++;
                     d_remote++;
-                    st[page] = ST_DATA;
                     wh[page] = (unsigned char)loc;
                 }
                 ring[ring_count % nring] = tag | page;
@@ -405,17 +429,9 @@ track_records(PyObject *self, PyObject *args)
                 pos += PAGE_REC;
                 pages++;
             } else {
-                if (old != ST_ZERO) {
-                    if (old == ST_DATA) {
-                        d_data--;
-                        d_remote--;
-                        wh[page] = 0;
-                    } else {
-                        d_held++;
-                    }
-                    d_zero++;
-                    st[page] = ST_ZERO;
-                    memcpy(dg + page * DIGEST_LEN, zero, DIGEST_LEN);
+                if (old == ST_DATA) {
+                    d_remote--;
+                    wh[page] = 0;
                 }
                 pos += ZERO_REC;
                 zeros++;
@@ -423,8 +439,8 @@ track_records(PyObject *self, PyObject *args)
         }
     }
     release_all(&s);
-    return Py_BuildValue("nnnnnnnK", pos, pages, zeros, d_data, d_zero,
-                         d_held, d_remote, ring_count);
+    return Py_BuildValue("nnnnnnnK", pos, pages, zeros, d.data, d.zero,
+                         d.held, d_remote, ring_count);
 fail:
     release_all(&s);
     return NULL;

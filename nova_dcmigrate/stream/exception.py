@@ -41,12 +41,12 @@ class StreamError(exception.DcmigrateError):
     def __init__(self, message: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("offset", None)
         kwargs.setdefault("reason", "invalid migration stream")
-        if message is None and kwargs["offset"] is None:
-            try:
-                message = self.msg_fmt_no_offset % kwargs
-            except (KeyError, TypeError, ValueError):
-                message = self.msg_fmt_no_offset
         super().__init__(message, **kwargs)
+
+    def _template(self) -> str:
+        if self.kwargs["offset"] is None:
+            return self.msg_fmt_no_offset
+        return self.msg_fmt
 
 
 class TruncatedStreamError(StreamError):

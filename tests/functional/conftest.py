@@ -3,7 +3,8 @@
 These tests use real parts: QEMU guests under TCG in network namespaces,
 the real dcmigrate-agent daemons, and a real RabbitMQ broker for their
 oslo.messaging RPC.  They need root.  The broker is started if it is not
-running, and stopped again at the end if these tests started it.
+running, and stopped again at the end if these tests started it and no
+other lab run uses it (nova_dcmigrate/lab/rabbit.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 
 from nova_dcmigrate.agent.manager import AgentManager
 from nova_dcmigrate.virt.libvirt import driver as dcm_driver
-from tests.unit.agent.harness import make_conf
+from tests.unit.agent import inprocess
 
 CONF = nova_conf.CONF
 
@@ -63,77 +63,9 @@ class NovaVirtShim(fixtures.Fixture):
                 "(tox -e nova-functional)" % SHIM_MODULE)
 
 
-class InProcessAgents:
-    """``AgentAPI`` look-alike calling each host's AgentManager directly.
-
-    A host missing from ``managers`` has no agent that answers: every call
-    to it raises, as an RPC call to an absent agent times out.
-
-    The in-process "hosts" share one filesystem, so each agent has its own
-    socket_dir (one path would name one socket); in a deployment the
-    path is the same on both hosts, so the source's answer carries the
-    destination's path here (the only thing this adapter changes).
-    """
-
-    def __init__(self, managers: dict[str, AgentManager]) -> None:
-        self.managers = managers
-        self.calls: list[tuple[str, str, dict[str, Any]]] = []
-        self._dest_socket: dict[tuple[str, int], str] = {}
-
-    def _call(self, host: str, method: str, **kwargs: Any) -> Any:
-        self.calls.append((host, method, kwargs))
-        if host not in self.managers:
-            raise RuntimeError("no agent on host %s" % host)
-        return getattr(self.managers[host], method)({}, **kwargs)
-
-    def ping(self, host: str,
-             timeout: float | None = None) -> dict[str, Any]:
-        return self._call(host, "ping")
-
-    def prepare_destination(self, host: str, migration_id: str, secret: str,
-                            attempt: int = 0,
-                            holders: list[dict[str, Any]] | None = None,
-                            split: bool = True,
-                            source_rate: float | None = None,
-                            tls: bool = False,
-                            guest_memory: int | None = None
-                            ) -> dict[str, Any]:
-        result = self._call(host, "prepare_destination",
-                            migration_id=migration_id, secret=secret,
-                            attempt=attempt, holders=holders, split=split,
-                            source_rate=source_rate, tls=tls,
-                            guest_memory=guest_memory)
-        self._dest_socket[(migration_id, attempt)] = result["socket"]
-        return result
-
-    def prepare_source(self, host: str, migration_id: str, secret: str,
-                       dest_address: str, dest_port: int,
-                       attempt: int = 0, tls: bool = False
-                       ) -> dict[str, Any]:
-        result = self._call(host, "prepare_source",
-                            migration_id=migration_id, secret=secret,
-                            dest_address=dest_address, dest_port=dest_port,
-                            attempt=attempt, tls=tls)
-        return dict(result, socket=self._dest_socket.get(
-            (migration_id, attempt), result["socket"]))
-
-    def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
-        return self._call(host, "get_status", migration_id=migration_id)
-
-    def supports_attempt_abort(self) -> bool:
-        return True
-
-    def abort(self, host: str, migration_id: str,
-              reason: str = "aborted by request",
-              attempt: int | None = None) -> None:
-        self._call(host, "abort", migration_id=migration_id, reason=reason,
-                   attempt=attempt)
-
-    def cleanup(self, host: str, migration_id: str) -> None:
-        self._call(host, "cleanup", migration_id=migration_id)
-
-    def methods(self, name: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(h, kw) for h, m, kw in self.calls if m == name]
+#: The adapter the agents of a test are reached through (shared with the
+#: transport's unit tests).
+InProcessAgents = inprocess.InProcessAgents
 
 
 class DCMigrateDriverMixin:
@@ -191,18 +123,11 @@ class DCMigrateDriverMixin:
         """Start ``host``'s in-process dcmigrate agent (if not running)."""
         manager = self.agents.managers.get(host)
         if manager is None:
-            manager = AgentManager(
-                make_conf(session_timeout=120.0,
-                          **self.DCMIGRATE_AGENT_CONF).dcmigrate_agent,
-                host)
-            manager.start()
+            manager = inprocess.start_agent(
+                host, CONF, session_timeout=120.0,
+                **self.DCMIGRATE_AGENT_CONF)
             self.addCleanup(manager.stop)
             self.agents.managers[host] = manager
-            # The harness's host names do not resolve.
-            addresses = dict(CONF.dcmigrate_compute.agent_addresses)
-            addresses[host] = "127.0.0.1"
-            CONF.set_override("agent_addresses", addresses,
-                              group="dcmigrate_compute")
         return manager
 
     def stop_agent(self, host: str) -> None:

@@ -11,10 +11,12 @@ What is replaced, on top of fakelibvirt's migration job:
   127.0.0.1, real prepare/validation/abort/cleanup, real source sessions
   listening on the attempt's UNIX socket), called in-process through
   :class:`InProcessAgents` -- a small adapter with ``AgentAPI``'s method
-  signatures that the harness mixin (``base.py``) hands to every
-  ``AgentTransport`` through ``transport.default_agents`` (the transport's
-  test seam) instead of an oslo.messaging client; each agent starts with
-  its compute, so the computes report the CUSTOM_DCMIGRATE_AGENT trait;
+  signatures (``tests/unit/agent/inprocess.py``, shared with the
+  transport's unit tests) that the harness mixin (``base.py``) hands to
+  every ``AgentTransport`` through ``transport.default_agents`` (the
+  transport's test seam) instead of an oslo.messaging client; each agent
+  starts with its compute, so the computes report the
+  CUSTOM_DCMIGRATE_AGENT trait;
 * the agents' addresses: ``[dcmigrate_compute] agent_addresses`` maps every
   host to 127.0.0.1 (the harness's host names do not resolve).
 
@@ -46,7 +48,7 @@ from tests.functional.nova import test_redirect
 HOSTS = test_redirect.HOSTS
 
 
-#: Kept importable from here; the adapter lives with the harness mixin.
+#: Kept importable from here (see tests/unit/agent/inprocess.py).
 InProcessAgents = base.InProcessAgents
 
 

@@ -340,17 +340,21 @@ class RedirectTestBase(base.DCMigrateDriverMixin,
                              {self._bdm_attachment()})
         self._assert_idle(*dest_hosts)
 
-    def _refuse_release_once(self, host: str, error: str) -> None:
-        """Placement refuses, once, to release ``host``'s share of the
-        instance's allocation (as when it is down)."""
+    def _refuse_release(self, host: str, error: str,
+                        times: int | None = 1) -> threading.Event:
+        """Placement refuses to release ``host``'s share of the instance's
+        allocation (as when it is down): ``times`` times, or with None
+        until the returned event is set (placement is back)."""
         stock = (report_client.SchedulerReportClient.
                  remove_provider_tree_from_instance_allocation)
+        back = threading.Event()
         refused: list[str] = []
         test = self
 
         def remove(client: Any, context: Any, consumer: str,
                    root_rp: str) -> Any:
-            if root_rp == test.rp[host] and not refused:
+            if (root_rp == test.rp[host] and not back.is_set()
+                    and (times is None or len(refused) < times)):
                 refused.append(root_rp)
                 raise nova_exception.AllocationUpdateFailed(
                     consumer_uuid=consumer, error=error)
@@ -359,6 +363,7 @@ class RedirectTestBase(base.DCMigrateDriverMixin,
         self.useFixture(fixtures.MonkeyPatch(
             "nova.scheduler.client.report.SchedulerReportClient."
             "remove_provider_tree_from_instance_allocation", remove))
+        return back
 
 
 class RedirectTest(RedirectTestBase):
@@ -543,7 +548,7 @@ class RedirectTest(RedirectTestBase):
         # Placement refuses to release the old destination once: the
         # redirect goes on, the step is reported in the status (and at
         # ERROR), and the periodic housekeeping finishes it.
-        self._refuse_release_once("dest1", "placement down (test)")
+        self._refuse_release("dest1", "placement down (test)")
         # Retry at the next housekeeping round instead of in 60 s.
         self.computes["src"].driver.dcmigrate_cleanups.interval = 0
         self._boot(volume=False)

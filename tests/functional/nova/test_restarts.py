@@ -35,7 +35,6 @@ from typing import Any
 import fixtures
 from nova.compute import rpcapi as compute_rpcapi
 from nova import exception as nova_exception
-from nova.scheduler.client import report as report_client
 
 from tests.functional.nova import base
 from tests.functional.nova import test_redirect
@@ -175,7 +174,7 @@ class RestartTest(RestartTestBase):
         # (placement refuses its step), and restarts while the attempt to
         # dest2 runs: the source's housekeeping finishes its clean-up and
         # drops the persisted record once nothing is pending.
-        self._refuse_release_once("dest1", "dest1 down (test)")
+        self._refuse_release("dest1", "dest1 down (test)")
         self.computes["src"].driver.dcmigrate_cleanups.interval = 0
         self._boot()
         self._start_migration("dest1")
@@ -213,21 +212,8 @@ class RestartTest(RestartTestBase):
         # The migration completed on dest2 with dest1's clean-up pending
         # (placement refused it); the source restarts before its retry:
         # the persisted record makes the new service finish it.
-        stock = (report_client.SchedulerReportClient.
-                 remove_provider_tree_from_instance_allocation)
-        refuse = [True]
-        test = self
-
-        def remove(client: Any, context: Any, consumer: str,
-                   root_rp: str) -> Any:
-            if root_rp == test.rp["dest1"] and refuse[0]:
-                raise nova_exception.AllocationUpdateFailed(
-                    consumer_uuid=consumer, error="placement down (test)")
-            return stock(client, context, consumer, root_rp)
-
-        self.useFixture(fixtures.MonkeyPatch(
-            "nova.scheduler.client.report.SchedulerReportClient."
-            "remove_provider_tree_from_instance_allocation", remove))
+        placement_back = self._refuse_release(
+            "dest1", "placement down (test)", times=None)
         self._boot(volume=False)
         self._start_migration("dest1")
         self._redirect("dest2")
@@ -239,7 +225,7 @@ class RestartTest(RestartTestBase):
         self._assert_allocations({"dest1", "dest2"}, set())
         self.assertEqual([self.server["id"] + ".json"], self._records())
 
-        refuse[0] = False
+        placement_back.set()
         self._restart("src")
         self._assert_finished_on("dest2", ("src", "dest1", "dest3"),
                                  volume=False)

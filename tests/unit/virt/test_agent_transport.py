@@ -7,6 +7,7 @@ tests/functional/nova/test_agent_transport.py.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import types
@@ -14,71 +15,34 @@ import uuid
 
 import pytest
 
-from nova_dcmigrate.agent.manager import AgentManager
 import nova_dcmigrate.conf
 from nova_dcmigrate.virt import attempts
 from nova_dcmigrate.virt.libvirt import flags
 from nova_dcmigrate.virt.libvirt import transport
-from tests.unit.agent.harness import make_conf
+from tests.unit.agent import inprocess
+from tests.unit.agent.inprocess import InProcessAgents
 
 CONF = nova_dcmigrate.conf.CONF
 
 
-class Agents:
-    """AgentAPI's calls mapped onto AgentManager methods.
-
-    All hosts share one filesystem here, so every agent has a socket_dir
-    of its own (one path would collide); a deployment has the same path
-    on both hosts.  With ``same_path`` the source's answer carries the
-    destination's path, as it would there.
-    """
-
-    def __init__(self, managers, same_path=True):
-        self.managers = managers
-        self.calls = []
-        self.ping_timeouts = []
-        self.same_path = same_path
-        self.dest_socket = None
-
-    def __getattr__(self, method):
-        def call(host, *args, **kwargs):
-            self.calls.append((host, method))
-            if method == "ping":
-                self.ping_timeouts.append(kwargs.pop("timeout", None))
-            fn = getattr(self.managers[host], method)
-            if method == "prepare_destination":
-                names = ("migration_id", "secret", "attempt",
-                         "holders", "split", "source_rate")
-            elif method == "prepare_source":
-                names = ("migration_id", "secret",
-                         "dest_address", "dest_port", "attempt")
-            else:
-                names = ("migration_id", "reason")
-            kwargs.update(zip(names, args))
-            result = fn({}, **kwargs)
-            if method == "prepare_destination":
-                self.dest_socket = result["socket"]
-            elif method == "prepare_source" and self.same_path:
-                result = dict(result, socket=self.dest_socket)
-            return result
-        return call
+#: Agents before RPC 1.4: ``abort`` ends every session of a migration.
+Agents = functools.partial(InProcessAgents, attempt_abort=False)
+#: Agents of RPC 1.4: ``abort`` may name one attempt.
+AttemptAgents = InProcessAgents
 
 
 @pytest.fixture
 def cluster():
     managers = {}
-    for host in ("src", "a", "b"):
-        m = AgentManager(make_conf(session_timeout=60.0).dcmigrate_agent,
-                         host)
-        m.start()
-        managers[host] = m
-    CONF.set_override("agent_addresses",
-                      {h: "127.0.0.1" for h in managers},
-                      group="dcmigrate_compute")
-    yield managers
-    CONF.clear_override("agent_addresses", group="dcmigrate_compute")
-    for m in managers.values():
-        m.stop()
+    try:
+        for host in ("src", "a", "b"):
+            managers[host] = inprocess.start_agent(host, CONF,
+                                                   session_timeout=60.0)
+        yield managers
+    finally:
+        CONF.clear_override("agent_addresses", group="dcmigrate_compute")
+        for m in managers.values():
+            m.stop()
 
 
 def _md(migration_uuid=None, target=None):
@@ -147,7 +111,7 @@ def test_ping_and_destination_check(cluster):
         t.check_destination("b")
         with pytest.raises(transport.AgentUnreachable,
                            match="no dcmigrate agent answers for host "
-                                 "nowhere: 'nowhere'"):
+                                 "nowhere: no agent on host nowhere"):
             t.check_destination("nowhere")
     finally:
         CONF.clear_override("agent_ping_timeout", group="dcmigrate_compute")
@@ -315,13 +279,6 @@ def test_unencrypted_warning_logged_once(monkeypatch):
     transport._warn_unencrypted_once()
     transport._warn_unencrypted_once()
     assert len(warned) == 1 and "unencrypted" in warned[0]
-
-
-class AttemptAgents(Agents):
-    """Agents of RPC 1.4: ``abort`` may name one attempt."""
-
-    def supports_attempt_abort(self):
-        return True
 
 
 def _states(manager, mid):
