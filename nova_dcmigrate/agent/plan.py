@@ -40,7 +40,11 @@ take a share of the new destination's download).  The same when the new
 destination's stream thread has no CPU headroom (:data:`MAX_CPU_BUSY`):
 relayed pages cost it as much as the source's, so holders add nothing.
 Re-planning with measured rates brings them back when the source turns
-out slower or CPU frees up.
+out slower or CPU frees up.  When the rate hints already say so before
+anything moved (:func:`holders_worth_contacting`), the new destination
+does not connect to the holders at all: their inventories (19 bytes per
+page over their slow links) would delay the source's first byte, and the
+attempt runs as a restart would.
 """
 
 from __future__ import annotations
