@@ -201,9 +201,15 @@ class FrontierControl(MigrationSession):
         :func:`.plan.holders_worth_contacting`."""
         if not self.split:
             return True
-        return planmod.holders_worth_contacting(
-            self.source_rate, [float(h.get("rate") or 0.0)
-                               for h in self.holders])
+        rates = [float(h.get("rate") or 0.0) for h in self.holders]
+        worth = planmod.holders_worth_contacting(self.source_rate, rates)
+        LOG.info("migration %(mid)s attempt %(att)d: rate hints: source "
+                 "%(rs)s, holders %(rh)s bytes/s: %(what)s",
+                 {"mid": self.migration_id, "att": self.attempt,
+                  "rs": self.source_rate, "rh": rates,
+                  "what": "holders contacted" if worth else
+                  "holders get nothing"})
+        return worth
 
     def _skip_holders(self) -> None:
         """Run this attempt without its holders, as a restart would: no
@@ -219,12 +225,6 @@ class FrontierControl(MigrationSession):
         self._mark("holders_skipped_s")
         self.final_sent = True
         self.relay_done.set()
-        LOG.info("migration %(mid)s attempt %(att)d: the holders' hinted "
-                 "rates (%(rh)s) give them nothing next to the source's "
-                 "(%(rs)s bytes/s): not connecting to them",
-                 {"mid": self.migration_id, "att": self.attempt,
-                  "rh": [h.get("rate") for h in self.holders],
-                  "rs": self.source_rate})
         threading.Thread(target=self._census, daemon=True,
                          name="dst-census-%s" % self.migration_id[:8]
                          ).start()
