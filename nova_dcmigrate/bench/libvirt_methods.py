@@ -155,11 +155,12 @@ class ControllerDriver(_LibvirtDriver):
         return self.migrations[-1]
 
     def info(self, name: str) -> ctl.HostInfo:
-        up = self.lab.rates(name)[0]
+        up, down = self.lab.rates(name)
         return ctl.HostInfo(name, self.hosts[name].uri,
                             self.lab.hosts[name].address,
                             self.agents.peer_port,
-                            None if up is None else up / 8.0)
+                            None if up is None else up / 8.0,
+                            None if down is None else down / 8.0)
 
     def _new_migration(self) -> ctl.RedirectableMigration:
         m = ctl.RedirectableMigration(
