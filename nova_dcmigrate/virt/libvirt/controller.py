@@ -524,6 +524,8 @@ class RedirectableMigration:
                                     self.current.host.name])
             else:
                 self._check_redirectable()
+                # The source's rate now, for the new attempt's plan.
+                self._note_link_rate(self.current)
                 # The new destination first, while the guest still
                 # migrates to the old one (see _prepare_ahead).
                 prepared = self._prepare_ahead(info)
