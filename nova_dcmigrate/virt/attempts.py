@@ -252,38 +252,6 @@ def measured_link_rate(had_holders: bool, relay_source_rate: float,
     return float(bps) if bps else None
 
 
-#: A measured rate at or above this share of the destination's download
-#: was limited by that download, not by the source.
-DOWNLOAD_BOUND_SHARE = 0.8
-
-
-def source_rate_hint(measured: float | None, toward_download: float | None,
-                     upload: float | None) -> float | None:
-    """The source's expected upload rate (bytes/s) for a new attempt's
-    first plan, from what its link moved in an earlier attempt and its
-    configured upload.
-
-    Why: the measured rate is the better estimate when the source (its
-    link or CPU) set it, but a destination with a slower download than
-    the source's upload caps it (a 1 Gbit/s source redirected away from a
-    100 Mbit/s destination measures 100 Mbit/s); a new destination with a
-    faster download will see the source's own rate, and a hint taken from
-    the old destination's would make holders look useful where the
-    source alone fills the new destination's download.
-
-    :param measured: bytes/s the source link moved (None/0: unknown).
-    :param toward_download: the configured download rate of the host it
-        was measured towards (None: unknown).
-    :param upload: the source's configured upload rate (None: unknown).
-    """
-    if not measured:
-        return upload or None
-    if upload and toward_download and toward_download < upload and \
-            measured >= DOWNLOAD_BOUND_SHARE * toward_download:
-        return upload
-    return measured
-
-
 def avail_switchover_mib(rate: float) -> int:
     """libvirt's ``bandwidth.avail.switchover`` (MiB/s) for ``rate``
     bytes/s, at least 1."""

@@ -188,8 +188,6 @@ class RedirectableMigration:
         self.dead_holders: set[str] = set()
         # Bytes/s the source's link really moved (0: not measured yet).
         self.source_link_rate = 0.0
-        #: The host ``source_link_rate`` was measured towards.
-        self.source_link_host: str | None = None
         self.error: str | None = None
         self._lock = threading.RLock()
         self._done = threading.Event()
@@ -232,7 +230,7 @@ class RedirectableMigration:
             self.agents, self.migration_id, self.secret, number,
             self.source.name, info.name, info.agent_address,
             info.agent_port, specs, self.split,
-            self._source_rate_hint(),
+            self.source_link_rate or self.source.upload_rate,
             tls=self.tls, guest_memory=self._guest_memory(),
             download_rate=info.download_rate)
         return Prepared(number, info, holders, path)
@@ -453,19 +451,6 @@ class RedirectableMigration:
                                            self.dom.jobStats)
         if rate:
             self.source_link_rate = rate
-            self.source_link_host = attempt.host.name
-
-    def _source_rate_hint(self) -> float | None:
-        """The source's expected upload rate for the next attempt's
-        first plan (:func:`attempts.source_rate_hint`)."""
-        toward = None
-        if self.source_link_host is not None:
-            try:
-                toward = self.resolve(self.source_link_host).download_rate
-            except Exception:  # noqa: BLE001 - no hint then
-                toward = None
-        return attempts.source_rate_hint(self.source_link_rate, toward,
-                                         self.source.upload_rate)
 
     def _abort_agents(self, hosts: list[str],
                       attempt: int | None = None) -> None:
@@ -524,8 +509,6 @@ class RedirectableMigration:
                                     self.current.host.name])
             else:
                 self._check_redirectable()
-                # The source's rate now, for the new attempt's plan.
-                self._note_link_rate(self.current)
                 # The new destination first, while the guest still
                 # migrates to the old one (see _prepare_ahead).
                 prepared = self._prepare_ahead(info)

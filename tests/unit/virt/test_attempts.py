@@ -150,23 +150,3 @@ def test_wait_relayed_backs_off_and_wakes_on_stop():
     assert done.ended and time.monotonic() - start < 2.0
     # 50 ms growing by half each poll: far fewer than 10 polls in 0.5 s.
     assert len(agents.calls) <= 8
-
-
-def test_source_rate_hint_prefers_the_measure_the_source_set():
-    # Unknown measure: the configured upload (or nothing).
-    assert attempts.source_rate_hint(None, None, 125e6) == 125e6
-    assert attempts.source_rate_hint(0.0, 12.5e6, None) is None
-    # Measured towards a destination as fast as the source: the measure
-    # (the source or its CPU set it).
-    assert attempts.source_rate_hint(30e6, 125e6, 37.5e6) == 30e6
-    assert attempts.source_rate_hint(36e6, 37.5e6, 37.5e6) == 36e6
-    # No configured upload: the measure whatever capped it.
-    assert attempts.source_rate_hint(12e6, 12.5e6, None) == 12e6
-
-
-def test_source_rate_hint_not_capped_by_the_old_destination_download():
-    # A 1 Gbit/s source measured 96 Mbit/s into a 100 Mbit/s destination:
-    # the next destination will see the source's own rate.
-    assert attempts.source_rate_hint(12e6, 12.5e6, 125e6) == 125e6
-    # Well below that download: the source itself was slow.
-    assert attempts.source_rate_hint(5e6, 12.5e6, 125e6) == 5e6
