@@ -74,16 +74,12 @@ class DestinationSession(RedirectMerge):
                  holders: list[dict[str, Any]] | None = None,
                  split: bool = True,
                  source_rate: float | None = None,
-                 tls: PeerTLS | None = None,
-                 download_rate: float | None = None) -> None:
+                 tls: PeerTLS | None = None) -> None:
         super().__init__(conf, migration_id, secret, attempt, tls)
         self.store = store
         self.holders = list(holders or [])
         # Expected upload rate of the source (bytes/s), for the first plan.
         self.source_rate = source_rate
-        # Expected download rate of this host (bytes/s), shared by the
-        # source and the holders (None: unknown).
-        self.download_rate = download_rate
         # False: relay only -- the source drops every page a holder has,
         # holders relay all of them (no optimised split).
         self.split = split

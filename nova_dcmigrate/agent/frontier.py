@@ -158,7 +158,6 @@ class FrontierControl(MigrationSession):
     # Set by DestinationSession.__init__ / _run_merge.
     holders: list[dict[str, Any]]
     source_rate: float | None
-    download_rate: float | None
     split: bool
     pullers: list[merge.RelayPuller]
     feed: merge.QemuFeed | None
@@ -203,14 +202,11 @@ class FrontierControl(MigrationSession):
         if not self.split:
             return True
         rates = [float(h.get("rate") or 0.0) for h in self.holders]
-        worth = planmod.holders_worth_contacting(
-            self.source_rate, rates, self.download_rate)
+        worth = planmod.holders_worth_contacting(self.source_rate, rates)
         LOG.info("migration %(mid)s attempt %(att)d: rate hints: source "
-                 "%(rs)s, holders %(rh)s, download here %(rd)s bytes/s: "
-                 "%(what)s",
+                 "%(rs)s, holders %(rh)s bytes/s: %(what)s",
                  {"mid": self.migration_id, "att": self.attempt,
                   "rs": self.source_rate, "rh": rates,
-                  "rd": self.download_rate,
                   "what": "holders contacted" if worth else
                   "holders get nothing"})
         return worth

@@ -277,8 +277,7 @@ class AgentManager:
                             split: bool = True,
                             source_rate: float | None = None,
                             tls: bool = False,
-                            guest_memory: int | None = None,
-                            download_rate: float | None = None
+                            guest_memory: int | None = None
                             ) -> dict[str, Any]:
         """Expect a stream for ``migration_id`` and feed it to the local
         QEMU, which listens on the returned UNIX socket ``socket`` (its
@@ -302,9 +301,6 @@ class AgentManager:
         :param guest_memory: the domain's memory (bytes); RAM blocks
             summing to more than this plus ``ram_overhead_mib`` are
             refused before anything is allocated for them.
-        :param download_rate: this host's expected download rate
-            (bytes/s), shared by the source and the holders: holders a
-            source filling it alone leaves nothing are not contacted.
         """
         migration_id = _check_id(migration_id)
         self._check_secret(migration_id, secret)
@@ -329,10 +325,6 @@ class AgentManager:
             raise exception.InvalidRequest(
                 migration_id=migration_id,
                 reason="bad source rate %r" % (source_rate,))
-        if download_rate is not None and not _valid_rate(download_rate):
-            raise exception.InvalidRequest(
-                migration_id=migration_id,
-                reason="bad download rate %r" % (download_rate,))
         ram_limit = None
         if guest_memory is not None:
             if not isinstance(guest_memory, int) or \
@@ -364,9 +356,7 @@ class AgentManager:
                                int(attempt), store,
                                holders, bool(split),
                                None if source_rate is None
-                               else float(source_rate), self.tls,
-                               None if download_rate is None
-                               else float(download_rate))
+                               else float(source_rate), self.tls)
         self._add((migration_id, int(attempt)), s)
         try:
             s.prepare_socket()

@@ -358,25 +358,8 @@ def holders_help(rate_source: float, rate_holders: float,
     return rate_holders / (rs + rate_holders) >= min_share
 
 
-def usable_holder_rate(rate_source: float, rate_holders: float,
-                       rate_in: float | None) -> float:
-    """What the holders can add to what the source sends, when the new
-    destination downloads at most ``rate_in`` bytes/s (None: unknown).
-
-    Why: the source and the holders share the new destination's
-    download.  A source that fills it alone (a 1 Gbit/s source towards a
-    1 Gbit/s destination) leaves the holders nothing to add: their relays
-    only take a share of the same download, and restarting would be as
-    fast without any relay.
-    """
-    if rate_in is None or rate_in <= 0:
-        return rate_holders
-    return max(0.0, min(rate_holders, rate_in - rate_source))
-
-
 def holders_worth_contacting(source_rate: float | None,
-                             holder_rates: Sequence[float],
-                             download_rate: float | None = None) -> bool:
+                             holder_rates: Sequence[float]) -> bool:
     """Before anything is measured: whether the new destination should
     connect to the holders at all, from the rate hints.
 
@@ -384,21 +367,14 @@ def holders_worth_contacting(source_rate: float | None,
     holder's link (0.2 s for 512 MiB at 100 Mbit/s), and the source's
     first byte waits for the plan built from it; restarting pays
     nothing of the sort.  Holders the first plan would give nothing
-    (:func:`holders_help` at the hinted rates, counting only what the
-    new destination's download leaves them, :func:`usable_holder_rate`)
-    are therefore not asked.  Without a hint for the source and every
-    holder nothing is known: they are contacted (and the measured rates
-    decide).
-
-    :param download_rate: the new destination's expected download rate
-        (bytes/s; None: unknown, not limiting).
+    (:func:`holders_help` at the hinted rates) are therefore not asked.
+    Without a hint for the source and every holder nothing is known:
+    they are contacted (and the measured rates decide).
     """
     rates = [float(r or 0.0) for r in holder_rates]
     if not source_rate or not rates or not all(rates):
         return True
-    rs = float(source_rate)
-    return holders_help(rs, usable_holder_rate(rs, sum(rates),
-                                               download_rate))
+    return holders_help(float(source_rate), sum(rates))
 
 
 class FrontierPlanner:

@@ -19,9 +19,6 @@ API version history:
 * 1.4 - abort: new ``attempt`` argument (end only that attempt's
         sessions), so a controller can prepare the next attempt before it
         stops the running one.
-* 1.5 - prepare_destination: new ``download_rate`` argument (the
-        destination's expected download rate, for whether holders can
-        add anything to the source).
 """
 
 from __future__ import annotations
@@ -43,13 +40,13 @@ EXCHANGE = "nova"
 
 
 class AgentAPI:
-    RPC_API_VERSION = "1.5"
+    RPC_API_VERSION = "1.4"
 
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
         target = messaging.Target(exchange=EXCHANGE, topic=TOPIC,
-                                  version="1.5")
+                                  version="1.4")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
@@ -88,17 +85,13 @@ class AgentAPI:
                             split: bool = True,
                             source_rate: float | None = None,
                             tls: bool = False,
-                            guest_memory: int | None = None,
-                            download_rate: float | None = None
+                            guest_memory: int | None = None
                             ) -> dict[str, Any]:
         """Prepare a destination.
 
         :param tls: refuse unless the agent's links use TLS.
         :param guest_memory: the domain's memory in bytes; the destination
             refuses a stream announcing more RAM than that allows.
-        :param download_rate: the destination's expected download rate
-            (bytes/s); sent only to agents of RPC 1.5 (a hint: older ones
-            plan without it).
 
         :returns: ``peer_port`` and ``socket``, the UNIX socket path the
             destination QEMU must listen on.
@@ -115,13 +108,8 @@ class AgentAPI:
             kwargs["tls"] = True
         if guest_memory is not None:
             kwargs["guest_memory"] = int(guest_memory)
-        version = "1.3"
-        if download_rate is not None and \
-                self.client.can_send_version("1.5"):
-            kwargs["download_rate"] = float(download_rate)
-            version = "1.5"
         return cast(dict[str, Any], self._call(
-            host, "prepare_destination", version=version, **kwargs))
+            host, "prepare_destination", version="1.3", **kwargs))
 
     def prepare_source(self, host: str, migration_id: str, secret: str,
                        dest_address: str, dest_port: int,

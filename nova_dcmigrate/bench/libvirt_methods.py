@@ -155,12 +155,11 @@ class ControllerDriver(_LibvirtDriver):
         return self.migrations[-1]
 
     def info(self, name: str) -> ctl.HostInfo:
-        up, down = self.lab.rates(name)
+        up = self.lab.rates(name)[0]
         return ctl.HostInfo(name, self.hosts[name].uri,
                             self.lab.hosts[name].address,
                             self.agents.peer_port,
-                            None if up is None else up / 8.0,
-                            None if down is None else down / 8.0)
+                            None if up is None else up / 8.0)
 
     def _new_migration(self) -> ctl.RedirectableMigration:
         m = ctl.RedirectableMigration(

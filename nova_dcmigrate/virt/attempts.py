@@ -154,8 +154,7 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
                    dest_port: int, holders: Sequence[Mapping[str, Any]],
                    split: bool, source_rate: float | None,
                    tls: bool = False,
-                   guest_memory: int | None = None,
-                   download_rate: float | None = None) -> str:
+                   guest_memory: int | None = None) -> str:
     """Prepare the source and destination agents of attempt ``number``.
 
     The destination agent creates the directory its QEMU will bind the
@@ -173,8 +172,6 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
         when their ``peer_tls`` is off); passed only when set.
     :param guest_memory: the domain's memory in bytes (the destination
         refuses a stream announcing more RAM than that allows).
-    :param download_rate: the destination's expected download rate
-        (bytes/s), passed only when known.
     :returns: the socket path.
     :raises SocketPathMismatch: the agents' socket_dir differ.
     :raises: whatever the agents' ``prepare_*`` raised.
@@ -183,8 +180,6 @@ def prepare_agents(agents: Any, migration_id: str, secret: str,
     dst_extra = dict(extra)
     if guest_memory is not None:
         dst_extra["guest_memory"] = int(guest_memory)
-    if download_rate:
-        dst_extra["download_rate"] = float(download_rate)
     dst = agents.prepare_destination(dest, migration_id, secret, number,
                                      list(holders), split, source_rate,
                                      **dst_extra)

@@ -94,9 +94,6 @@ class HostInfo:
     #: Expected upload rate in bytes/s, if known (a hint for the first
     #: split between the source and the holders).
     upload_rate: float | None = None
-    #: Expected download rate in bytes/s, if known (as a new destination:
-    #: what the source leaves of it is all the holders can add).
-    download_rate: float | None = None
 
 
 @dataclasses.dataclass
@@ -231,8 +228,7 @@ class RedirectableMigration:
             self.source.name, info.name, info.agent_address,
             info.agent_port, specs, self.split,
             self.source_link_rate or self.source.upload_rate,
-            tls=self.tls, guest_memory=self._guest_memory(),
-            download_rate=info.download_rate)
+            tls=self.tls, guest_memory=self._guest_memory())
         return Prepared(number, info, holders, path)
 
     def _prepare_ahead(self, info: HostInfo) -> Prepared | None:

@@ -148,31 +148,6 @@ def test_holders_not_contacted_when_the_hints_give_them_nothing():
     assert planmod.holders_worth_contacting(12.5e6, [125e6])    # (b')
 
 
-def test_holders_get_only_what_the_source_leaves_of_the_download():
-    # Unknown download: the holders' own rate.
-    assert planmod.usable_holder_rate(125e6, 37.5e6, None) == 37.5e6
-    # A 1 Gbit/s source towards a 1 Gbit/s destination fills it alone.
-    assert planmod.usable_holder_rate(125e6, 37.5e6, 125e6) == 0.0
-    assert planmod.usable_holder_rate(150e6, 37.5e6, 125e6) == 0.0
-    # A 400 Mbit/s source into 500 Mbit/s leaves 100 Mbit/s.
-    assert planmod.usable_holder_rate(50e6, 125e6, 62.5e6) == 12.5e6
-    # (e): a 300 Mbit/s source into 1 Gbit/s leaves the holder its own.
-    assert planmod.usable_holder_rate(37.5e6, 12.5e6, 125e6) == 12.5e6
-
-
-def test_holders_not_contacted_when_the_source_fills_the_download():
-    # 1 Gbit/s source, 300 Mbit/s holder, 1 Gbit/s new destination: the
-    # holder's 23 % would only be a share of the same download.
-    assert planmod.holders_worth_contacting(125e6, [37.5e6])
-    assert not planmod.holders_worth_contacting(125e6, [37.5e6], 125e6)
-    # Slow source, fast holder (b'): the download leaves them plenty.
-    assert planmod.holders_worth_contacting(12.5e6, [125e6], 37.5e6)
-    # (u3) 400 Mbit/s source, 1 Gbit/s holder, 500 Mbit/s download.
-    assert planmod.holders_worth_contacting(50e6, [125e6], 62.5e6)
-    # (e) 300 Mbit/s source, 100 Mbit/s holder, 1 Gbit/s download.
-    assert planmod.holders_worth_contacting(37.5e6, [12.5e6], 125e6)
-
-
 def test_holders_contacted_without_complete_hints():
     # Nothing known: the measured rates decide, as before.
     assert planmod.holders_worth_contacting(None, [12.5e6])

@@ -328,32 +328,6 @@ def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
     assert relay.pages_sent == 0
 
 
-def test_source_filling_the_download_gives_the_holder_nothing(cluster):
-    # The holder alone would carry 23 % (30 vs 100 MB/s), but the new
-    # destination downloads at 100 MB/s: the source fills it, so the
-    # holder is not contacted.
-    g = Guest(seed=29)
-    s0 = g.stream(extra_passes=0)
-    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
-    s1 = g.stream()
-    holder = dict(cluster.holder("a"), rate=30e6)
-    src, dst, dq = cluster.migrate("b", s1.data, holders=[holder],
-                                   dest_args=(True, 100e6, False, None,
-                                              100e6))
-    assert dst.state == SessionState.COMPLETED, dst.error
-    assert _decode(dq) == g.expect()
-    assert dst.holders_skipped
-
-
-def test_bad_download_rate_refused(cluster):
-    from nova_dcmigrate.agent import exception
-    for bad in (0, -1.0, float("inf"), "fast", True):
-        with pytest.raises(exception.InvalidRequest, match="download rate"):
-            cluster.agents["b"].prepare_destination(
-                None, cluster.mid, cluster.secret, None, 0, [], True,
-                None, False, None, bad)
-
-
 def test_fast_source_slow_holder_relay_only_still_relays(cluster):
     # relay-only (split off) relays every held page whatever the hints.
     g = Guest(seed=23)

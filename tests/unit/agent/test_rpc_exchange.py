@@ -40,25 +40,3 @@ def test_server_target_pins_nova_exchange():
         service.AgentService(conf)
     assert seen["target"].exchange == "nova"
     assert seen["target"].server == "hosta"
-
-
-def _api_calls(cap):
-    transport = messaging.get_rpc_transport(cfg.ConfigOpts(),
-                                            url="fake:/")
-    api = rpcapi.AgentAPI(transport, version_cap=cap)
-    calls = []
-    api._call = lambda host, method, version="1.0", **kw: \
-        calls.append((method, version, kw)) or {}
-    return api, calls
-
-
-def test_download_rate_only_to_agents_of_1_5():
-    api, calls = _api_calls(None)
-    api.prepare_destination("h", "m", "s", 1, download_rate=125e6)
-    api.prepare_destination("h", "m", "s", 1)
-    assert calls[0][1] == "1.5" and calls[0][2]["download_rate"] == 125e6
-    assert calls[1][1] == "1.3" and "download_rate" not in calls[1][2]
-    # An older agent plans without the hint.
-    api, calls = _api_calls("1.4")
-    api.prepare_destination("h", "m", "s", 1, download_rate=125e6)
-    assert calls[0][1] == "1.3" and "download_rate" not in calls[0][2]
