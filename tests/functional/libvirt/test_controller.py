@@ -110,19 +110,19 @@ def test_redirect_after_old_destination_qemu_killed(run, hosts, agents):
 
 
 @pytest.mark.timeout(300)
-def test_redirect_gives_holders_nothing_when_the_source_fills_the_download(
+def test_redirect_does_not_contact_holders_the_hints_give_nothing(
         run, agents):
-    # Never worse than restarting: the hints say the new destination's
-    # download (30 MB/s) is no more than the source sends alone, so the
-    # holder would only take a share of it.  The new destination does not
-    # connect to it before the source starts; RAM is still exact.
+    # Never worse than restarting: at the hinted rates (a 1 Gbit/s source,
+    # a 10 Mbit/s old destination) the holder would carry under a tenth,
+    # so the new destination does not connect to it before the source
+    # starts (its inventory would delay the source's first byte); RAM is
+    # still exact, and the inventory is read afterwards for the count.
     r = run()
     base = r.m.resolve
 
     def info(name):
         return dataclasses.replace(
-            base(name), upload_rate=125e6 if name == "src" else 12.5e6,
-            download_rate=30e6)
+            base(name), upload_rate=125e6 if name == "src" else 1.25e6)
     r.m.resolve = info
     r.m.source = info("src")
     r.m.start("a")
@@ -136,6 +136,7 @@ def test_redirect_gives_holders_nothing_when_the_source_fills_the_download(
     red = d["redirect"]
     assert red["holders_skipped"] and red["relay_done"], red
     assert red["holders"] == {} and red["relay_pages_injected"] == 0, red
+    assert red["needed"] and red["needed"]["held"] > 0, red
     assert not r.m.status().bytes_relayed.get("a")
 
 
