@@ -169,9 +169,13 @@ class DestinationSession(RedirectMerge):
         tune_socket(qsock, self.conf.socket_buffer)
         self.store.begin_attempt()
         self._hold_qemu_ram(qsock)
-        if self.holders or self._store_has_pages():
+        skip = bool(self.holders) and not self._store_has_pages() and \
+            not self._holders_worth_contacting()
+        if not skip and (self.holders or self._store_has_pages()):
             return self._run_merge(conn, qsock)
         self._transition(SessionState.STREAMING, {SessionState.CONNECTING})
+        if skip:
+            self._skip_holders()
         conn.send(FrameType.READY)
         self._spawn("dst-ret", self._return_loop, conn, qsock)
         try:
@@ -242,6 +246,9 @@ class DestinationSession(RedirectMerge):
                         reason="destination QEMU closed the stream: %s" % err
                     ) from err
                 c["stream_bytes"] += n
+                # The measured source rate (status): the controller's
+                # hint for the next attempt, also without holders.
+                self.src_meter.add(n)
                 now = time.monotonic()
                 if now >= next_ack:
                     next_ack = now + ack_every
@@ -345,6 +352,7 @@ class DestinationSession(RedirectMerge):
             feed = self.feed
             st["redirect"] = {
                 "relay_done": self.relay_done.is_set(),
+                "holders_skipped": self.holders_skipped,
                 "frontier": self.frontier,
                 "first_frontier": self.first_frontier,
                 "pages_superseded": (self.planner.superseded_pages

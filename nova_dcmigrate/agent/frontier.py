@@ -18,18 +18,25 @@ import time
 from typing import Any
 from typing import TYPE_CHECKING
 
+from oslo_log import log as logging
+
 from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent import merge
 from nova_dcmigrate.agent import plan as planmod
 from nova_dcmigrate.agent import protocol
 from nova_dcmigrate.agent.protocol import FrameType
 from nova_dcmigrate.agent import relay_wire as wire
+from nova_dcmigrate.agent.session import FINAL_STATES
 from nova_dcmigrate.agent.session import MigrationSession
 from nova_dcmigrate.agent.session import SessionState
 from nova_dcmigrate.stream import RamBlock
 
 if TYPE_CHECKING:
+    from nova_dcmigrate.agent.page_store import PageStore
     from nova_dcmigrate.agent.source_filter import SourceFilter
+
+LOG = logging.getLogger(__name__)
 
 
 #: Smallest raise of the frontier worth a round trip to the source
@@ -155,6 +162,7 @@ class FrontierControl(MigrationSession):
     pullers: list[merge.RelayPuller]
     feed: merge.QemuFeed | None
     planner: planmod.FrontierPlanner | None
+    first_frontier: int
     src_position: int
     src_pass1_done: bool
     frontier: int
@@ -169,11 +177,103 @@ class FrontierControl(MigrationSession):
     _raises_futile: bool
     _stream_cpu_s: float
 
+    #: Rate hints said the holders would get nothing: this attempt runs
+    #: without them (:meth:`_skip_holders`).
+    holders_skipped = False
+
     if TYPE_CHECKING:
-        # In RedirectMerge.
+        # In RedirectMerge / DestinationSession.
+        store: PageStore
+        _inventories: list[planmod.Inventory]
+
         def _send_final(self) -> None: ...
 
         def _check_relays_done(self) -> None: ...
+
+        def _mark(self, event: str) -> None: ...
+
+        def _connect_holder(self, index: int, holder: dict[str, Any]
+                            ) -> merge.RelayPuller: ...
+
+    def _holders_worth_contacting(self) -> bool:
+        """Whether to connect to the holders at all (the optimised split
+        only: ``relay-only`` always relays), see
+        :func:`.plan.holders_worth_contacting`."""
+        if not self.split:
+            return True
+        rates = [float(h.get("rate") or 0.0) for h in self.holders]
+        worth = planmod.holders_worth_contacting(self.source_rate, rates)
+        LOG.info("migration %(mid)s attempt %(att)d: rate hints: source "
+                 "%(rs)s, holders %(rh)s bytes/s: %(what)s",
+                 {"mid": self.migration_id, "att": self.attempt,
+                  "rs": self.source_rate, "rh": rates,
+                  "what": "holders contacted" if worth else
+                  "holders get nothing"})
+        return worth
+
+    def _skip_holders(self) -> None:
+        """Run this attempt without its holders, as a restart would: no
+        relay connection on the source's critical path, no filtering on
+        the source (it gets no plan), relays done at once (the
+        controller's switchover gate opens).
+
+        The holders' inventories are still read, in the background, only
+        to count what this host needed (:meth:`needed_pages`, the
+        benchmark's bound); nothing is relayed.
+        """
+        self.holders_skipped = True
+        self._mark("holders_skipped_s")
+        self.final_sent = True
+        self.relay_done.set()
+        threading.Thread(target=self._census, daemon=True,
+                         name="dst-census-%s" % self.migration_id[:8]
+                         ).start()
+
+    def _census(self) -> None:
+        """Read every holder's inventory and end its relay with nothing
+        relayed (ASSIGN_END, FINAL at the top); the inventories count
+        what this host needed.  Never fails the attempt."""
+        pullers: list[merge.RelayPuller] = []
+        try:
+            for i, holder in enumerate(self.holders, start=1):
+                p = self._connect_holder(i, holder)
+                pullers.append(p)
+                assert p.layout is not None
+                p.conn.send(FrameType.ASSIGN_END)
+                p.conn.send(FrameType.FINAL, wire.U64.pack(
+                    p.layout.total_pages) + wire.encode_g_list([]))
+            for p in pullers:
+                ftype, _payload = p.conn.recv()
+                if ftype != FrameType.RELAY_DONE:
+                    raise exception.PeerProtocolError(
+                        peer=p.conn.peer, reason="expected RELAY_DONE, "
+                        "got %s" % ftype.name)
+            layout = pullers[0].layout if pullers else None
+            # The count is made against this host's final memory: only
+            # with the layout of the stream this attempt receives.
+            deadline = time.monotonic() + self.conf.connect_timeout
+            while self.store.ram_start is None and \
+                    self.state not in FINAL_STATES and \
+                    time.monotonic() < deadline:
+                time.sleep(0.05)
+            if layout is None or self.store.ram_start is None:
+                return
+            mine = Layout.from_start(self.store.ram_start)
+            if any(p.layout is None or (p.layout.names, p.layout.lengths)
+                   != (mine.names, mine.lengths) for p in pullers):
+                return
+            local = planmod.Inventory.empty(layout)
+            self._inventories = [local] + [
+                p.inventory for p in pullers if p.inventory is not None]
+            self.frontier = self.first_frontier = layout.total_pages
+        except Exception as err:  # noqa: BLE001 - only a count is lost
+            LOG.info("migration %(mid)s attempt %(att)d: holders' "
+                     "inventories not read (%(err)s): no count of the "
+                     "pages needed", {"mid": self.migration_id,
+                                      "att": self.attempt, "err": err})
+        finally:
+            for p in pullers:
+                p.conn.close()
 
     def _expected_rates(self) -> tuple[float, float]:
         """Source and summed holder upload rates for the first frontier.

@@ -106,7 +106,9 @@ class RedirectMerge(FrontierControl):
         holder still being written (its attempt is being stopped) refuses
         the relay; the connection is retried until the source attaches.
         """
-        if not self.holders or self._early_done is not None:
+        if not self.holders or self._early_done is not None or (
+                not self._store_has_pages()
+                and not self._holders_worth_contacting()):
             return
         self._early_done = threading.Event()
         threading.Thread(target=self._early_connect, daemon=True,

@@ -9,6 +9,7 @@ nova_dcmigrate.lab.libvirt_migration) before the destination resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -22,6 +23,7 @@ pytestmark = LIBVIRT_LAB
 libvirt = pytest.importorskip("libvirt",
                               reason="libvirt-python is not installed")
 
+from nova_dcmigrate.virt import attempts  # noqa: E402
 from nova_dcmigrate.virt.libvirt import controller as ctl  # noqa: E402
 
 #: The module's lab (fixtures ``lab``, ``hosts``, ``agents``, ``run`` in
@@ -105,6 +107,37 @@ def test_redirect_after_old_destination_qemu_killed(run, hosts, agents):
     for h in ("a", "src"):
         assert r.guest.name not in [d.name() for d in
                                     hosts[h].conn.listAllDomains()]
+
+
+@pytest.mark.timeout(300)
+def test_redirect_does_not_contact_holders_the_hints_give_nothing(
+        run, agents):
+    # Never worse than restarting: at the hinted rates (a 1 Gbit/s source,
+    # a 10 Mbit/s old destination) the holder would carry under a tenth,
+    # so the new destination does not connect to it before the source
+    # starts (its inventory would delay the source's first byte); RAM is
+    # still exact, and the inventory is read afterwards for the count.
+    r = run()
+    base = r.m.resolve
+
+    def info(name):
+        return dataclasses.replace(
+            base(name), upload_rate=125e6 if name == "src" else 1.25e6)
+    r.m.resolve = info
+    r.m.source = info("src")
+    r.m.start("a")
+    r.wait_progress(40e6)
+    new = r.m.redirect("b")
+    assert new.holders == ["a"]
+    assert r.finish_and_check() == "b"
+    (d,) = [a for a in attempts.attempt_entries(
+        agents.api.get_status("b", r.m.migration_id), new.number)
+        if a.get("role") == "destination"]
+    red = d["redirect"]
+    assert red["holders_skipped"] and red["relay_done"], red
+    assert red["holders"] == {} and red["relay_pages_injected"] == 0, red
+    assert red["needed"] and red["needed"]["held"] > 0, red
+    assert not r.m.status().bytes_relayed.get("a")
 
 
 @pytest.mark.timeout(400)

@@ -138,6 +138,24 @@ def test_replanning_brings_slow_holders_back_when_the_source_slows():
     assert again < first
 
 
+def test_holders_not_contacted_when_the_hints_give_them_nothing():
+    # 1 Gbit source, 100 Mbit holder: the first plan would give it
+    # nothing, so its inventory is not worth reading.
+    assert not planmod.holders_worth_contacting(125e6, [12.5e6])
+    # Two such holders together carry more than the minimum share.
+    assert planmod.holders_worth_contacting(125e6, [12.5e6, 12.5e6])
+    assert planmod.holders_worth_contacting(37.5e6, [12.5e6])   # (e)
+    assert planmod.holders_worth_contacting(12.5e6, [125e6])    # (b')
+
+
+def test_holders_contacted_without_complete_hints():
+    # Nothing known: the measured rates decide, as before.
+    assert planmod.holders_worth_contacting(None, [12.5e6])
+    assert planmod.holders_worth_contacting(125e6, [])
+    assert planmod.holders_worth_contacting(125e6, [12.5e6, 0.0])
+    assert planmod.holders_worth_contacting(0.0, [1.0])
+
+
 def test_no_cpu_headroom_gives_the_holders_nothing():
     assert planmod.holders_help(37.5e6, 37.5e6, cpu_busy=0.5)
     assert not planmod.holders_help(37.5e6, 37.5e6, cpu_busy=0.95)

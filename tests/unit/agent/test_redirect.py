@@ -291,21 +291,56 @@ def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
 
 def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
     # Never worse than restart: a holder at 1/100 of the source's rate
-    # relays nothing; the source sends the held pages itself and the
-    # destination still gets exactly the guest's memory.
+    # gets nothing, not even a relay connection on the source's path:
+    # the attempt runs as a restart would (no plan, no filtering), and
+    # the destination still gets exactly the guest's memory.
     g = Guest(seed=19)
     s0 = g.stream(extra_passes=0)
     cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
     g.dirty(0.05)
     s1 = g.stream()
     slow = dict(cluster.holder("a"), rate=1e6)
+    # QEMU pauses half way (a stream that lasts): the background count
+    # ends with the session.
     src, dst, dq = cluster.migrate("b", s1.data, holders=[slow],
-                                   dest_args=(True, 100e6))
+                                   dest_args=(True, 100e6),
+                                   pause=(len(s1.data) // 2, 1.0))
     assert src.state == SessionState.COMPLETED, src.error
+    assert dst.state == SessionState.COMPLETED, dst.error
     assert _decode(dq) == g.expect()
-    assert dst.first_frontier == dst.planner.total
-    assert dst.status()["redirect"]["relay_pages_injected"] == 0
-    assert src.counters["held_pages_forwarded"] > 0
+    assert dst.holders_skipped and dst.planner is None
+    red = dst.status()["redirect"]
+    assert red["holders_skipped"] and red["relay_done"]
+    assert red["relay_pages_injected"] == 0 and red["holders"] == {}
+    assert "holders_skipped_s" in red["timeline"]
+    # The source got no plan: it forwarded QEMU's stream as is.
+    assert src.counters.get("pages_dropped", 0) == 0
+    assert src.counters.get("held_pages_forwarded", 0) == 0
+    # The holder's inventory was still read (nothing relayed), to count
+    # what the new destination needed.
+    deadline = time.monotonic() + 10
+    while red["needed"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        red = dst.status()["redirect"]
+    assert red["needed"]["held"] > 0 and red["needed"]["source_only"] > 0
+    assert red["first_frontier"] == red["frontier"] > 0
+    relay = cluster.agents["a"].relays[(cluster.mid, 1)]
+    assert relay.pages_sent == 0
+
+
+def test_fast_source_slow_holder_relay_only_still_relays(cluster):
+    # relay-only (split off) relays every held page whatever the hints.
+    g = Guest(seed=23)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
+    s1 = g.stream()
+    slow = dict(cluster.holder("a"), rate=1e6)
+    src, dst, dq = cluster.migrate("b", s1.data, holders=[slow],
+                                   dest_args=(False, 100e6))
+    assert dst.state == SessionState.COMPLETED, dst.error
+    assert _decode(dq) == g.expect()
+    assert not dst.holders_skipped
+    assert dst.status()["redirect"]["relay_pages_injected"] > 0
 
 
 def test_early_holder_connection_same_result(early_cluster):
