@@ -132,6 +132,10 @@ class HolderRelay:
         conn.send(FrameType.LAYOUT, self.layout.to_json())
         for idx, first, states, attempts, digests in \
                 self.store.inventory_ranges():
+            if states.count(0) == len(states):
+                # Nothing held there: the new destination's inventory of
+                # us starts empty, and it waits for ours before it plans.
+                continue
             conn.send(FrameType.INVENTORY, wire.encode_inventory(
                 idx, first, states, attempts, digests))
         conn.send(FrameType.INVENTORY_END)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from oslo_log import log as logging
 
 from nova_dcmigrate.agent import exception
+from nova_dcmigrate.agent import expected
 from nova_dcmigrate.agent.frontier import FrontierControl
 from nova_dcmigrate.agent.layout import Layout
 from nova_dcmigrate.agent import merge
@@ -175,19 +176,7 @@ class RedirectMerge(FrontierControl):
         """``EXPECTED`` payloads: what this host will hold, and who
         holds it, for the source's filter (generated one range at a time:
         kept whole only when prepared ahead)."""
-        owner = assignment.owner
-        for idx, base in enumerate(layout.bases):
-            n = layout.npages[idx]
-            for first in range(0, n, wire.SEND_RANGE):
-                last = min(n, first + wire.SEND_RANGE)
-                flags = bytes(
-                    planmod.FLAG_NONE if owner[g] < 0 else
-                    planmod.FLAG_LOCAL if owner[g] == merge.LOCAL else
-                    planmod.FLAG_REMOTE
-                    for g in range(base + first, base + last))
-                digests = assignment.digests[(base + first) * DIGEST_LEN:
-                                             (base + last) * DIGEST_LEN]
-                yield wire.encode_expected(idx, first, flags, digests)
+        return expected.expected_payloads(layout, assignment)
 
     def _take_early_pullers(self) -> list[merge.RelayPuller] | None:
         """The early pullers, once their thread is done (None: connect

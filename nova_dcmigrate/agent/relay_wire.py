@@ -65,7 +65,7 @@ def decode_inventory(payload: memoryview, layout: Layout, peer: str
     states = bytes(payload[o:o + count])
     attempts = bytes(payload[o + count:o + 3 * count])
     digests = bytes(payload[o + 3 * count:need])
-    if any(s > STATE_DATA for s in states):
+    if max(states) > STATE_DATA:
         raise exception.PeerProtocolError(peer=peer,
                                           reason="bad page state")
     return idx, first, states, attempts, digests
