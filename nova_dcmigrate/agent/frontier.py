@@ -217,14 +217,17 @@ class FrontierControl(MigrationSession):
         the source (it gets no plan), relays done at once (the
         controller's switchover gate opens).
 
-        The holders' inventories are still read, in the background, only
-        to count what this host needed (:meth:`needed_pages`, the
+        With ``count_needed_pages`` (a benchmark aid, off by default) the
+        holders' inventories are still read, in the background, only to
+        count what this host needed (:meth:`needed_pages`, the
         benchmark's bound); nothing is relayed.
         """
         self.holders_skipped = True
         self._mark("holders_skipped_s")
         self.final_sent = True
         self.relay_done.set()
+        if not self.conf.count_needed_pages:
+            return
         threading.Thread(target=self._census, daemon=True,
                          name="dst-census-%s" % self.migration_id[:8]
                          ).start()

@@ -237,8 +237,11 @@ class Runner:
                     self.env["libvirt"] = libvirt_host.libvirt_version()
                 agents = None
                 if self.needs_agents:
+                    # The bound needs the new destination's count of
+                    # needed pages also when it skipped its holders.
                     agents = lab_agents.LabAgents(
-                        lab, mount_ns=None if hosts is None else
+                        lab, "count_needed_pages = true",
+                        mount_ns=None if hosts is None else
                         lab_agents.libvirt_mount_ns(hosts)).start()
                 try:
                     sampler = LinkSampler({h: lab.hosts[h].bridge_port

@@ -197,6 +197,17 @@ OPTS = [
         help="Seconds a prepared migration session may wait for its "
              "connections before it is dropped."),
     cfg.BoolOpt(
+        "count_needed_pages",
+        default=False,
+        help="Benchmark aid. When the rate hints give a redirect's holders "
+             "nothing, the new destination does not contact them; with "
+             "this on it still reads their inventories in the background "
+             "(19 bytes per guest page from each holder, nothing relayed) "
+             "to report which pages only the source could send, the "
+             "lower bound dcmigrate-bench compares against. Leave off in "
+             "production: it costs the holders' uploads and this host's "
+             "download for a number only the benchmark uses."),
+    cfg.BoolOpt(
         "connect_holders_early",
         default=True,
         help="A new destination of a redirect connects to the holders, "

@@ -289,7 +289,37 @@ def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
     assert dst.pullers[0].pages < held_above
 
 
-def test_fast_source_slow_holder_hint_gives_the_holder_nothing(cluster):
+@pytest.fixture
+def counting_cluster():
+    """Agents that count the needed pages also without their holders."""
+    c = Cluster(count_needed_pages=True)
+    yield c
+    c.stop()
+
+
+def test_skipped_holders_are_not_contacted_by_default(cluster):
+    # Without count_needed_pages the holder is never connected: no
+    # inventory crosses its link, nothing is counted.
+    g = Guest(seed=23)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
+    g.dirty(0.05)
+    s1 = g.stream()
+    slow = dict(cluster.holder("a"), rate=1e6)
+    src, dst, dq = cluster.migrate("b", s1.data, holders=[slow],
+                                   dest_args=(True, 100e6))
+    assert dst.state == SessionState.COMPLETED, dst.error
+    assert _decode(dq) == g.expect()
+    assert dst.holders_skipped
+    time.sleep(0.3)
+    red = dst.status()["redirect"]
+    assert red["needed"] is None
+    assert (cluster.mid, 1) not in cluster.agents["a"].relays
+
+
+def test_fast_source_slow_holder_hint_gives_the_holder_nothing(
+        counting_cluster):
+    cluster = counting_cluster
     # Never worse than restart: a holder at 1/100 of the source's rate
     # gets nothing, not even a relay connection on the source's path:
     # the attempt runs as a restart would (no plan, no filtering), and
