@@ -240,7 +240,7 @@ class Runner:
                     # The bound needs the new destination's count of
                     # needed pages also when it skipped its holders.
                     agents = lab_agents.LabAgents(
-                        lab, "count_needed_pages = true",
+                        lab, extra_conf="count_needed_pages = true",
                         mount_ns=None if hosts is None else
                         lab_agents.libvirt_mount_ns(hosts)).start()
                 try:
