@@ -297,17 +297,26 @@ def counting_cluster():
     c.stop()
 
 
-def test_skipped_holders_are_not_contacted_by_default(cluster):
-    # Without count_needed_pages the holder is never connected: no
-    # inventory crosses its link, nothing is counted.
-    g = Guest(seed=23)
+def _redirect_to_b_with_slow_holder(cluster, seed, pause_s=None):
+    """A first attempt to "a" cut at 60%, the guest dirtied, then a
+    redirect to "b" whose holder "a" is hinted at 1/100 of the source's
+    rate (``pause_s``: the source QEMU pauses that long half way).
+    Returns (guest, source, destination, destination QEMU)."""
+    g = Guest(seed=seed)
     s0 = g.stream(extra_passes=0)
     cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
     g.dirty(0.05)
     s1 = g.stream()
     slow = dict(cluster.holder("a"), rate=1e6)
-    src, dst, dq = cluster.migrate("b", s1.data, holders=[slow],
-                                   dest_args=(True, 100e6))
+    pause = None if pause_s is None else (len(s1.data) // 2, pause_s)
+    return (g, *cluster.migrate("b", s1.data, holders=[slow],
+                                dest_args=(True, 100e6), pause=pause))
+
+
+def test_skipped_holders_are_not_contacted_by_default(cluster):
+    # Without count_needed_pages the holder is never connected: no
+    # inventory crosses its link, nothing is counted.
+    g, src, dst, dq = _redirect_to_b_with_slow_holder(cluster, 23)
     assert dst.state == SessionState.COMPLETED, dst.error
     assert _decode(dq) == g.expect()
     assert dst.holders_skipped
@@ -324,17 +333,10 @@ def test_fast_source_slow_holder_hint_gives_the_holder_nothing(
     # gets nothing, not even a relay connection on the source's path:
     # the attempt runs as a restart would (no plan, no filtering), and
     # the destination still gets exactly the guest's memory.
-    g = Guest(seed=19)
-    s0 = g.stream(extra_passes=0)
-    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.6))
-    g.dirty(0.05)
-    s1 = g.stream()
-    slow = dict(cluster.holder("a"), rate=1e6)
     # QEMU pauses half way (a stream that lasts): the background count
     # ends with the session.
-    src, dst, dq = cluster.migrate("b", s1.data, holders=[slow],
-                                   dest_args=(True, 100e6),
-                                   pause=(len(s1.data) // 2, 1.0))
+    g, src, dst, dq = _redirect_to_b_with_slow_holder(
+        cluster, 19, pause_s=1.0)
     assert src.state == SessionState.COMPLETED, src.error
     assert dst.state == SessionState.COMPLETED, dst.error
     assert _decode(dq) == g.expect()
