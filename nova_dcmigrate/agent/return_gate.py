@@ -10,6 +10,12 @@ back until every relayed page is in.  However fast precopy converges, the
 relay backlog then never lands in the downtime: a downtime-limit gate only
 delays convergence by a few iterations (measured: 15 dirty syncs, then a
 5.5 s downtime with a 100 Mbit holder).
+
+Once the ack is held (:attr:`SwitchoverAckGate.holding`, reported in the
+destination's status), this gate alone guards the switchover: the
+controllers then restore the real downtime limit at once instead of after
+polling for the end of the relays, and the switchover can follow the last
+relayed page within one QEMU iteration.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class SwitchoverAckGate:
         self._wait_release = wait_release
         self._pending = bytearray()
         self.passed = False
+        #: The ack arrived and is held back now.
+        self.holding = False
         #: Seconds the ack was held (None: not seen yet).
         self.held_s: float | None = None
 
@@ -56,7 +64,12 @@ class SwitchoverAckGate:
                 if pos:
                     send(bytes(pending[:pos]))
                 held = time.monotonic()
-                if not self._wait_release():
+                self.holding = True
+                try:
+                    released = self._wait_release()
+                finally:
+                    self.holding = False
+                if not released:
                     return False
                 self.held_s = time.monotonic() - held
                 self.passed = True

@@ -108,7 +108,9 @@ class RelayWait:
 def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                  number: int, running: Callable[[], bool], *,
                  timeout: float = 3600.0,
-                 stop: threading.Event | None = None) -> RelayWait:
+                 stop: threading.Event | None = None,
+                 on_ack_held: Callable[[], None] | None = None
+                 ) -> RelayWait:
     """Poll the new destination until the relays of attempt ``number`` are
     in, the attempt ended, or ``timeout`` passed.
 
@@ -120,6 +122,14 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
     second).  Status errors (agent busy or restarting) are retried until
     the deadline.  Setting ``stop`` (the attempt ended) wakes the wait at
     once.
+
+    :param on_ack_held: called once, as soon as the destination reports
+        that it holds QEMU's switchover ack (:mod:`..agent.return_gate`):
+        from then on the agent releases the switchover the moment the last
+        relayed page is in, so the caller may restore the real downtime
+        limit without waiting for this poll (whose backoff can see the end
+        of the relays up to :data:`POLL_MAX_S` late).  The wait goes on
+        for the measured source rate.
     """
     deadline = time.monotonic() + timeout
     rate = 0.0
@@ -133,6 +143,10 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
         for a in attempt_entries(status, number):
             red = a.get("redirect") or {}
             rate = float(red.get("source_rate") or rate)
+            if on_ack_held is not None and \
+                    red.get("switchover_ack") == "held":
+                on_ack_held()
+                on_ack_held = None
             if red.get("relay_done"):
                 return RelayWait(True, False, rate)
             if a.get("state") in FINAL_STATES:

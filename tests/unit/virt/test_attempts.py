@@ -70,6 +70,31 @@ def test_wait_relayed_returns_when_relays_are_in_with_the_rate():
     assert done == attempts.RelayWait(True, False, 1.5e6)
 
 
+def test_wait_relayed_hands_the_gate_over_once_the_agent_holds_the_ack():
+    handed: list[int] = []
+    agents = StatusSource(_dst(1), _dst(1, switchover_ack="held"),
+                          _dst(1, switchover_ack="held", source_rate=2e6),
+                          _dst(1, switchover_ack="passed", relay_done=True,
+                               source_rate=3e6))
+    done = attempts.wait_relayed(
+        agents, "new", "mid", 1, lambda: True, timeout=30,
+        on_ack_held=lambda: handed.append(len(agents.calls)))
+    # Called at the first status saying "held", once; the wait went on
+    # until the relays were in, for the rate.
+    assert handed == [2]
+    assert done == attempts.RelayWait(True, False, 3e6)
+
+
+def test_wait_relayed_never_hands_over_without_a_held_ack():
+    handed: list[bool] = []
+    agents = StatusSource(_dst(1), _dst(1, switchover_ack=None),
+                          _dst(1, relay_done=True))
+    done = attempts.wait_relayed(agents, "new", "mid", 1, lambda: True,
+                                 timeout=30,
+                                 on_ack_held=lambda: handed.append(True))
+    assert done.relayed and handed == []
+
+
 def test_wait_relayed_stops_when_the_attempt_ends():
     agents = StatusSource(_dst(1), _dst(1, state="failed"))
     done = attempts.wait_relayed(agents, "new", "mid", 1, lambda: True,
