@@ -34,6 +34,11 @@ from nova_dcmigrate.stream import fastpath
 LOG = logging.getLogger(__name__)
 
 MIN_SECRET_LEN = 32
+#: Longest :meth:`AgentManager.wait_relayed` wait (seconds): a caller
+#: that wants longer asks again, so a wait never outlives its RPC timeout.
+MAX_RELAY_WAIT_S = 10.0
+#: How often a relay wait checks whether its session ended meanwhile.
+RELAY_WAIT_TICK_S = 0.05
 MIB = 1024 * 1024
 #: Longest sleep of the expiry thread (s).
 EXPIRY_POLL_MAX = 30.0
@@ -448,6 +453,40 @@ class AgentManager:
         if relays:
             result["relays"] = relays
         return result
+
+    @messaging.expose
+    def wait_relayed(self, ctxt: Any, migration_id: str, attempt: int,
+                     wait_s: float) -> dict[str, Any]:
+        """:meth:`get_status`, once attempt ``attempt``'s relays are in
+        here, its session ended, or ``wait_s`` seconds passed (at most
+        :data:`MAX_RELAY_WAIT_S`).
+
+        Why: a controller holds the switchover back (1 ms maximum
+        downtime) until the new destination has every relayed page.  It
+        learns the moment from this call rather than from a backed-off
+        poll, which saw the end of the relays up to a second late while
+        the guest kept migrating (RPC 1.5).
+        """
+        migration_id = _check_id(migration_id)
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or \
+                attempt < 0:
+            raise exception.InvalidRequest(migration_id=migration_id,
+                                           reason="bad attempt %r" % attempt)
+        if not isinstance(wait_s, (int, float)) or \
+                isinstance(wait_s, bool) or not 0 <= wait_s < math.inf:
+            raise exception.InvalidRequest(migration_id=migration_id,
+                                           reason="bad wait_s %r" % wait_s)
+        with self._lock:
+            session = self.sessions.get((migration_id, attempt))
+        relay_done = getattr(session, "relay_done", None)
+        if session is not None and relay_done is not None:
+            deadline = time.monotonic() + min(wait_s, MAX_RELAY_WAIT_S)
+            while not session.done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0 or relay_done.wait(min(left,
+                                                    RELAY_WAIT_TICK_S)):
+                    break
+        return self.get_status(ctxt, migration_id)
 
     @messaging.expose
     def list_migrations(self, ctxt: Any) -> list[str]:

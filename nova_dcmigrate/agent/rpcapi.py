@@ -19,6 +19,9 @@ API version history:
 * 1.4 - abort: new ``attempt`` argument (end only that attempt's
         sessions), so a controller can prepare the next attempt before it
         stops the running one.
+* 1.5 - new ``wait_relayed``: ``get_status`` once an attempt's relays are
+        in (or its session ended, or a timeout), so a controller lifts
+        the switchover gate at once instead of polling.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ EXCHANGE = "nova"
 
 
 class AgentAPI:
-    RPC_API_VERSION = "1.4"
+    RPC_API_VERSION = "1.5"
 
     def __init__(self, transport: messaging.RPCTransport,
                  version_cap: str | None = None,
                  timeout: float | None = 60) -> None:
         target = messaging.Target(exchange=EXCHANGE, topic=TOPIC,
-                                  version="1.4")
+                                  version="1.5")
         self.client = rpc.get_client(transport, target,
                                      version_cap=version_cap,
                                      timeout=timeout)
@@ -131,6 +134,20 @@ class AgentAPI:
     def get_status(self, host: str, migration_id: str) -> dict[str, Any]:
         return cast(dict[str, Any],
                     self._call(host, "get_status", migration_id=migration_id))
+
+    def supports_relay_wait(self) -> bool:
+        """Whether :meth:`wait_relayed` may be called (RPC 1.5)."""
+        return bool(self.client.can_send_version("1.5"))
+
+    def wait_relayed(self, host: str, migration_id: str, attempt: int,
+                     wait_s: float) -> dict[str, Any]:
+        """``get_status`` of ``host`` once attempt ``attempt``'s relays are
+        in there, its session ended, or ``wait_s`` seconds passed (the
+        agent caps it at 10 s); needs :meth:`supports_relay_wait`."""
+        return cast(dict[str, Any], self._call(
+            host, "wait_relayed", version="1.5",
+            timeout=min(wait_s, 10.0) + 30.0, migration_id=migration_id,
+            attempt=attempt, wait_s=wait_s))
 
     def list_migrations(self, host: str) -> list[str]:
         return cast(list[str], self._call(host, "list_migrations"))

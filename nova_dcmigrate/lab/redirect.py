@@ -222,13 +222,10 @@ class RedirectableMigration:
         return {} if up is None else {"rate": up / 8.0}
 
     def _ungate_when_relayed(self, attempt: Attempt) -> None:
-        """Restore the downtime budget once the destination's agent holds
-        the switchover ack (it then releases the switchover exactly when
-        the relays are in), and the measured rate once they are in."""
+        """Restore the downtime budget once every relayed page is in."""
         done = attempts.wait_relayed(
             self.api, attempt.dst_host, self.migration_id, attempt.number,
-            lambda: attempt.outcome == "running", timeout=600,
-            on_ack_held=lambda: self._set_downtime(attempt))
+            lambda: attempt.outcome == "running", timeout=600)
         if done.source_rate:
             attempt.source_rate = done.source_rate
         self._set_downtime(attempt)

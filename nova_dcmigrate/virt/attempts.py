@@ -43,6 +43,8 @@ FINAL_STATES = frozenset({"failed", "aborted", "completed"})
 POLL_S = 0.05
 #: ... and the longest wait between two polls (backoff).
 POLL_MAX_S = 1.0
+#: The longest single ``wait_relayed`` call to an agent of RPC 1.5.
+RELAY_WAIT_S = 5.0
 
 
 def holders_for(destinations: Iterable[str], host: str,
@@ -108,52 +110,66 @@ class RelayWait:
 def wait_relayed(agents: Any, dst_host: str, migration_id: str,
                  number: int, running: Callable[[], bool], *,
                  timeout: float = 3600.0,
-                 stop: threading.Event | None = None,
-                 on_ack_held: Callable[[], None] | None = None
-                 ) -> RelayWait:
-    """Poll the new destination until the relays of attempt ``number`` are
+                 stop: threading.Event | None = None) -> RelayWait:
+    """Wait until the new destination has the relays of attempt ``number``
     in, the attempt ended, or ``timeout`` passed.
 
     Why: the controllers hold the switchover back (a 1 ms downtime limit)
     while holders relay, so the relay backlog never lands in the guest's
-    downtime; this says when to restore the real limit.  Polls start at
-    :data:`POLL_S` and back off to :data:`POLL_MAX_S` (most relays end
-    within the first seconds; a long one is not polled 20 times a
-    second).  Status errors (agent busy or restarting) are retried until
-    the deadline.  Setting ``stop`` (the attempt ended) wakes the wait at
-    once.
-
-    :param on_ack_held: called once, as soon as the destination reports
-        that it holds QEMU's switchover ack (:mod:`..agent.return_gate`):
-        from then on the agent releases the switchover the moment the last
-        relayed page is in, so the caller may restore the real downtime
-        limit without waiting for this poll (whose backoff can see the end
-        of the relays up to :data:`POLL_MAX_S` late).  The wait goes on
-        for the measured source rate.
+    downtime; this says when to restore the real limit.  Agents of RPC 1.5
+    answer the moment the last relayed page is in (``wait_relayed``, one
+    call per :data:`RELAY_WAIT_S` at most).  Older agents are polled from
+    :data:`POLL_S`, backing off to :data:`POLL_MAX_S` (a long relay is not
+    polled 20 times a second), which can see the end up to a second late.
+    After an error (an older agent, or one busy or restarting) it polls,
+    backing off, until the deadline.  Setting ``stop`` (the attempt ended) wakes the
+    wait at once between calls.
     """
     deadline = time.monotonic() + timeout
     rate = 0.0
     delay = POLL_S
     wake = stop if stop is not None else threading.Event()
+    long_poll = _supports(agents, "supports_relay_wait")
     while running() and time.monotonic() < deadline:
+        asked = time.monotonic()
+        wait_s = min(RELAY_WAIT_S, max(0.0, deadline - asked))
+        waited = False
         try:
-            status = agents.get_status(dst_host, migration_id)
-        except Exception:  # noqa: BLE001 - keep polling
-            status = {}
+            if long_poll:
+                status = agents.wait_relayed(dst_host, migration_id, number,
+                                             wait_s)
+                # An answer before half the wait: the agent had nothing
+                # to wait on (no such session yet); back off as a poll.
+                waited = time.monotonic() - asked >= wait_s / 2
+            else:
+                status = agents.get_status(dst_host, migration_id)
+        except Exception:  # noqa: BLE001 - keep trying
+            # Without a version cap the client cannot tell an agent
+            # older than 1.5; polling works with every agent.
+            status, long_poll = {}, False
         for a in attempt_entries(status, number):
             red = a.get("redirect") or {}
             rate = float(red.get("source_rate") or rate)
-            if on_ack_held is not None and \
-                    red.get("switchover_ack") == "held":
-                on_ack_held()
-                on_ack_held = None
             if red.get("relay_done"):
                 return RelayWait(True, False, rate)
             if a.get("state") in FINAL_STATES:
                 return RelayWait(False, True, rate)
+        if waited:
+            if wake.is_set():
+                break
+            continue
         wake.wait(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(POLL_MAX_S, delay * 1.5)
     return RelayWait(False, not running(), rate)
+
+
+def _supports(agents: Any, check_name: str) -> bool:
+    """An optional capability of ``agents`` (False if unknown)."""
+    check = getattr(agents, check_name, None)
+    try:
+        return bool(check()) if check is not None else False
+    except Exception:  # noqa: BLE001 - unknown: without it
+        return False
 
 
 class SocketPathMismatch(DcmigrateError):
@@ -215,11 +231,7 @@ def can_prepare_ahead(agents: Any) -> bool:
     """Whether the next attempt may be prepared before the running one is
     stopped: only if the running attempt's sessions can then be aborted
     alone (agent RPC 1.4), not the prepared ones with them."""
-    check = getattr(agents, "supports_attempt_abort", None)
-    try:
-        return bool(check()) if check is not None else False
-    except Exception:  # noqa: BLE001 - unknown: the safe order
-        return False
+    return _supports(agents, "supports_attempt_abort")
 
 
 def abort_agents(agents: Any, migration_id: str,

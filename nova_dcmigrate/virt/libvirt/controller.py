@@ -13,14 +13,10 @@ other local process can reach either end.
 A redirect aborts the running job (``abortJob``: libvirt keeps the guest
 running on the source and kills the old destination QEMU, whose agent
 keeps the pages it stored), then starts a new attempt listing every
-earlier destination as a holder.  Switchover is held back until the new
-destination has every relayed page: by its agent, which holds QEMU's
-switchover ack (:mod:`nova_dcmigrate.agent.return_gate`), and, until the
-agent reports that it holds it, by a 1 ms maximum downtime (not 0: QEMU 10
-treats a zero limit as "switch over now" at the end of a pass).  The
-configured downtime is restored as soon as the agent holds the ack, so
-the switchover follows the last relayed page at once, not at the next
-status poll.
+earlier destination as a holder.  Switchover is held back with a 1 ms
+maximum downtime until the new destination has every relayed page, then
+the configured downtime is restored (not 0: QEMU 10 treats a zero limit
+as "switch over now" at the end of a pass).
 
 Nothing here imports Nova: the Nova driver builds on this class.
 """
@@ -113,8 +109,6 @@ class Attempt:
     ended: float | None = None
     outcome: str = "running"
     source_rate: float = 0.0
-    #: The real downtime limit was restored (the switchover gate lifted).
-    ungated: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,24 +394,18 @@ class RedirectableMigration:
             self._done.set()
 
     def _ungate_when_relayed(self, attempt: Attempt) -> None:
-        """Restore the downtime limit once the destination's agent holds
-        the switchover ack (it then gates the switchover itself, exactly
-        at the end of the relays), or else once the relays are in."""
         done = attempts.wait_relayed(
             self.agents, attempt.host.name, self.migration_id,
-            attempt.number, lambda: attempt.outcome == "running",
-            on_ack_held=lambda: self._restore_downtime(attempt))
+            attempt.number, lambda: attempt.outcome == "running")
         attempt.source_rate = done.source_rate
         self._restore_downtime(attempt)
 
     def _restore_downtime(self, attempt: Attempt) -> None:
         with self._lock:
-            if attempt is not self.current or attempt.outcome != "running" \
-                    or attempt.ungated:
+            if attempt is not self.current or attempt.outcome != "running":
                 return
             try:
                 self.dom.migrateSetMaxDowntime(self.max_downtime_ms)
-                attempt.ungated = True
             except libvirt.libvirtError as err:
                 LOG.warning("migration %(mid)s: cannot restore max downtime:"
                             " %(err)s", {"mid": self.migration_id,

@@ -662,28 +662,19 @@ class AgentTransport(MigrationTransport):
 
     def _ungate_when_relayed(self, mig: AgentMigration,
                              attempt: AgentAttempt, guest: Any) -> None:
-        """Restore Nova's downtime once the destination's agent holds the
-        switchover ack (it then releases the switchover itself, exactly
-        when the relays are in), or else once the relays are in."""
         timeout = CONF.dcmigrate_compute.relay_wait_timeout
         done = attempts.wait_relayed(
             self.agents, attempt.dest.host, mig.migration_id,
             attempt.number, lambda: attempt.running, timeout=timeout,
-            stop=attempt.ended,
-            on_ack_held=lambda: self._ungate(mig, attempt, guest))
+            stop=attempt.ended)
         if not done.relayed and not done.ended:
             LOG.warning("migration %(mid)s attempt %(n)d: relays not in "
                         "after %(t)d s; switchover no longer held back",
                         {"mid": mig.migration_id, "n": attempt.number,
                          "t": timeout})
         attempt.source_rate = done.source_rate
-        self._ungate(mig, attempt, guest)
-
-    def _ungate(self, mig: AgentMigration, attempt: AgentAttempt,
-                guest: Any) -> None:
-        """Apply the downtime Nova wants (once per attempt)."""
         with mig.lock:
-            if mig.attempts[-1] is not attempt or not mig.gated:
+            if mig.attempts[-1] is not attempt:
                 return
             mig.gated = False
             downtime = mig.wanted_downtime

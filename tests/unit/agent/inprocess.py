@@ -47,15 +47,18 @@ class InProcessAgents:
     path is the same on both hosts, so the source's answer carries the
     destination's path here (the only thing this adapter changes), unless
     ``same_path`` is False. ``attempt_abort`` False plays agents before
-    RPC 1.4 (``abort`` ends every session of a migration).
+    RPC 1.4 (``abort`` ends every session of a migration), and
+    ``relay_wait`` False agents before 1.5 (no ``wait_relayed``).
     """
 
     def __init__(self, managers: dict[str, AgentManager],
                  same_path: bool = True,
-                 attempt_abort: bool = True) -> None:
+                 attempt_abort: bool = True,
+                 relay_wait: bool = True) -> None:
         self.managers = managers
         self.same_path = same_path
         self.attempt_abort = attempt_abort
+        self.relay_wait = relay_wait
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         #: The ``timeout`` of every ping, in order.
         self.ping_timeouts: list[float | None] = []
@@ -108,6 +111,16 @@ class InProcessAgents:
 
     def supports_attempt_abort(self) -> bool:
         return self.attempt_abort
+
+    def supports_relay_wait(self) -> bool:
+        return self.relay_wait
+
+    def wait_relayed(self, host: str, migration_id: str, attempt: int,
+                     wait_s: float) -> dict[str, Any]:
+        return cast(dict[str, Any],
+                    self._call(host, "wait_relayed",
+                               migration_id=migration_id, attempt=attempt,
+                               wait_s=wait_s))
 
     def abort(self, host: str, migration_id: str,
               reason: str = "aborted by request",

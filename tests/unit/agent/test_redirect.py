@@ -396,3 +396,71 @@ def test_early_holder_connection_same_result(early_cluster):
     assert _decode(dq) == g.expect()
     assert dst.status()["redirect"]["local_pages_injected"] > 0
     assert src.counters["pages_dropped"] > 0
+
+
+def test_wait_relayed_answers_once_the_relays_are_in(cluster, monkeypatch):
+    # A slow holder (about 400 pages/s): the relays take a while, and the
+    # agent's answer must come as they end, not before, not a poll later.
+    import threading
+
+    from nova_dcmigrate.agent import holder as holder_mod
+
+    flush = holder_mod.HolderRelay._flush
+
+    def slow_flush(self, batch):
+        if batch:
+            time.sleep(0.01)
+        flush(self, batch)
+
+    monkeypatch.setattr(holder_mod, "BATCH_BYTES", 4 * 4096)
+    monkeypatch.setattr(holder_mod.HolderRelay, "_flush", slow_flush)
+    g = Guest(seed=29)
+    s0 = g.stream(extra_passes=0)
+    cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.5))
+    s1 = g.stream()
+    b = cluster.agents["b"]
+    answers = []
+
+    def waiter():
+        deadline = time.monotonic() + 10
+        while (cluster.mid, 1) not in b.sessions and \
+                time.monotonic() < deadline:
+            time.sleep(0.002)
+        status = b.wait_relayed(None, cluster.mid, 1, 10.0)
+        answers.append((time.monotonic(), status))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    src, dst, dq = cluster.migrate("b", s1.data, holders=["a"],
+                                   pause=(len(s1.data) - 64, 2.0))
+    t.join(15)
+    assert dst.state == SessionState.COMPLETED, dst.error
+    assert _decode(dq) == g.expect()
+    when, status = answers[0]
+    entry = [a for a in status["attempts"] if a["attempt"] == 1][0]
+    assert entry["redirect"]["relay_done"]
+    relays_end = dst.started_at + dst.timeline["relays_done_s"]
+    assert relays_end - dst.started_at > 0.3      # it had to wait
+    assert abs(when - relays_end) < 0.2
+
+
+def test_wait_relayed_gives_up_after_its_wait_and_checks_input(cluster):
+    from nova_dcmigrate.agent import exception as agent_exc
+
+    b = cluster.agents["b"]
+    b.prepare_destination(None, cluster.mid, cluster.secret, None, 0,
+                          [cluster.holder("a")])
+    start = time.monotonic()
+    status = b.wait_relayed(None, cluster.mid, 0, 0.3)
+    assert time.monotonic() - start >= 0.3
+    assert not status["attempts"][0]["redirect"]["relay_done"]
+    # No session of that attempt: the status at once.
+    start = time.monotonic()
+    b.wait_relayed(None, cluster.mid, 5, 3.0)
+    assert time.monotonic() - start < 1.0
+    for attempt, wait_s in ((-1, 1.0), (True, 1.0), ("0", 1.0),
+                            (0, -1.0), (0, float("nan")), (0, True),
+                            (0, "1")):
+        with pytest.raises(agent_exc.InvalidRequest):
+            b.wait_relayed(None, cluster.mid, attempt, wait_s)
+    b.abort(None, cluster.mid, "test over")

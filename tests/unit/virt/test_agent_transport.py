@@ -26,8 +26,9 @@ CONF = nova_dcmigrate.conf.CONF
 
 
 #: Agents before RPC 1.4: ``abort`` ends every session of a migration.
-Agents = functools.partial(InProcessAgents, attempt_abort=False)
-#: Agents of RPC 1.4: ``abort`` may name one attempt.
+Agents = functools.partial(InProcessAgents, attempt_abort=False,
+                           relay_wait=False)
+#: Agents of RPC 1.5: ``abort`` may name one attempt, ``wait_relayed``.
 AttemptAgents = InProcessAgents
 
 
@@ -460,43 +461,3 @@ def test_block_migration_with_tls_is_refused():
     d.migrateToURI3("qemu+tcp://b/system", {"migrate_disks": ["vda"]},
                     1 | 64)
     assert seen == [1 | 64]
-
-
-class _AckAgents:
-    """Destination status: the ack is held from the second poll on, the
-    relays are in from the fourth."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @property
-    def relays_in(self) -> bool:
-        return self.calls >= 4
-
-    def get_status(self, host: str, migration_id: str) -> dict:
-        self.calls += 1
-        red = {"switchover_ack": "held" if self.calls > 1 else None,
-               "relay_done": self.relays_in, "source_rate": 1e6}
-        return {"attempts": [{"attempt": 1, "state": "streaming",
-                              "redirect": red}]}
-
-
-def test_nova_downtime_restored_when_the_agent_holds_the_ack():
-    t = transport.AgentTransport(object())
-    agents = _AckAgents()
-    t.agents = agents
-    applied: list[tuple[int, bool]] = []
-    guest = types.SimpleNamespace(
-        uuid="i", migrate_configure_max_downtime=lambda ms: applied.append(
-            (ms, agents.relays_in)))
-    mig = transport.AgentMigration("m", "s" * 64, "src", gated=True,
-                                   wanted_downtime=120)
-    attempt = transport.AgentAttempt(
-        1, transport.AgentEndpoint("b", "10.0.0.3", 4000), "/s", ["a"])
-    mig.attempts.append(attempt)
-    t._ungate_when_relayed(mig, attempt, guest)
-    # Restored once, while the relays still ran (the agent gates now);
-    # not again when they ended.
-    assert applied == [(120, False)]
-    assert agents.relays_in and not mig.gated
-    assert attempt.source_rate == 1e6

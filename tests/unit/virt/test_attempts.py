@@ -70,29 +70,47 @@ def test_wait_relayed_returns_when_relays_are_in_with_the_rate():
     assert done == attempts.RelayWait(True, False, 1.5e6)
 
 
-def test_wait_relayed_hands_the_gate_over_once_the_agent_holds_the_ack():
-    handed: list[int] = []
-    agents = StatusSource(_dst(1), _dst(1, switchover_ack="held"),
-                          _dst(1, switchover_ack="held", source_rate=2e6),
-                          _dst(1, switchover_ack="passed", relay_done=True,
-                               source_rate=3e6))
-    done = attempts.wait_relayed(
-        agents, "new", "mid", 1, lambda: True, timeout=30,
-        on_ack_held=lambda: handed.append(len(agents.calls)))
-    # Called at the first status saying "held", once; the wait went on
-    # until the relays were in, for the rate.
-    assert handed == [2]
-    assert done == attempts.RelayWait(True, False, 3e6)
+class WaitingAgents(StatusSource):
+    """Agents of RPC 1.5: ``wait_relayed`` answers after ``delay`` s."""
+
+    def __init__(self, *replies: Any, delay: float = 0.0,
+                 error: Exception | None = None) -> None:
+        super().__init__(*replies)
+        self.delay = delay
+        self.error = error
+        self.waits: list[float] = []
+
+    def supports_relay_wait(self) -> bool:
+        return True
+
+    def wait_relayed(self, host: str, migration_id: str, number: int,
+                     wait_s: float) -> Any:
+        self.waits.append(wait_s)
+        if self.error is not None:
+            raise self.error
+        import time
+        time.sleep(self.delay)
+        return self.get_status(host, migration_id)
 
 
-def test_wait_relayed_never_hands_over_without_a_held_ack():
-    handed: list[bool] = []
-    agents = StatusSource(_dst(1), _dst(1, switchover_ack=None),
-                          _dst(1, relay_done=True))
+def test_wait_relayed_asks_the_agent_to_wait_when_it_can():
+    agents = WaitingAgents(_dst(1), _dst(1, relay_done=True,
+                                         source_rate=2e6), delay=0.1)
     done = attempts.wait_relayed(agents, "new", "mid", 1, lambda: True,
-                                 timeout=30,
-                                 on_ack_held=lambda: handed.append(True))
-    assert done.relayed and handed == []
+                                 timeout=30)
+    assert done == attempts.RelayWait(True, False, 2e6)
+    # Each call asks the agent to wait up to RELAY_WAIT_S.
+    assert agents.waits == [attempts.RELAY_WAIT_S] * 2
+
+
+def test_wait_relayed_polls_when_the_agent_cannot_wait():
+    # An agent older than 1.5 answers the call with an error: polling.
+    agents = WaitingAgents(_dst(1), _dst(1, relay_done=True),
+                           error=RuntimeError("UnsupportedVersion"))
+    done = attempts.wait_relayed(agents, "new", "mid", 1, lambda: True,
+                                 timeout=30)
+    assert done.relayed
+    assert len(agents.waits) == 1 and len(agents.calls) == 2
 
 
 def test_wait_relayed_stops_when_the_attempt_ends():
