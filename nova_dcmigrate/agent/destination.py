@@ -389,6 +389,8 @@ class DestinationSession(RedirectMerge):
                     feed.relay_pages_injected if feed else 0,
                 "relay_pages_dropped":
                     feed.relay_pages_dropped if feed else 0,
+                "zero_records_elided":
+                    feed.zero_records_elided if feed else 0,
                 "needed": self.needed_pages(),
                 "holders": {p.host: {"pages": p.pages, "bytes": p.bytes,
                                      "lowest": p.lowest,

@@ -139,6 +139,8 @@ class QemuFeed:
         self.relay_pages_injected = 0
         self.relay_pages_dropped = 0
         self.local_pages_injected = 0
+        #: Zero pages injected without a record (QEMU reads zero there).
+        self.zero_records_elided = 0
 
     def flush(self) -> None:
         """Write out what the writer holds (caller holds ``cond``)."""
@@ -178,11 +180,21 @@ class QemuFeed:
                 if self.sent_by_src[g] or self.relayed[g]:
                     dropped += 1
                     continue
+                block = blocks[idx]
+                att = attempt_of(idx, page) if attempt_of else self.attempt
+                if data is None and self.store.reads_zero_in_qemu(idx, page):
+                    # Nothing of this attempt wrote it and QEMU's RAM has
+                    # a hole there: no record (QEMU would fault the page
+                    # in to check it).
+                    if not local:
+                        self.store.put_zero(block, page, att)
+                    self.relayed[g] = 1
+                    self.zero_records_elided += 1
+                    injected += 1
+                    continue
                 if not opened:
                     w.begin_section(c.SECTION_PART)
                     opened = True
-                block = blocks[idx]
-                att = attempt_of(idx, page) if attempt_of else self.attempt
                 if data is None:
                     w.zero(block, page)
                     if not local:

@@ -28,6 +28,7 @@ resends it).
 from __future__ import annotations
 
 import array
+import errno
 import mmap
 import os
 import sys
@@ -542,6 +543,34 @@ class PageStore:
         di = page * DIGEST_LEN
         bs.digests[di:di + DIGEST_LEN] = self._zero_digest
 
+    def reads_zero_in_qemu(self, index: int, page: int) -> bool:
+        """Whether the QEMU this store feeds reads zeros at that page
+        without being told: every RAM file that may hold the block (same
+        size) has a hole there (never written, not even by QEMU's own
+        start-up, e.g. a ROM).
+
+        Why: a ZERO record makes QEMU check the page (``buffer_is_zero``),
+        which faults a fresh page into its RAM file.  Relayed zero pages
+        arrive in bursts (their records are a few bytes), and the faults
+        kept the destination QEMU from reading its socket, stalling the
+        source and the holders alike.  The caller must know that nothing
+        it sent in this attempt wrote the page (it may not have been
+        applied yet).  False when the RAM is not held (pages are copied).
+        """
+        bs = self._blocks[index]
+        with self._lock:
+            ram = self._backings[self._current]
+            if ram is None or ram.closed or bs.target == COPY:
+                return False
+            files = ram.candidates(bs.block.used_length)
+            if not files:
+                return False
+            offset = page * PAGE_SIZE
+            for f in files:
+                if not _is_hole(f.fd, offset):
+                    return False
+            return True
+
     def block_named(self, name: str) -> RamBlock:
         return self._by_name[name].block
 
@@ -685,3 +714,14 @@ class PageStore:
         with self._lock:
             self._close_blocks()
             self.ram_start = None
+
+
+
+def _is_hole(fd: int, offset: int) -> bool:
+    """The page at ``offset`` of file ``fd`` was never written (reads
+    zero); False when unknown."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + PAGE_SIZE
+    except OSError as err:
+        # ENXIO: no data from ``offset`` to the end of the file.
+        return err.errno == errno.ENXIO

@@ -350,3 +350,75 @@ def test_stream_copies_unlimited_budget_counts_copies():
     assert store.page("pc.ram", 3) == bytes(PS)
     store.close()
     assert budget.used == 0
+
+
+def test_reads_zero_in_qemu_only_where_its_ram_has_a_hole(qram):
+    store = PageStore(seed=5)
+    store.configure(_start())
+    assert not store.reads_zero_in_qemu(0, 5)        # RAM not held yet
+    assert store.attach(qram.ram)
+    qram.write(3, _page(3))
+    qram.write(7, bytes(PS))          # written, even with zeros: not a hole
+    assert store.reads_zero_in_qemu(0, 5)
+    assert store.reads_zero_in_qemu(0, RAM.used_length // PS - 1)
+    assert not store.reads_zero_in_qemu(0, 3)
+    assert not store.reads_zero_in_qemu(0, 7)
+    # No RAM file of the BIOS block's size: its pages are copied, and
+    # QEMU may have loaded a ROM there.
+    assert not store.reads_zero_in_qemu(1, 0)
+    store.close()
+
+
+def test_reads_zero_in_qemu_needs_a_hole_in_every_candidate_file():
+    # Two RAM files of the block's size: the block is one of them, so
+    # the page is known zero only if both have a hole there.
+    a, b = FakeQemuRam(), FakeQemuRam()
+    try:
+        b.write(9, _page(9))
+        both = ram_backing.QemuRam(os.getpid(), a.ram.files + b.ram.files)
+        store = PageStore(seed=5)
+        store.configure(_start())
+        assert store.attach(both)
+        assert store.reads_zero_in_qemu(0, 8)
+        assert not store.reads_zero_in_qemu(0, 9)
+        store.close()
+    finally:
+        for q in (a, b):
+            q.exit()
+            q.ram.close()
+
+
+def test_relayed_zero_pages_get_no_record_where_qemu_reads_zero(qram):
+    import socket
+
+    from nova_dcmigrate.agent import merge
+
+    store = PageStore(seed=5)
+    start = _start()
+    store.configure(start)
+    assert store.attach(qram.ram)
+    qram.write(2, _page(2))           # e.g. a ROM QEMU loaded at start
+    ours, qemu = socket.socketpair()
+    try:
+        feed = merge.QemuFeed(ours, store, attempt=1)
+        feed.configure(start)
+        feed.writer.ram_start(start)   # as the source's stream does
+        qemu.settimeout(5)
+        injected, dropped = feed.inject([(0, 1, None), (0, 2, None),
+                                         (0, 4, _page(4)), (0, 5, None)])
+        assert (injected, dropped) == (4, 0)
+        assert feed.zero_records_elided == 2          # pages 1 and 5
+        assert feed.relay_pages_injected == 4
+        assert store.state("pc.ram", 1) == ZERO
+        assert store.state("pc.ram", 2) == ZERO
+        sent = qemu.recv(1 << 20)
+        # One PART section with a ZERO record for page 2 and page 4's
+        # data; nothing for pages 1 and 5.
+        assert _page(4) in sent
+        assert len(sent) < 2 * PS
+        # A second relay of the same pages is dropped as before.
+        assert feed.inject([(0, 1, None), (0, 5, None)]) == (0, 2)
+    finally:
+        ours.close()
+        qemu.close()
+        store.close()
