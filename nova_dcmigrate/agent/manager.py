@@ -486,7 +486,8 @@ class AgentManager:
                 if left <= 0 or relay_done.wait(min(left,
                                                     RELAY_WAIT_TICK_S)):
                     break
-        return self.get_status(ctxt, migration_id)
+        status: dict[str, Any] = self.get_status(ctxt, migration_id)
+        return status
 
     @messaging.expose
     def list_migrations(self, ctxt: Any) -> list[str]:

@@ -716,7 +716,6 @@ class PageStore:
             self.ram_start = None
 
 
-
 def _is_hole(fd: int, offset: int) -> bool:
     """The page at ``offset`` of file ``fd`` was never written (reads
     zero); False when unknown."""

@@ -122,8 +122,8 @@ def wait_relayed(agents: Any, dst_host: str, migration_id: str,
     :data:`POLL_S`, backing off to :data:`POLL_MAX_S` (a long relay is not
     polled 20 times a second), which can see the end up to a second late.
     After an error (an older agent, or one busy or restarting) it polls,
-    backing off, until the deadline.  Setting ``stop`` (the attempt ended) wakes the
-    wait at once between calls.
+    backing off, until the deadline.  Setting ``stop`` (the attempt
+    ended) wakes the wait at once between calls.
     """
     deadline = time.monotonic() + timeout
     rate = 0.0
