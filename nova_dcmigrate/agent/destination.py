@@ -364,8 +364,8 @@ class DestinationSession(RedirectMerge):
             feed = self.feed
             st["redirect"] = {
                 "relay_done": self.relay_done.is_set(),
-                # "held": this agent now holds the switchover back, so a
-                # controller may restore the real downtime limit.
+                # "held": this agent holds QEMU's switchover back now;
+                # "passed": it let the ack through.
                 "switchover_ack": self._ack_state(),
                 "holders_skipped": self.holders_skipped,
                 "frontier": self.frontier,

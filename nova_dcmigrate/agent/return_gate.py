@@ -11,11 +11,12 @@ relay backlog then never lands in the downtime: a downtime-limit gate only
 delays convergence by a few iterations (measured: 15 dirty syncs, then a
 5.5 s downtime with a 100 Mbit holder).
 
-Once the ack is held (:attr:`SwitchoverAckGate.holding`, reported in the
-destination's status), this gate alone guards the switchover: the
-controllers then restore the real downtime limit at once instead of after
-polling for the end of the relays, and the switchover can follow the last
-relayed page within one QEMU iteration.
+Whether the ack is held now (:attr:`SwitchoverAckGate.holding`) is in the
+destination's status (``redirect.switchover_ack``).  The controllers keep
+their 1 ms downtime limit until the relays are in all the same: with the
+real limit QEMU syncs its dirty bitmap on every iteration while it waits
+for the ack, and that spinning took the CPU the relays needed (measured
+in doc/source/method.rst, 2026-12-04).
 """
 
 from __future__ import annotations
