@@ -252,14 +252,10 @@ def test_slow_source_fast_holder_relays_everything_before_final(cluster):
     assert dst.frontier <= dst.planner.total
 
 
-def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
-        cluster, monkeypatch):
-    # The old destination relays slowly (a slow link); the source is done
-    # with its first pass at once and QEMU waits for the switchover, so
-    # the new destination raises the frontier past where the source
-    # already was: the source sends the held pages it kept itself.
+def _slow_holders(monkeypatch):
+    """Holders relay about 400 pages/s in small batches: a slow link, not
+    a stall."""
     from nova_dcmigrate.agent import holder as holder_mod
-    from nova_dcmigrate.stream import constants as sc
 
     flush = holder_mod.HolderRelay._flush
 
@@ -268,9 +264,19 @@ def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
             time.sleep(0.01)
         flush(self, batch)
 
-    # About 400 pages/s in small batches: a slow link, not a stall.
     monkeypatch.setattr(holder_mod, "BATCH_BYTES", 4 * 4096)
     monkeypatch.setattr(holder_mod.HolderRelay, "_flush", slow_flush)
+
+
+def test_slow_holder_source_gives_back_kept_pages_after_first_pass(
+        cluster, monkeypatch):
+    # The old destination relays slowly (a slow link); the source is done
+    # with its first pass at once and QEMU waits for the switchover, so
+    # the new destination raises the frontier past where the source
+    # already was: the source sends the held pages it kept itself.
+    from nova_dcmigrate.stream import constants as sc
+
+    _slow_holders(monkeypatch)
     g = Guest(seed=17)
     s0 = g.stream(extra_passes=0)
     cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.9))
@@ -403,17 +409,7 @@ def test_wait_relayed_answers_once_the_relays_are_in(cluster, monkeypatch):
     # agent's answer must come as they end, not before, not a poll later.
     import threading
 
-    from nova_dcmigrate.agent import holder as holder_mod
-
-    flush = holder_mod.HolderRelay._flush
-
-    def slow_flush(self, batch):
-        if batch:
-            time.sleep(0.01)
-        flush(self, batch)
-
-    monkeypatch.setattr(holder_mod, "BATCH_BYTES", 4 * 4096)
-    monkeypatch.setattr(holder_mod.HolderRelay, "_flush", slow_flush)
+    _slow_holders(monkeypatch)
     g = Guest(seed=29)
     s0 = g.stream(extra_passes=0)
     cluster.migrate("a", s0.data, stop_after=int(len(s0.data) * 0.5))
