@@ -103,9 +103,6 @@ class DestinationSession(RedirectMerge):
             collections.deque()
         self._final_lock = threading.Lock()
         self.relay_done = threading.Event()
-        #: Holds QEMU's SWITCHOVER_ACK while holders relay (None: no
-        #: holders, or the return path has not opened yet).
-        self.ack_gate: return_gate.SwitchoverAckGate | None = None
         self.src_meter = merge.RateMeter()
         self.relay_meter = merge.RateMeter()
         self.first_frontier = 0
@@ -316,7 +313,6 @@ class DestinationSession(RedirectMerge):
         c = self.counters
         gate = return_gate.SwitchoverAckGate(self._wait_relays_for_ack) \
             if self.pullers else None
-        self.ack_gate = gate
 
         def send(data: bytes | memoryview) -> None:
             conn.send(FrameType.RETURN, data)
@@ -345,14 +341,6 @@ class DestinationSession(RedirectMerge):
                 c["switchover_ack_held_ms"] = int(gate.held_s * 1000)
             c["return_bytes"] += n
 
-    def _ack_state(self) -> str | None:
-        gate = self.ack_gate
-        if gate is None:
-            return None
-        if gate.holding:
-            return "held"
-        return "passed" if gate.passed else None
-
     def status(self) -> dict[str, Any]:
         st = super().status()
         sc = self.store.counters()
@@ -364,9 +352,6 @@ class DestinationSession(RedirectMerge):
             feed = self.feed
             st["redirect"] = {
                 "relay_done": self.relay_done.is_set(),
-                # "held": this agent holds QEMU's switchover back now;
-                # "passed": it let the ack through.
-                "switchover_ack": self._ack_state(),
                 "holders_skipped": self.holders_skipped,
                 "frontier": self.frontier,
                 "first_frontier": self.first_frontier,

@@ -11,12 +11,10 @@ relay backlog then never lands in the downtime: a downtime-limit gate only
 delays convergence by a few iterations (measured: 15 dirty syncs, then a
 5.5 s downtime with a 100 Mbit holder).
 
-Whether the ack is held now (:attr:`SwitchoverAckGate.holding`) is in the
-destination's status (``redirect.switchover_ack``).  The controllers keep
-their 1 ms downtime limit until the relays are in all the same: with the
-real limit QEMU syncs its dirty bitmap on every iteration while it waits
-for the ack, and that spinning took the CPU the relays needed (measured
-in doc/source/method.rst, 2026-12-04).
+The controllers keep their 1 ms downtime limit until the relays are in
+all the same: with the real limit QEMU syncs its dirty bitmap on every
+iteration while it waits for the ack, and that spinning took the CPU the
+relays needed (measured in doc/source/method.rst, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -39,8 +37,6 @@ class SwitchoverAckGate:
         self._wait_release = wait_release
         self._pending = bytearray()
         self.passed = False
-        #: The ack arrived and is held back now.
-        self.holding = False
         #: Seconds the ack was held (None: not seen yet).
         self.held_s: float | None = None
 
@@ -65,12 +61,7 @@ class SwitchoverAckGate:
                 if pos:
                     send(bytes(pending[:pos]))
                 held = time.monotonic()
-                self.holding = True
-                try:
-                    released = self._wait_release()
-                finally:
-                    self.holding = False
-                if not released:
+                if not self._wait_release():
                     return False
                 self.held_s = time.monotonic() - held
                 self.passed = True

@@ -52,28 +52,3 @@ def test_migration_ending_while_held_sends_nothing_more():
     gate = SwitchoverAckGate(lambda: False)
     assert not gate.feed(ACK + SHUT, lambda b: sent.append(bytes(b)))
     assert sent == [] and not gate.passed
-
-
-def test_holding_says_when_the_ack_is_held_back():
-    release = threading.Event()
-    waiting = threading.Event()
-
-    def wait_release() -> bool:
-        waiting.set()
-        return release.wait(10)
-
-    gate = SwitchoverAckGate(wait_release)
-    assert not gate.holding
-    t = threading.Thread(target=gate.feed, args=(ACK, lambda b: None))
-    t.start()
-    assert waiting.wait(5)
-    assert gate.holding and not gate.passed
-    release.set()
-    t.join(5)
-    assert not gate.holding and gate.passed
-
-
-def test_holding_ends_when_the_migration_ends_while_held():
-    gate = SwitchoverAckGate(lambda: False)
-    assert not gate.feed(ACK, lambda b: None)
-    assert not gate.holding and not gate.passed
