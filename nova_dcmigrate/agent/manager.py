@@ -25,7 +25,7 @@ from nova_dcmigrate.agent.page_store import CopyBudget
 from nova_dcmigrate.agent.page_store import PageStore
 from nova_dcmigrate.agent.peer_listener import PeerListener
 from nova_dcmigrate.agent import protocol
-from nova_dcmigrate.agent.rpcapi import AgentAPI
+from nova_dcmigrate.agent import rpcapi
 from nova_dcmigrate.agent import session as sess
 from nova_dcmigrate.agent.source import SourceSession
 from nova_dcmigrate.agent.tls import PeerTLS
@@ -34,9 +34,6 @@ from nova_dcmigrate.stream import fastpath
 LOG = logging.getLogger(__name__)
 
 MIN_SECRET_LEN = 32
-#: Longest :meth:`AgentManager.wait_relayed` wait (seconds): a caller
-#: that wants longer asks again, so a wait never outlives its RPC timeout.
-MAX_RELAY_WAIT_S = 10.0
 #: How often a relay wait checks whether its session ended meanwhile.
 RELAY_WAIT_TICK_S = 0.05
 MIB = 1024 * 1024
@@ -62,7 +59,7 @@ def _valid_rate(rate: Any) -> bool:
 class AgentManager:
     """Holds the sessions and page stores of this host's migrations."""
 
-    target = messaging.Target(version=AgentAPI.RPC_API_VERSION)
+    target = messaging.Target(version=rpcapi.AgentAPI.RPC_API_VERSION)
 
     def __init__(self, conf: Any, host: str) -> None:
         self.conf = conf          # the [dcmigrate_agent] GroupAttr
@@ -272,7 +269,7 @@ class AgentManager:
     # -- RPC API (see AgentAPI for the version history) ------------------
     @messaging.expose
     def ping(self, ctxt: Any) -> dict[str, Any]:
-        return {"host": self.host, "version": AgentAPI.RPC_API_VERSION,
+        return {"host": self.host, "version": rpcapi.AgentAPI.RPC_API_VERSION,
                 "peer_port": self.listener.port, "tls": self.tls.enabled}
 
     @messaging.expose
@@ -459,7 +456,7 @@ class AgentManager:
                      wait_s: float) -> dict[str, Any]:
         """:meth:`get_status`, once attempt ``attempt``'s relays are in
         here, its session ended, or ``wait_s`` seconds passed (at most
-        :data:`MAX_RELAY_WAIT_S`).
+        :data:`rpcapi.MAX_RELAY_WAIT_S`).
 
         Why: a controller holds the switchover back (1 ms maximum
         downtime) until the new destination has every relayed page.  It
@@ -480,7 +477,7 @@ class AgentManager:
             session = self.sessions.get((migration_id, attempt))
         relay_done = getattr(session, "relay_done", None)
         if session is not None and relay_done is not None:
-            deadline = time.monotonic() + min(wait_s, MAX_RELAY_WAIT_S)
+            deadline = time.monotonic() + min(wait_s, rpcapi.MAX_RELAY_WAIT_S)
             while not session.done.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0 or relay_done.wait(min(left,

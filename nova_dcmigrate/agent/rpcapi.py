@@ -40,6 +40,9 @@ TOPIC = "dcmigrate-agent"
 #: agent's would be oslo.messaging's default ``openstack``: unpinned, the
 #: two never met (found by the lab cloud, doc/source/lab-cloud.rst).
 EXCHANGE = "nova"
+#: Longest ``wait_relayed`` wait an agent grants (seconds): a caller that
+#: wants longer asks again, so a wait never outlives its RPC timeout.
+MAX_RELAY_WAIT_S = 10.0
 
 
 class AgentAPI:
@@ -143,11 +146,12 @@ class AgentAPI:
                      wait_s: float) -> dict[str, Any]:
         """``get_status`` of ``host`` once attempt ``attempt``'s relays are
         in there, its session ended, or ``wait_s`` seconds passed (the
-        agent caps it at 10 s); needs :meth:`supports_relay_wait`."""
+        agent caps it at :data:`MAX_RELAY_WAIT_S`); needs
+        :meth:`supports_relay_wait`."""
         return cast(dict[str, Any], self._call(
             host, "wait_relayed", version="1.5",
-            timeout=min(wait_s, 10.0) + 30.0, migration_id=migration_id,
-            attempt=attempt, wait_s=wait_s))
+            timeout=min(wait_s, MAX_RELAY_WAIT_S) + 30.0,
+            migration_id=migration_id, attempt=attempt, wait_s=wait_s))
 
     def list_migrations(self, host: str) -> list[str]:
         return cast(list[str], self._call(host, "list_migrations"))
