@@ -29,6 +29,7 @@ from typing import Any, Callable
 from oslo_log import log as logging
 
 from nova_dcmigrate.bench import agent_memory
+from nova_dcmigrate.bench import machine
 from nova_dcmigrate.bench import methods as meth
 from nova_dcmigrate.bench import report
 from nova_dcmigrate.bench.linkstats import LinkSampler
@@ -167,6 +168,7 @@ def environment() -> dict[str, Any]:
             "kernel": platform.release(),
             "python": platform.python_version(),
             "loadavg_at_start": list(os.getloadavg()),
+            "free_page_reporting": machine.free_page_reporting(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
