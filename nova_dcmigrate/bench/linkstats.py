@@ -69,6 +69,29 @@ class Series:
         last = values[min(len(values), len(self.times)) - 1]
         return (last if end is None else at(end)) - at(start)
 
+    def idle_seconds(self, host: str, direction: str, start: float,
+                     end: float, rate: float) -> float:
+        """Capacity of ``host``'s link left unused from ``start`` to
+        ``end`` (s since t0), in seconds at ``rate`` bytes/s.
+
+        Why: where the bottleneck link of an attempt idles, the attempt
+        waited on something else (a stall, a start, a switchover wait);
+        this adds those waits up the same way for every method.
+        """
+        values = (self.up if direction == "up" else self.down).get(host, [])
+        if rate <= 0:
+            return 0.0
+        idle = 0.0
+        for i in range(1, min(len(values), len(self.times))):
+            a, b = self.times[i - 1], self.times[i]
+            lo, hi = max(a, start), min(b, end)
+            if hi <= lo or b <= a:
+                continue
+            share = (hi - lo) / (b - a)         # part of the interval
+            moved = (values[i] - values[i - 1]) * share
+            idle += max(0.0, rate * (hi - lo) - moved) / rate
+        return idle
+
     def to_json(self) -> dict[str, object]:
         """Per host, the starting counters and the deltas of each sample."""
         def deltas(values: list[int]) -> list[int]:

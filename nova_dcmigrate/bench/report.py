@@ -234,9 +234,29 @@ def build_record(cfg: BenchConfig, run: MigrationRun, repeat: int,
         samples = series.to_json()
         samples["migration_start_s"] = _r(t0 - series.t0)
         rec["link_samples"] = samples
+        rec["final_download_idle_s"] = _final_download_idle(
+            cfg, run, series, rec["switchover_started_s"])
     rec["error"] = error
     rec["ok"] = error is None and rec["ram_identical"]
     return rec
+
+
+def _final_download_idle(cfg: BenchConfig, run: MigrationRun,
+                         series: Series,
+                         switchover_s: float | None) -> float | None:
+    """Seconds of the final destination's download left unused from the
+    start of the last attempt to the switchover (None: not known, or the
+    link is not shaped)."""
+    if not run.attempts or switchover_s is None or not run.started:
+        return None
+    last = run.attempts[-1]
+    down = cfg.rates().get(last.dst_host, (None, None))[1]
+    if not down:
+        return None
+    start = last.started - series.t0
+    end = run.started + switchover_s - series.t0
+    return _r(series.idle_seconds(last.dst_host, "down", start, end,
+                                  down / 8.0))
 
 
 def fill_scenario_bound(records: list[dict[str, Any]]) -> None:

@@ -53,3 +53,19 @@ def test_sampler_thread_collects_and_reports_latest_rates():
     assert len(series.times) >= 5
     assert series.up["src"] == sorted(series.up["src"])
     sampler.stop()                  # idempotent
+
+
+def test_idle_seconds_adds_up_the_unused_capacity():
+    s = linkstats.Series(t0=0.0)
+    # 1 MB/s link: full for 1 s, idle for 1 s, half for 1 s.
+    down = [0, 1_000_000, 1_000_000, 1_500_000]
+    for i, d in enumerate(down):
+        s.add(float(i), {"new": (0, d)})
+    assert s.idle_seconds("new", "down", 0.0, 3.0, 1e6) == \
+        pytest.approx(1.5)
+    # Only the part of an interval inside [start, end) counts.
+    assert s.idle_seconds("new", "down", 1.5, 2.5, 1e6) == \
+        pytest.approx(0.5 + 0.25)
+    assert s.idle_seconds("new", "down", 0.0, 1.0, 1e6) == 0.0
+    assert s.idle_seconds("nobody", "down", 0.0, 3.0, 1e6) == 0.0
+    assert s.idle_seconds("new", "down", 0.0, 3.0, 0.0) == 0.0

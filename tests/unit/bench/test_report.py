@@ -248,3 +248,27 @@ def test_text_table_and_explanation():
                               ram=fakes.ram(False))
     text = report.render_text(report.document(conf, [bad], None, {}))
     assert "ERROR" in text
+
+
+def test_final_download_idle_counts_the_last_attempt_to_the_switchover():
+    from nova_dcmigrate.bench import linkstats
+
+    conf = cfg()                                # new: 1 Gbit/s down
+    run = fakes.agent_run()                     # last attempt 104.1-114.0
+    series = linkstats.Series(t0=100.0)
+    full = 125_000_000 // 10                    # 0.1 s at 1 Gbit/s
+    total = 0
+    for i in range(141):                        # 100.0 .. 114.0
+        t = 100.0 + i * 0.1
+        # Idle before 106 s, full after.
+        if i and t > 106.0 + 1e-9:
+            total += full
+        series.add(t, {"new": (0, total)})
+    rec = report.build_record(conf, run, 1, 0, ram=fakes.ram(),
+                              series=series)
+    # Switchover 250 ms before completion: 113.75 s.
+    assert rec["switchover_started_s"] == pytest.approx(13.75)
+    assert rec["final_download_idle_s"] == pytest.approx(1.9, abs=0.01)
+    rec = report.build_record(cfg("--link", "new=none"), run, 1, 0,
+                              ram=fakes.ram(), series=series)
+    assert rec["final_download_idle_s"] is None     # not shaped
